@@ -1,0 +1,112 @@
+"""Detector checkpoints: safetensors weights plus a JSON sidecar with the configuration.
+
+A checkpoint is ``NAME.safetensors`` (the model's ``state_dict``; float16 or float32) next to
+``NAME.json``::
+
+    {"format": "ctlesion-detector", "ctlesion_version": "...", "config": {DetectorConfig},
+     "training": {...}, "metrics": {...}}
+
+Nothing is ever unpickled: safetensors holds only tensors, the sidecar only JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ctlesion import __version__
+from ctlesion.errors import CtlesionError
+from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+from ctlesion.report.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+FORMAT = "ctlesion-detector"
+
+
+def sidecar_path(weights_path: Path) -> Path:
+    """The JSON sidecar of a ``.safetensors`` checkpoint."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_checkpoint(model: AlignShiftDetector, weights_path: Path, *, training: dict | None = None,
+                    metrics: dict | None = None, half: bool = False) -> Path:
+    """Write ``weights_path`` (.safetensors) and its JSON sidecar atomically.
+
+    Args:
+        model: the detector (its ``config`` is recorded).
+        weights_path: destination ``.safetensors`` path.
+        training: JSON-serialisable description of how it was trained.
+        metrics: JSON-serialisable evaluation figures.
+        half: store floating-point tensors as float16 (halves the file; loading casts back).
+
+    Returns:
+        The weights path.
+    """
+    weights_path = Path(weights_path)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        state[key] = value.half() if half and value.is_floating_point() else value
+    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT})
+    tmp.replace(weights_path)
+    info = {"format": FORMAT, "ctlesion_version": __version__, "config": model.config.to_dict(),
+            "training": training or {}, "metrics": metrics or {}}
+    atomic_write_text(sidecar_path(weights_path), json.dumps(info, indent=2) + "\n")
+    return weights_path
+
+
+def read_checkpoint_info(weights_path: Path) -> dict:
+    """Read and check the JSON sidecar of a checkpoint.
+
+    Raises:
+        CtlesionError: missing weights or sidecar, unreadable JSON, wrong format.
+    """
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise CtlesionError("checkpoint does not exist", weights_path)
+    sidecar = sidecar_path(weights_path)
+    try:
+        info = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise CtlesionError(f"checkpoint has no JSON sidecar {sidecar.name}", weights_path) from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CtlesionError(f"unreadable checkpoint sidecar ({exc})", sidecar) from None
+    if info.get("format") != FORMAT or "config" not in info:
+        raise CtlesionError(f"not a {FORMAT} checkpoint sidecar", sidecar)
+    return info
+
+
+def load_detector(weights_path: Path, device: torch.device | str = "cpu") -> tuple[AlignShiftDetector, dict]:
+    """Rebuild the detector recorded in a checkpoint and load its weights (float32, eval mode).
+
+    Returns:
+        The model and the sidecar dict.
+
+    Raises:
+        CtlesionError: unreadable or mismatching checkpoint.
+    """
+    info = read_checkpoint_info(weights_path)
+    try:
+        config = DetectorConfig.from_dict(info["config"])
+    except (TypeError, ValueError) as exc:
+        raise CtlesionError(f"bad detector configuration ({exc})", sidecar_path(weights_path)) from None
+    model = AlignShiftDetector(config)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise CtlesionError(f"unreadable safetensors file ({exc})", weights_path) from None
+    reference = model.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CtlesionError(f"weights do not match the recorded configuration ({first})", weights_path) from None
+    return model.to(device).eval(), info

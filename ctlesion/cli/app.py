@@ -1,0 +1,228 @@
+"""The `ctlesion` command line (Typer): parsing, progress and error -> exit code; no logic.
+
+Exit codes: 0 success, 1 bad input (one line naming the file and the problem), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from ctlesion import __version__
+from ctlesion.errors import CtlesionError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Universal lesion detection in CT with the thickness-aware AlignShift detector.")
+stdout = Console()
+stderr = Console(stderr=True)
+log = logging.getLogger("ctlesion")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SAMPLE_SERIES = REPO_ROOT / "sample_data" / "abdomen_ct_dicom"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], format="%(message)s",
+                        force=True)
+
+
+def _device(name: Optional[str]) -> str:
+    import torch  # noqa: PLC0415 (keep `--help` fast)
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CtlesionError(f"device {name!r} requested but CUDA is not available")
+    return name
+
+
+def _run(func, *args, **kwargs):
+    """Call ``func`` mapping CtlesionError (and OS errors on user files) to one line + exit 1."""
+    try:
+        return func(*args, **kwargs)
+    except CtlesionError as exc:
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        stderr.print(f"[bold red]error:[/] {exc.filename}: {exc.strerror}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        stderr.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Folder to write the DeepLesion-layout dataset into.")],
+    num_series: Annotated[int, typer.Option(min=1, help="Number of simulated CT series.")] = 40,
+    image_size: Annotated[int, typer.Option(min=64, help="In-plane size of the PNG slices, px.")] = 512,
+    background: Annotated[Optional[list[Path]], typer.Option(
+        help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable. "
+             "Default: the shipped sample series.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds)."""
+    from ctlesion.data.simulate import simulate_dataset  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    csv_path = _run(simulate_dataset, out, backgrounds=list(background or [SAMPLE_SERIES]), num_series=num_series,
+                    image_size_px=image_size, seed=seed)
+    stdout.print(f"wrote {csv_path}")
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv + Images_png).")] = None,
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, config.json).")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last epoch.")] = False,
+    epochs: Annotated[int, typer.Option(min=1)] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step (lr scales linearly: 0.02 per 4).")] = 4,
+    slices: Annotated[int, typer.Option(help="Window depth D (3 or 7 in the paper).")] = 7,
+    context: Annotated[str, typer.Option(help="alignshift, tsm or none.")] = "alignshift",
+    padding: Annotated[str, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
+    image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
+    fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
+    fc_channels: Annotated[int, typer.Option(help="Box head FC width (paper: 2048).")] = 2048,
+    warmup_iters: Annotated[int, typer.Option(min=0)] = 500,
+    max_iters_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap iterations per epoch.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes.")] = 2,
+    seed: int = 0,
+    device: Device = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train the detector on a DeepLesion-layout dataset (official Train_Val_Test split)."""
+    from ctlesion.networks.detector import DetectorConfig  # noqa: PLC0415
+    from ctlesion.train import TrainOptions, read_run_options, train as train_run  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    if resume:
+        options = _run(read_run_options, out)
+    else:
+        if data is None:
+            stderr.print("[bold red]error:[/] --data is required (unless --resume)")
+            raise typer.Exit(2)
+        try:
+            detector = DetectorConfig(context=context, num_slices=slices, image_size_px=image_size,
+                                      fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding)
+            detector.validate()
+        except ValueError as exc:
+            stderr.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        if not (data / "DL_info.csv").is_file():
+            stderr.print(f"[bold red]error:[/] {data}: no DL_info.csv (not a DeepLesion-layout dataset)")
+            raise typer.Exit(1)
+        options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
+                               warmup_iters=warmup_iters, num_workers=workers, seed=seed,
+                               max_iters_per_epoch=max_iters_per_epoch)
+    last = _run(train_run, options, resume=resume, device=_run(_device, device))
+    stdout.print(f"last checkpoint: {last}")
+
+
+def _print_summary(summary: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("subset")
+    for fp in summary["fps_per_image"]:
+        table.add_column(f"@{fp:g}", justify="right")
+    table.add_column("avg[0.5-4]", justify="right")
+    table.add_column("images", justify="right")
+    table.add_column("lesions", justify="right")
+    for name, row in summary.items():
+        if isinstance(row, dict):
+            table.add_row(name, *(f"{100 * s:.2f}" for s in row["sensitivity"]), f"{100 * row['avg_0.5_4']:.2f}",
+                          str(row["num_images"]), str(row["num_lesions"]))
+    stdout.print(table)
+
+
+def _load_model(weights: Optional[Path], device: str):
+    from ctlesion.checkpoint import load_detector  # noqa: PLC0415
+    from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
+
+    path = weights or DEFAULT_WEIGHTS
+    model, info = _run(load_detector, path, device)
+    info["weights"] = path.name
+    return model, info
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout.")],
+    split: Annotated[str, typer.Option(help="train, val or test (Train_Val_Test column).")] = "test",
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
+    out: Annotated[Path, typer.Option(help="JSON file for the figures and predictions.")] = Path("evaluation.json"),
+    device: Device = None,
+    verbose: Verbose = False,
+) -> None:
+    """Score the detector by the DeepLesion FROC protocol (sensitivity at 0.5-16 FP per image)."""
+    from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415
+    from ctlesion.report.atomic import atomic_write_text  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    if split not in ("train", "val", "test"):
+        stderr.print(f"[bold red]error:[/] --split must be train, val or test, got {split!r}")
+        raise typer.Exit(2)
+    dev = _run(_device, device)
+    model, info = _load_model(weights, dev)
+    result = _run(evaluate_model, model, data, split, device=dev)
+    if result is None:
+        stderr.print(f"[bold red]error:[/] {data}: split {split!r} holds no key slices with lesions")
+        raise typer.Exit(1)
+    result = {"version": __version__, "weights": info["weights"], "data": str(data), **result}
+    _run(atomic_write_text, out, json.dumps(result, indent=1) + "\n")
+    _print_summary(result["summary"], f"DeepLesion FROC, {split} split, sensitivity %")
+    stdout.print(f"wrote {out}")
+
+
+@app.command()
+def detect(
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM series folders and/or NIfTI files.")],
+    out: Annotated[Path, typer.Option(help="results.json to write (label maps and overlays go beside it).")] = Path("results.json"),
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
+    score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum lesion score.")] = 0.5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
+    allow_non_ct: Annotated[bool, typer.Option(help="Also read MR/PT series (the model knows only CT).")] = False,
+    device: Device = None,
+    verbose: Verbose = False,
+) -> None:
+    """Find lesions in CT studies; write results.json, a NIfTI label map and overlay PNGs."""
+    from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
+    from ctlesion.progress import make_progress  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    dev = _run(_device, device)
+    model, info = _load_model(weights, dev)
+    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct)
+    with make_progress() as progress:
+        results = _run(run_detect, inputs, out, model, info, options=options, device=dev, progress=progress)
+    for study in results["studies"]:
+        stdout.print(f"{study['input']}: {len(study['lesions'])} lesion(s), slice interval "
+                     f"{study['slice_interval_mm']:.2f} mm, {study['shape_zyx']} voxels")
+        for lesion in study["lesions"]:
+            stdout.print(f"  #{lesion['label']} score {lesion['score']:.2f} slice {lesion['key_slice']} "
+                         f"long axis {lesion['long_axis_mm']:.1f} mm")
+    stdout.print(f"wrote {out}")
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        stdout.print(__version__)
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="ctlesion")
+    sys.exit(0)

@@ -1,0 +1,174 @@
+"""`detect`: from a CT study on disk to lesions, label maps, overlays and results.json.
+
+Data flow (SPEC section 2): path -> :class:`Volume` -> thin volumes resampled to 2 mm -> one
+window of D slices per slice -> detector (batched) -> per-slice detections in source pixels
+-> 3D lesions (linked across adjacent slices) -> writers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ctlesion import __version__
+from ctlesion.io import read_volume
+from ctlesion.io.nifti import write_nifti
+from ctlesion.networks.detector import AlignShiftDetector
+from ctlesion.postprocess import Lesion, SliceDetections, link_detections
+from ctlesion.preprocess import fit_in_plane, normalize_hu, resample_to_reference, volume_window
+from ctlesion.report.atomic import staged_outputs
+from ctlesion.report.overlays import write_overlay
+from ctlesion.report.results import label_map, study_record, write_results_json
+from ctlesion.volume import Volume
+
+log = logging.getLogger(__name__)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "ctlesion_demo_sim.safetensors"
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Inference options.
+
+    Attributes:
+        score_threshold: minimum detection score kept for linking into lesions.
+        batch_size: windows per forward pass.
+        allow_non_ct: read MR/PT series too (the detector was trained on CT only).
+    """
+
+    score_threshold: float = 0.5
+    batch_size: int = 4
+    allow_non_ct: bool = False
+
+
+def _slice_detections(output: dict, transform, slice_index: int, score_threshold: float) -> SliceDetections:
+    keep = output["scores"] >= score_threshold
+    boxes = transform.to_source(output["boxes"][keep].cpu().numpy()).astype(np.float32)
+    scores = output["scores"][keep].cpu().numpy().astype(np.float32)
+    height, width = transform.src_shape_yx
+    valid_h, valid_w = round(height * transform.scale), round(width * transform.scale)
+    masks = output["masks"][keep, 0, :valid_h, :valid_w].cpu().numpy()
+    masks = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in masks]) \
+        if len(masks) else np.zeros((0, height, width), np.float32)
+    return SliceDetections(slice_index=slice_index, boxes_px=boxes, scores=scores, masks=masks.astype(np.float32))
+
+
+@torch.no_grad()
+def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectOptions = DetectOptions(),
+                  device: torch.device | str = "cpu", on_batch=None) -> list[SliceDetections]:
+    """Run the detector on every slice of a volume already at network spacing.
+
+    Args:
+        model: detector in eval mode.
+        volume: volume whose slice interval is what the network sees (see
+            :func:`ctlesion.preprocess.resample_to_reference`).
+        options: score threshold and batch size.
+        device: where the model runs.
+        on_batch: optional callback ``on_batch(num_windows_done)`` for progress.
+
+    Returns:
+        One :class:`SliceDetections` per slice (index = slice of ``volume``), boxes and masks
+        in the volume's (Y, X) pixels.
+    """
+    config = model.config
+    num = volume.shape_zyx[0]
+    interval = torch.tensor(volume.slice_interval_mm, dtype=torch.float32)
+    per_slice: list[SliceDetections] = []
+    for start in range(0, num, options.batch_size):
+        indices = range(start, min(start + options.batch_size, num))
+        stacks, transforms = zip(*(fit_in_plane(normalize_hu(volume_window(volume, z, config.num_slices)),
+                                                config.image_size_px) for z in indices))
+        images = torch.from_numpy(np.stack(stacks)[:, None]).to(device)
+        outputs = model(images, interval.expand(len(indices)).to(device))
+        per_slice += [_slice_detections(o, t, z, options.score_threshold)
+                      for o, t, z in zip(outputs, transforms, indices)]
+        if on_batch is not None:
+            on_batch(len(indices))
+    return per_slice
+
+
+def detect_volume(model: AlignShiftDetector, volume: Volume, *, options: DetectOptions = DetectOptions(),
+                  device: torch.device | str = "cpu", on_batch=None) -> tuple[list[Lesion], float]:
+    """Lesions of one volume, in the input volume's geometry.
+
+    Returns:
+        The lesions (descending score) and the slice interval the network saw (mm).
+    """
+    network_volume = resample_to_reference(volume, model.config.ref_interval_mm)
+    per_slice = detect_slices(model, network_volume, options=options, device=device, on_batch=on_batch)
+    lesions = link_detections(
+        per_slice, detector_interval_mm=network_volume.slice_interval_mm,
+        input_interval_mm=volume.slice_interval_mm, spacing_yx_mm=volume.spacing_zyx_mm[1:],
+        num_input_slices=volume.shape_zyx[0], score_threshold=options.score_threshold,
+    )
+    return lesions, network_volume.slice_interval_mm
+
+
+def study_name(path: Path, taken: set[str]) -> str:
+    """A file-name-safe, unique name for a study from its path (folder name or NIfTI stem)."""
+    base = re.sub(r"\.nii(\.gz)?$", "", Path(path).name) or "study"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
+               options: DetectOptions = DetectOptions(), device: torch.device | str = "cpu",
+               progress=None) -> dict:
+    """Detect lesions in each input and write results.json, label maps and overlays beside it.
+
+    Every input is read before anything runs, so a bad input fails fast; all output files are
+    staged in a temporary folder and moved into place only when every study succeeded.
+
+    Args:
+        inputs: DICOM series folders and/or NIfTI files.
+        results_path: the results.json to write; label maps ``<study>_lesions.nii.gz`` and
+            overlays ``<study>_lesionNN.png`` go into the same folder.
+        model: detector in eval mode; model_info: its checkpoint sidecar dict.
+        options: inference options; device: torch device.
+        progress: optional rich Progress to report windows on.
+
+    Returns:
+        The results dict that was written.
+
+    Raises:
+        CtlesionError: unreadable input (nothing is written then).
+    """
+    volumes = [read_volume(Path(p), allow_non_ct=options.allow_non_ct) for p in inputs]
+    taken: set[str] = set()
+    names = [study_name(Path(p), taken) for p in inputs]
+    out_dir = Path(results_path).parent
+    studies = []
+    with staged_outputs(out_dir) as stage:
+        for path, name, volume in zip(inputs, names, volumes):
+            task = None
+            if progress is not None:
+                num_windows = resample_to_reference(volume, model.config.ref_interval_mm).shape_zyx[0]
+                task = progress.add_task(f"detect {name}", total=num_windows, info="")
+            lesions, network_interval = detect_volume(
+                model, volume, options=options, device=device,
+                on_batch=None if task is None else (lambda n, t=task: progress.update(t, advance=n)))
+            map_name = f"{name}_lesions.nii.gz"
+            write_nifti(label_map(volume, lesions), volume, Path(stage) / map_name)
+            overlays = []
+            for label, lesion in enumerate(lesions, start=1):
+                overlay_name = f"{name}_lesion{label:02d}.png"
+                write_overlay(volume, lesion, label, Path(stage) / overlay_name)
+                overlays.append(overlay_name)
+            record = study_record(volume, lesions, input_path=str(path), detector_interval_mm=network_interval)
+            record["label_map"] = map_name
+            for entry, overlay_name in zip(record["lesions"], overlays):
+                entry["overlay"] = overlay_name
+            studies.append(record)
+        model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
+                        "description": model_info.get("training", {}).get("description", "")}
+        write_results_json(Path(stage) / Path(results_path).name, studies, model=model_record, version=__version__)
+    return {"version": __version__, "model": model_record, "studies": studies}

@@ -1,0 +1,201 @@
+"""The AlignShift lesion detector: 3D backbone + single-level Mask R-CNN from torchvision parts.
+
+Assembly (SPEC section 6, released configuration of the AlignShift paper):
+
+* backbone: :class:`~ctlesion.networks.backbone.AlignShiftDenseNet` -> one map at stride 4;
+* RPN: anchors of side 16, 24, 32, 48, 96, 192 px (scales 4, 6, 8, 12, 24, 48 x base 4) and
+  ratios 0.5 / 1 / 2; IoU 0.7 / 0.3; 32 anchors per image at 50 % positive; 2000 (train) /
+  300 (test) proposals after NMS 0.7;
+* box head: RoIAlign 7 x 7, two FC layers, 2 classes (background, lesion); 64 RoIs per image
+  at 25 % positive (IoU 0.5); test score >= 0.001, NMS 0.5, at most 50 detections per image;
+* mask head: RoIAlign 14 x 14, 4 conv 256 + deconv -> 28 x 28, Dice loss.
+
+torchvision provides every component (AnchorGenerator, RegionProposalNetwork, RoIHeads,
+MultiScaleRoIAlign, the Fast R-CNN loss and box post-processing, mask projection and pasting).
+The slice interval of each sample flows through :meth:`AlignShiftDetector.forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import (
+    RoIHeads,
+    fastrcnn_loss,
+    maskrcnn_inference,
+    paste_masks_in_image,
+    project_masks_on_boxes,
+)
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from ctlesion.networks.backbone import AlignShiftDenseNet
+
+ANCHOR_SIZES_PX = (16, 24, 32, 48, 96, 192)
+ANCHOR_RATIOS = (0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild a detector; stored as JSON beside every checkpoint.
+
+    Defaults are the paper's released configuration; the shipped demo model (trained on CPU)
+    uses a smaller ``image_size_px``, ``fpn_channels`` and ``fc_channels`` (see its model card).
+    """
+
+    backbone: str = "densenet121"
+    context: str = "alignshift"
+    num_slices: int = 7
+    image_size_px: int = 512
+    fpn_channels: int = 512
+    fc_channels: int = 2048
+    fold_div: int = 8
+    padding: str = "zero"
+    ref_interval_mm: float = 2.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DetectorConfig":
+        """Build from a JSON dict, ignoring unknown keys; raises ValueError on bad values."""
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.backbone != "densenet121":
+            raise ValueError(f"backbone {self.backbone!r} is not supported (only densenet121)")
+        if self.context not in ("alignshift", "tsm", "none"):
+            raise ValueError(f"context {self.context!r} must be alignshift, tsm or none")
+        if self.num_slices < 1 or self.num_slices % 2 == 0:
+            raise ValueError(f"num_slices must be odd and positive, got {self.num_slices}")
+        if self.image_size_px % 32:
+            raise ValueError(f"image_size_px must be a multiple of 32, got {self.image_size_px}")
+
+
+def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
+    """Mean soft Dice loss 1 - (2|P.T| + eps) / (|P| + |T| + eps) over RoIs.
+
+    Args:
+        mask_logits: (N, M, M) logits of the lesion class.
+        targets: (N, M, M) float targets in [0, 1].
+    """
+    probs = torch.sigmoid(mask_logits).flatten(1)
+    targets = targets.flatten(1)
+    numerator = 2.0 * (probs * targets).sum(1) + eps
+    denominator = probs.sum(1) + targets.sum(1) + eps
+    return (1.0 - numerator / denominator).mean()
+
+
+class LesionRoIHeads(RoIHeads):
+    """torchvision's RoIHeads with a Dice mask loss (AlignShift's released configuration).
+
+    Reuses torchvision's sampling, Fast R-CNN loss, box post-processing and mask projection;
+    only the order of those calls is written here.
+    """
+
+    def forward(self, features, proposals, image_shapes, targets=None):  # noqa: D102
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        if self.training:
+            loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+            positive = [torch.where(lab > 0)[0] for lab in labels]
+            mask_boxes = [p[i] for p, i in zip(proposals, positive)]
+            mask_logits = self._mask_logits(features, mask_boxes, image_shapes)
+            losses["loss_mask"] = self._mask_loss(mask_logits, mask_boxes, targets,
+                                                  [m[i] for m, i in zip(matched_idxs, positive)])
+            return [], losses
+        boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        mask_logits = self._mask_logits(features, boxes, image_shapes)
+        mask_probs = maskrcnn_inference(mask_logits, labels)
+        return [dict(boxes=b, scores=s, labels=lab, masks=m)
+                for b, s, lab, m in zip(boxes, scores, labels, mask_probs)], {}
+
+    def _mask_logits(self, features, boxes, image_shapes) -> Tensor:
+        return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+
+    @staticmethod
+    def _mask_loss(mask_logits: Tensor, boxes, targets, matched_idxs) -> Tensor:
+        if mask_logits.numel() == 0:
+            return mask_logits.sum() * 0.0
+        size = mask_logits.shape[-1]
+        mask_targets = torch.cat([
+            project_masks_on_boxes(t["masks"], b, i, size) for t, b, i in zip(targets, boxes, matched_idxs)
+        ])
+        return dice_loss(mask_logits[:, 1], mask_targets)
+
+
+class AlignShiftDetector(nn.Module):
+    """Mask R-CNN on the AlignShift 3D backbone for windows of D slices.
+
+    ``forward(images, slice_interval_mm, targets=None)``:
+
+    * images: (B, 1, D, S, S) float32 in [0, 1] (HU window [-1024, 2050] mapped linearly), S =
+      ``config.image_size_px``; the middle slice is the key slice;
+    * slice_interval_mm: (B,) float32, the interval the network sees (>= 2 mm, SPEC section 4);
+    * targets (training): per image ``{"boxes": (N, 4) float px (x1, y1, x2, y2) on the key slice,
+      "labels": (N,) int64 ones, "masks": (N, S, S) uint8}``; N may be 0.
+
+    Returns the loss dict in training mode; otherwise one dict per image with ``boxes`` (K, 4),
+    ``scores`` (K,), ``labels`` (K,) and ``masks`` (K, 1, S, S) probabilities in [0, 1].
+    """
+
+    def __init__(self, config: DetectorConfig, densenet_2d: nn.Module | None = None):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = AlignShiftDenseNet(
+            num_slices=config.num_slices, context=config.context, fpn_channels=config.fpn_channels,
+            fold_div=config.fold_div, padding=config.padding, ref_interval_mm=config.ref_interval_mm,
+            densenet_2d=densenet_2d,
+        )
+        channels = config.fpn_channels
+        anchors = AnchorGenerator(sizes=(ANCHOR_SIZES_PX,), aspect_ratios=(ANCHOR_RATIOS,))
+        self.rpn = RegionProposalNetwork(
+            anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=32, positive_fraction=0.5,
+            pre_nms_top_n=dict(training=12000, testing=6000), post_nms_top_n=dict(training=2000, testing=300),
+            nms_thresh=0.7,
+        )
+        self.roi_heads = LesionRoIHeads(
+            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+            box_head=TwoMLPHead(channels * 7 * 7, config.fc_channels),
+            box_predictor=FastRCNNPredictor(config.fc_channels, 2),
+            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=64, positive_fraction=0.25,
+            bbox_reg_weights=None, score_thresh=0.001, nms_thresh=0.5, detections_per_img=50,
+            mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2),
+            mask_head=MaskRCNNHeads(channels, [256, 256, 256, 256], 1),
+            mask_predictor=MaskRCNNPredictor(256, 256, 2),
+        )
+
+    def forward(self, images: Tensor, slice_interval_mm: Tensor, targets: list[dict] | None = None):
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
+        size = images.shape[-2:]
+        features = {"0": self.backbone(images, slice_interval_mm)}
+        image_sizes = [tuple(size)] * images.shape[0]
+        image_list = ImageList(images[:, 0, self.config.num_slices // 2 : self.config.num_slices // 2 + 1], image_sizes)
+        proposals, rpn_losses = self.rpn(image_list, features, targets)
+        detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+        if self.training:
+            return {**rpn_losses, **head_losses}
+        for det in detections:
+            det["masks"] = paste_masks_in_image(det["masks"], det["boxes"], tuple(size))
+        return detections
+
+
+def build_detector(config: DetectorConfig) -> AlignShiftDetector:
+    """Build a randomly initialised detector from its configuration."""
+    return AlignShiftDetector(config)

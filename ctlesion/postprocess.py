@@ -1,0 +1,411 @@
+"""From per-slice detections to 3D lesions: linking, input geometry, RECIST axes, LPS boxes.
+
+The detector sees the volume at network spacing (thin inputs were resampled to 2 mm along z,
+thick ones kept, SPEC section 4) and returns boxes, scores and masks per slice. This module:
+
+* links boxes of adjacent detector slices into chains (:func:`link_detections`; a plain greedy
+  heuristic, not part of the AlignShift paper, which evaluates key slices only);
+* maps each chain back onto the slices of the INPUT volume, giving every input slice the mask
+  of the nearest detector slice;
+* measures RECIST-style diameters on the key slice (:func:`recist_axes_mm`) and the volume;
+* converts voxel boxes to LPS millimetres (:func:`box_lps_mm`).
+
+Coordinates: in-plane boxes are continuous pixel coordinates (x = column): pixel i spans
+[i, i + 1), so its centre, which is voxel index i of the :class:`~ctlesion.volume.Volume`, lies
+at i + 0.5. Slice indices z are voxel indices (slice centres).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ctlesion.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: RECIST short axis: longest chord within this many degrees of perpendicular to the long axis.
+PERPENDICULAR_TOLERANCE_DEG = 5.0
+_ANGLE_STEP_DEG = 0.25
+
+
+@dataclass(frozen=True, eq=False)  # array fields: compare by identity
+class SliceDetections:
+    """The detector's output on one slice of the (possibly resampled) detector volume.
+
+    Attributes:
+        slice_index: z index in the detector's volume (network spacing: thin inputs were
+            resampled to 2 mm).
+        boxes_px: (N, 4) float32 (x1, y1, x2, y2), continuous pixel coordinates of the (Y, X)
+            slice at the input's in-plane size.
+        scores: (N,) float32 detection scores.
+        masks: (N, Y, X) float32 mask probabilities in [0, 1] at the slice's size.
+    """
+
+    slice_index: int
+    boxes_px: np.ndarray
+    scores: np.ndarray
+    masks: np.ndarray
+
+
+@dataclass(eq=False)  # array fields: compare by identity
+class Lesion:
+    """One 3D lesion in the geometry of the INPUT volume.
+
+    Attributes:
+        score: maximum detection score over its slices.
+        box_vox: (x1, y1, z1, x2, y2, z2): x, y continuous pixel coordinates (union of the
+            linked boxes), z1, z2 first and last input slice index (inclusive).
+        key_slice: input slice index of the highest-scoring detection.
+        long_axis_mm: RECIST long axis on the key slice (maximum Feret diameter of the mask).
+        short_axis_mm: longest chord within +/-5 degrees of perpendicular to the long axis.
+        volume_ml: mask voxel count x input voxel volume / 1000.
+        mask_zyx: (dz, dy, dx) bool mask cropped to its bounding box (may be empty).
+        mask_offset_zyx: input voxel index (z, y, x) of ``mask_zyx[0, 0, 0]``.
+    """
+
+    score: float
+    box_vox: tuple[float, ...]
+    key_slice: int
+    long_axis_mm: float
+    short_axis_mm: float
+    volume_ml: float
+    mask_zyx: np.ndarray
+    mask_offset_zyx: tuple[int, int, int]
+
+    def paint(self, label_map_zyx: np.ndarray, label: int) -> None:
+        """Write ``label`` into an input-geometry (Z, Y, X) label map where the mask is on.
+
+        Raises:
+            ValueError: if the mask does not fit inside ``label_map_zyx``.
+        """
+        z0, y0, x0 = self.mask_offset_zyx
+        dz, dy, dx = self.mask_zyx.shape
+        if min(z0, y0, x0) < 0 or any(
+            o + d > n for o, d, n in zip((z0, y0, x0), (dz, dy, dx), label_map_zyx.shape)
+        ):
+            raise ValueError(
+                f"lesion mask at offset {self.mask_offset_zyx} with shape {self.mask_zyx.shape} does "
+                f"not fit a label map of shape {label_map_zyx.shape}"
+            )
+        label_map_zyx[z0 : z0 + dz, y0 : y0 + dy, x0 : x0 + dx][self.mask_zyx] = label
+
+    def slice_mask(self, z: int, shape_yx: tuple[int, int]) -> np.ndarray:
+        """The lesion's (Y, X) bool mask on input slice ``z`` (all False off the lesion)."""
+        out = np.zeros(shape_yx, dtype=bool)
+        z0, y0, x0 = self.mask_offset_zyx
+        dz, dy, dx = self.mask_zyx.shape
+        if z0 <= z < z0 + dz:
+            out[y0 : y0 + dy, x0 : x0 + dx] = self.mask_zyx[z - z0]
+        return out
+
+
+def _continuous_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one (4,) box with (K, 4) boxes, continuous coordinates (width = x2 - x1)."""
+    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
+    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _check_slices(per_slice: Sequence[SliceDetections]) -> tuple[int, int] | None:
+    """Validate shapes; return the common (Y, X) of the masks (None if no detections)."""
+    shape_yx: tuple[int, int] | None = None
+    seen: set[int] = set()
+    for sd in per_slice:
+        k = int(sd.slice_index)
+        if k in seen:
+            raise ValueError(f"detector slice {k} appears twice in per_slice")
+        seen.add(k)
+        n = int(np.size(sd.scores))
+        if n == 0 and np.size(sd.boxes_px) == 0:
+            continue
+        if np.shape(sd.scores) != (n,) or np.shape(sd.boxes_px) != (n, 4):
+            raise ValueError(
+                f"slice {k}: boxes_px must be (N, 4) and scores (N,), got {np.shape(sd.boxes_px)} "
+                f"and {np.shape(sd.scores)}"
+            )
+        if np.ndim(sd.masks) != 3 or np.shape(sd.masks)[0] != n:
+            raise ValueError(f"slice {k}: masks must be (N, Y, X) with N = {n}, got {np.shape(sd.masks)}")
+        if shape_yx is not None and np.shape(sd.masks)[1:] != shape_yx:
+            raise ValueError(f"slice {k}: masks are {np.shape(sd.masks)[1:]}, other slices {shape_yx}")
+        shape_yx = tuple(np.shape(sd.masks)[1:])  # type: ignore[assignment]
+    return shape_yx
+
+
+def _link_chains(
+    slice_of: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
+) -> list[list[int]]:
+    """Greedy chains of detections on consecutive slices (indices into the flat arrays).
+
+    Seeds are taken in descending score; a chain grows upwards and then downwards one slice at
+    a time, each step taking the unassigned box of the next slice with the highest IoU with the
+    chain's current end box (ties: higher score) if that IoU >= ``iou_threshold``.
+    """
+    order = np.lexsort((np.arange(len(scores)), -scores))  # descending score, stable
+    by_slice: dict[int, np.ndarray] = {int(k): np.flatnonzero(slice_of == k) for k in np.unique(slice_of)}
+    assigned = np.zeros(len(scores), dtype=bool)
+    chains: list[list[int]] = []
+    for seed in order:
+        if assigned[seed]:
+            continue
+        assigned[seed] = True
+        chain = [int(seed)]
+        for step in (1, -1):
+            end = seed
+            while True:
+                cands = by_slice.get(int(slice_of[end]) + step, np.zeros(0, dtype=np.int64))
+                cands = cands[~assigned[cands]]
+                if len(cands) == 0:
+                    break
+                ious = _continuous_iou(boxes[end], boxes[cands])
+                pick = np.lexsort((-scores[cands], -ious))[0]
+                if ious[pick] < iou_threshold:
+                    break
+                best = cands[pick]
+                assigned[best] = True
+                chain.append(int(best))
+                end = best
+        chains.append(sorted(chain, key=lambda i: slice_of[i]))
+    return chains
+
+
+def link_detections(
+    per_slice: Sequence[SliceDetections],
+    *,
+    detector_interval_mm: float,
+    input_interval_mm: float,
+    spacing_yx_mm: tuple[float, float],
+    num_input_slices: int,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.3,
+    mask_threshold: float = 0.5,
+) -> list[Lesion]:
+    """Link per-slice detections into 3D lesions in the input volume's geometry.
+
+    A plain heuristic (not from the AlignShift paper):
+
+    1. Keep detections with score >= ``score_threshold``.
+    2. Greedy linking: take the highest-scoring unassigned detection as a new chain's seed and
+       grow it slice by slice in both directions; on each adjacent detector slice the unassigned
+       box with the highest 2D IoU (continuous coordinates) with the chain's end box joins if
+       that IoU >= ``iou_threshold``. A box joins at most one chain; a chain stops at the first
+       slice without a match (it only spans consecutive slices).
+    3. Detector slice k lies at input slice position k * detector_interval_mm /
+       input_interval_mm (they differ only for thin inputs that were resampled). Input slice z
+       belongs to a chain spanning detector slices [ka, kb] if round(z * input_interval_mm /
+       detector_interval_mm) (halves rounded up) is in [ka, kb]; it gets that nearest detector
+       slice's mask (probability >= ``mask_threshold``).
+    4. The key slice is the input slice nearest the highest-scoring detection; the in-plane box
+       is the union of the chain's boxes; RECIST axes come from the key slice's mask
+       (:func:`recist_axes_mm`); the volume counts mask voxels.
+
+    Args:
+        per_slice: detections per detector slice (slices without detections may be omitted).
+        detector_interval_mm: slice interval of the detector volume, mm (>= the input's).
+        input_interval_mm: slice interval of the input volume, mm.
+        spacing_yx_mm: in-plane (row, column) spacing of the input volume, mm.
+        num_input_slices: number of slices Z of the input volume.
+        score_threshold: minimum detection score kept.
+        iou_threshold: minimum IoU to link boxes of adjacent slices.
+        mask_threshold: mask probability at and above which a pixel is lesion.
+
+    Returns:
+        Lesions sorted by descending score.
+
+    Raises:
+        ValueError: inconsistent shapes, duplicate slice indices, non-positive intervals or a
+            detector interval smaller than the input's, or a detector slice that maps outside
+            the input volume.
+    """
+    if not (detector_interval_mm > 0 and input_interval_mm > 0):
+        raise ValueError(f"intervals must be > 0, got {detector_interval_mm} and {input_interval_mm} mm")
+    ratio = float(detector_interval_mm) / float(input_interval_mm)
+    if ratio < 1.0 - 1e-6:
+        raise ValueError(
+            f"detector interval {detector_interval_mm} mm is smaller than the input interval "
+            f"{input_interval_mm} mm: only thin inputs are resampled, and only to a larger interval"
+        )
+    shape_yx = _check_slices(per_slice)
+    if shape_yx is None:
+        return []
+
+    slice_of, boxes, scores, masks = [], [], [], []
+    for sd in per_slice:
+        keep = np.flatnonzero(np.asarray(sd.scores) >= score_threshold)
+        slice_of.extend([int(sd.slice_index)] * len(keep))
+        boxes.extend(np.asarray(sd.boxes_px, dtype=np.float64)[keep])
+        scores.extend(np.asarray(sd.scores, dtype=np.float64)[keep])
+        masks.extend(np.asarray(sd.masks)[keep] >= mask_threshold)
+    if not scores:
+        return []
+    slice_arr, box_arr, score_arr = np.array(slice_of), np.array(boxes), np.array(scores)
+    bad = [int(k) for k in np.unique(slice_arr) if k < 0 or np.floor(k * ratio + 0.5) > num_input_slices - 1]
+    if bad:
+        raise ValueError(
+            f"detector slices {bad} map outside the input volume of {num_input_slices} slices "
+            f"(ratio {ratio:g})"
+        )
+
+    spacing_zyx_mm = (float(input_interval_mm), float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
+    lesions = [
+        _chain_to_lesion(chain, slice_arr, box_arr, score_arr, masks, ratio, num_input_slices, spacing_zyx_mm)
+        for chain in _link_chains(slice_arr, box_arr, score_arr, iou_threshold)
+    ]
+    lesions.sort(key=lambda les: -les.score)
+    logger.debug("linked %d detections into %d lesions", len(score_arr), len(lesions))
+    return lesions
+
+
+def _chain_to_lesion(
+    chain: list[int],
+    slice_of: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    masks: list[np.ndarray],
+    ratio: float,
+    num_input_slices: int,
+    spacing_zyx_mm: tuple[float, float, float],
+) -> Lesion:
+    """Map one chain (detector slices ascending) onto the input slices; see link_detections."""
+    det_slices = slice_of[chain]
+    ka, kb = int(det_slices[0]), int(det_slices[-1])
+    z_all = np.arange(num_input_slices)
+    nearest_k = np.floor(z_all / ratio + 0.5).astype(np.int64)
+    z_in = z_all[(nearest_k >= ka) & (nearest_k <= kb)]
+    by_k = {int(slice_of[i]): i for i in chain}
+    stack = np.stack([masks[by_k[int(nearest_k[z])]] for z in z_in])  # (nz, Y, X) bool
+
+    key = chain[int(np.argmax(scores[chain]))]
+    key_z = int(np.clip(np.floor(slice_of[key] * ratio + 0.5), z_in[0], z_in[-1]))
+    key_mask = stack[key_z - z_in[0]]
+    long_mm, short_mm = recist_axes_mm(key_mask, spacing_zyx_mm[1:])
+
+    on_y, on_x = np.flatnonzero(stack.any(axis=(0, 2))), np.flatnonzero(stack.any(axis=(0, 1)))
+    if len(on_y):
+        y0, y1, x0, x1 = on_y[0], on_y[-1] + 1, on_x[0], on_x[-1] + 1
+    else:
+        y0 = y1 = x0 = x1 = 0
+    mask_zyx = np.ascontiguousarray(stack[:, y0:y1, x0:x1])
+    chain_boxes = boxes[chain]
+    box_vox = (
+        float(chain_boxes[:, 0].min()), float(chain_boxes[:, 1].min()), float(z_in[0]),
+        float(chain_boxes[:, 2].max()), float(chain_boxes[:, 3].max()), float(z_in[-1]),
+    )
+    voxel_ml = float(np.prod(spacing_zyx_mm)) / 1000.0
+    return Lesion(
+        score=float(scores[key]),
+        box_vox=box_vox,
+        key_slice=key_z,
+        long_axis_mm=long_mm,
+        short_axis_mm=short_mm,
+        volume_ml=float(mask_zyx.sum()) * voxel_ml,
+        mask_zyx=mask_zyx,
+        mask_offset_zyx=(int(z_in[0]), int(y0), int(x0)),
+    )
+
+
+def _mask_hull_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> np.ndarray:
+    """Convex hull (H, 2) in mm (x, y) of the pixel squares of a mask (pixel i spans [i, i+1))."""
+    contours, _ = cv2.findContours(mask_yx.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    centres = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float32)
+    corners = (centres[:, None, :] + np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float32)).reshape(-1, 2)
+    hull = cv2.convexHull(corners).reshape(-1, 2).astype(np.float64)
+    return hull * np.array([spacing_yx_mm[1], spacing_yx_mm[0]], dtype=np.float64)
+
+
+def _max_chord(hull_mm: np.ndarray, direction: np.ndarray) -> float:
+    """Longest chord of a convex polygon along a unit direction (mm).
+
+    The chord length across a convex polygon is a concave function of the line's offset, so
+    its maximum lies on a line through a vertex: evaluate the chord on each vertex's line.
+    """
+    along = hull_mm @ direction
+    across = hull_mm @ np.array([-direction[1], direction[0]])
+    a0, a1 = along, np.roll(along, -1)
+    b0, b1 = across, np.roll(across, -1)
+    level = across[:, None]  # (levels, 1) against (edges,)
+    db = b1 - b0
+    t = np.divide(level - b0, db, out=np.full((len(level), len(db)), np.nan), where=db != 0)
+    on_edge = (t >= 0) & (t <= 1)
+    a_hit = np.where(on_edge, a0 + np.nan_to_num(t) * (a1 - a0), np.nan)
+    # Vertices on the level (covers edges parallel to the direction).
+    a_vert = np.where(np.isclose(across[None, :], level, rtol=0, atol=1e-9), along[None, :], np.nan)
+    a_all = np.concatenate([a_hit, a_vert], axis=1)
+    return float(np.nanmax(np.nanmax(a_all, axis=1) - np.nanmin(a_all, axis=1)))
+
+
+def recist_axes_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[float, float]:
+    """RECIST-style long and short axes of a 2D mask, in mm.
+
+    The mask is taken as the union of its pixel squares (the ImageJ Feret convention):
+    OpenCV's outer contours give the boundary pixels, their corners are scaled to mm and their
+    convex hull is formed. Long axis = maximum Feret diameter (largest distance between hull
+    vertices). Short axis = longest chord of the hull whose direction is within +/-5 degrees of
+    perpendicular to the long axis (RECIST 1.1 practice, Eisenhauer et al. 2009, measures the
+    short axis perpendicular to the long one; the tolerance absorbs pixel discretisation). For
+    non-convex masks the chords run across the hull. A rasterised disc of diameter D measures
+    within about one pixel of D (corners of the boundary pixels stick out by up to half a
+    pixel diagonal).
+
+    Args:
+        mask_yx: (Y, X) mask, bool or numeric (non-zero = lesion).
+        spacing_yx_mm: (row, column) pixel spacing in mm; anisotropic spacing is handled.
+
+    Returns:
+        ``(long_axis_mm, short_axis_mm)``; (0.0, 0.0) for an empty mask.
+
+    Raises:
+        ValueError: if the mask is not 2-D or a spacing is not positive.
+    """
+    mask = np.asarray(mask_yx)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_yx must be 2-D (Y, X), got shape {mask.shape}")
+    if not all(np.isfinite(s) and s > 0 for s in spacing_yx_mm):
+        raise ValueError(f"spacing_yx_mm must be positive, got {spacing_yx_mm}")
+    if not mask.any():
+        return 0.0, 0.0
+    hull = _mask_hull_mm(mask != 0, spacing_yx_mm)
+    diff = hull[:, None, :] - hull[None, :, :]
+    dist = np.hypot(diff[..., 0], diff[..., 1])
+    i, j = np.unravel_index(np.argmax(dist), dist.shape)
+    long_mm = float(dist[i, j])
+    theta = np.arctan2(diff[i, j, 1], diff[i, j, 0]) + np.pi / 2
+    tol = np.deg2rad(PERPENDICULAR_TOLERANCE_DEG)
+    angles = theta + np.arange(-tol, tol + 1e-12, np.deg2rad(_ANGLE_STEP_DEG))
+    short_mm = max(_max_chord(hull, np.array([np.cos(a), np.sin(a)])) for a in angles)
+    return long_mm, min(short_mm, long_mm)
+
+
+def box_lps_mm(box_vox: Sequence[float], volume: Volume) -> list[float]:
+    """Axis-aligned LPS bounds (mm) of a voxel box (x1, y1, z1, x2, y2, z2).
+
+    The box is taken as the physical region it covers: x, y are continuous pixel coordinates
+    (pixel i spans [i, i + 1), its centre is voxel index i, so index = coordinate - 0.5);
+    z1, z2 are inclusive slice indices whose slabs span [z - 0.5, z + 0.5]. The 8 corners are
+    mapped with :meth:`Volume.voxel_to_lps` and their per-axis minimum and maximum taken.
+
+    Args:
+        box_vox: (x1, y1, z1, x2, y2, z2) as in :class:`Lesion`.
+        volume: the input volume (its origin, spacing and direction).
+
+    Returns:
+        ``[x_min, y_min, z_min, x_max, y_max, z_max]`` in LPS mm (Python floats).
+
+    Raises:
+        ValueError: if ``box_vox`` does not have 6 values.
+    """
+    if len(box_vox) != 6:
+        raise ValueError(f"box_vox must be (x1, y1, z1, x2, y2, z2), got {box_vox}")
+    x1, y1, z1, x2, y2, z2 = (float(v) for v in box_vox)
+    xs, ys, zs = (x1 - 0.5, x2 - 0.5), (y1 - 0.5, y2 - 0.5), (z1 - 0.5, z2 + 0.5)
+    corners = np.array([(x, y, z) for x in xs for y in ys for z in zs])
+    lps = volume.voxel_to_lps(corners)
+    return [float(v) for v in (*lps.min(axis=0), *lps.max(axis=0))]

@@ -1,0 +1,212 @@
+"""Pure preprocessing functions: HU windowing, z-resampling, in-plane resizing, slab windows.
+
+Everything here follows SPEC section 4 (AlignShift paper, section 3, and its released code):
+
+* HU are clipped to [-1024, 2050] and mapped affinely to [0, 1].
+* The reference slice interval is r = 2 mm. Thin data (s < r) is resampled along z to r by
+  linear interpolation and then presented to the network as s = r; thick data (s >= r) keeps its
+  own slices and its own interval.
+* A window holds the key slice and k neighbours on each side. The neighbour at distance
+  j * r from the key slice of a thin series lies between source slices floor(j * r / s) and
+  ceil(j * r / s) away, with linear weights from the fractional part of j * r / s (the
+  released code computes the weights from r / s only, wrong for j >= 2). Neighbours beyond
+  the ends of the series replicate the edge slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ctlesion.volume import Volume
+
+HU_MIN = -1024.0
+HU_MAX = 2050.0
+REF_INTERVAL_MM = 2.0
+
+
+def normalize_hu(hu: np.ndarray) -> np.ndarray:
+    """Clip HU to [-1024, 2050] and map them linearly to [0, 1] (SPEC section 4).
+
+    Args:
+        hu: array of any shape, HU, any real dtype.
+
+    Returns:
+        float32 array of the same shape with values in [0, 1].
+    """
+    out = np.clip(np.asarray(hu, dtype=np.float32), HU_MIN, HU_MAX)
+    out -= HU_MIN
+    out /= HU_MAX - HU_MIN
+    return out
+
+
+def network_interval_mm(slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM) -> float:
+    """Slice interval the network sees: r for thin data (it is resampled to r), s otherwise."""
+    return max(float(slice_interval_mm), ref_interval_mm)
+
+
+def neighbour_offsets(
+    num_slices: int, slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM
+) -> np.ndarray:
+    """Offsets of the window's slices from the key slice, in units of source slices.
+
+    For thin data (s < r) the j-th neighbour sits at j * r / s source slices (it is spaced by
+    r in mm); for thick data it is the j-th adjacent slice.
+
+    Args:
+        num_slices: window depth D = 2k + 1 (odd, >= 1).
+        slice_interval_mm: interval s of the source slices, mm (> 0).
+        ref_interval_mm: reference interval r, mm.
+
+    Returns:
+        (D,) float64 offsets, symmetric around 0, increasing.
+
+    Raises:
+        ValueError: if ``num_slices`` is not a positive odd number or s <= 0.
+    """
+    if num_slices < 1 or num_slices % 2 != 1:
+        raise ValueError(f"num_slices must be a positive odd number, got {num_slices}")
+    if not slice_interval_mm > 0:
+        raise ValueError(f"slice_interval_mm must be > 0, got {slice_interval_mm}")
+    half = num_slices // 2
+    step = ref_interval_mm / slice_interval_mm if slice_interval_mm < ref_interval_mm else 1.0
+    return np.arange(-half, half + 1, dtype=np.float64) * step
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """Which source slices make up each output slice, and how they are blended.
+
+    ``out[d] = (1 - weight_hi[d]) * src[lo[d]] + weight_hi[d] * src[hi[d]]``.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    weight_hi: np.ndarray
+
+    @property
+    def needed(self) -> list[int]:
+        """Sorted source slice indices the plan reads."""
+        return sorted(set(self.lo.tolist()) | set(self.hi.tolist()))
+
+
+def plan_slices(positions: np.ndarray, num_source_slices: int) -> SlicePlan:
+    """Linear-interpolation plan for continuous slice positions, replicating the edges.
+
+    Args:
+        positions: (D,) positions in source slice index units (may be fractional or outside
+            [0, N-1]; outside positions take the edge slice).
+        num_source_slices: N, number of available source slices (>= 1).
+
+    Returns:
+        A :class:`SlicePlan` with integer ``lo``/``hi`` in [0, N-1] and weights in [0, 1].
+    """
+    pos = np.clip(np.asarray(positions, dtype=np.float64), 0.0, num_source_slices - 1)
+    lo = np.floor(pos).astype(np.int64)
+    frac = pos - lo
+    # Round-off guard: a position within 1e-9 of an integer uses that slice alone.
+    frac[np.abs(frac) < 1e-9] = 0.0
+    near_one = np.abs(frac - 1.0) < 1e-9
+    lo[near_one] += 1
+    frac[near_one] = 0.0
+    hi = np.minimum(lo + 1, num_source_slices - 1)
+    return SlicePlan(lo=lo, hi=hi, weight_hi=frac)
+
+
+def apply_plan(plan: SlicePlan, read_slice: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Build the (D, Y, X) float32 stack described by ``plan``, reading each slice once.
+
+    Args:
+        plan: the interpolation plan.
+        read_slice: returns the (Y, X) source slice of an index (e.g. from an array or a PNG).
+    """
+    cache = {i: np.asarray(read_slice(i), dtype=np.float32) for i in plan.needed}
+    out = [
+        cache[lo] if w == 0.0 else (1.0 - w) * cache[lo] + w * cache[hi]
+        for lo, hi, w in zip(plan.lo.tolist(), plan.hi.tolist(), plan.weight_hi.tolist())
+    ]
+    return np.stack(out).astype(np.float32, copy=False)
+
+
+def resample_to_reference(volume: Volume, ref_interval_mm: float = REF_INTERVAL_MM) -> Volume:
+    """Resample a thin volume (s < r) along z to the reference interval r; keep thick ones.
+
+    Slice k of the result lies at k * r mm from the first source slice (linear interpolation
+    between the two source slices around it), so the first slice is unchanged and the last
+    one is at or before the last source slice. Origin and direction are kept; the z spacing
+    becomes r.
+
+    Args:
+        volume: the input volume.
+        ref_interval_mm: the reference interval r (paper: 2 mm).
+
+    Returns:
+        A new float32 :class:`Volume`, or ``volume`` itself if it is not thin.
+    """
+    s = volume.slice_interval_mm
+    if s >= ref_interval_mm:
+        return volume
+    num = volume.shape_zyx[0]
+    extent_mm = (num - 1) * s
+    num_out = int(np.floor(extent_mm / ref_interval_mm + 1e-6)) + 1
+    plan = plan_slices(np.arange(num_out) * (ref_interval_mm / s), num)
+    hu = apply_plan(plan, lambda i: volume.hu[i])
+    spacing = (ref_interval_mm, volume.spacing_zyx_mm[1], volume.spacing_zyx_mm[2])
+    meta = dict(volume.meta, resampled_from_interval_mm=s)
+    out = volume.with_array(hu, spacing)
+    object.__setattr__(out, "meta", meta)
+    return out
+
+
+@dataclass(frozen=True)
+class InPlaneTransform:
+    """How an image was resized and padded to the network's square input.
+
+    ``net_px = scale * src_px`` (continuous pixel coordinates, x = column); padding is
+    added at the bottom and right only, so no offset is needed.
+    """
+
+    scale: float
+    src_shape_yx: tuple[int, int]
+    size_px: int
+
+    def to_source(self, boxes_px: np.ndarray) -> np.ndarray:
+        """Map (N, 4) network-frame boxes (x1, y1, x2, y2) back to source pixels, clipped."""
+        boxes = np.asarray(boxes_px, dtype=np.float64) / self.scale
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, self.src_shape_yx[1])
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, self.src_shape_yx[0])
+        return boxes
+
+
+def fit_in_plane(stack: np.ndarray, size_px: int) -> tuple[np.ndarray, InPlaneTransform]:
+    """Resize a (D, Y, X) stack to fit ``size_px`` x ``size_px`` keeping aspect, pad with 0.
+
+    Bilinear interpolation (OpenCV). Use after :func:`normalize_hu`, so that 0 is air.
+
+    Returns:
+        The (D, size_px, size_px) float32 stack and the :class:`InPlaneTransform` used.
+    """
+    depth, height, width = stack.shape
+    scale = size_px / max(height, width)
+    new_h, new_w = min(size_px, round(height * scale)), min(size_px, round(width * scale))
+    out = np.zeros((depth, size_px, size_px), dtype=np.float32)
+    for d in range(depth):
+        img = stack[d].astype(np.float32, copy=False)
+        if (new_h, new_w) != (height, width):
+            img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        out[d, :new_h, :new_w] = img
+    return out, InPlaneTransform(scale=scale, src_shape_yx=(height, width), size_px=size_px)
+
+
+def volume_window(volume: Volume, key_slice: int, num_slices: int) -> np.ndarray:
+    """The (D, Y, X) HU slab centred on ``key_slice`` of a volume already at network spacing.
+
+    Neighbours are adjacent slices (the volume has been resampled by
+    :func:`resample_to_reference` if it was thin); ends replicate the edge slice.
+    """
+    half = num_slices // 2
+    idx = np.clip(np.arange(key_slice - half, key_slice + half + 1), 0, volume.shape_zyx[0] - 1)
+    return np.asarray(volume.hu[idx], dtype=np.float32)

@@ -1,0 +1,156 @@
+"""``results.json`` and the lesion label map (SPEC section 9).
+
+Layout of ``results.json``::
+
+    {"version": "0.1.0", "model": {...}, "studies": [study_record(...), ...]}
+
+Each study record holds the input, the slice interval found, the series chosen and why others
+were skipped, and one entry per lesion with its label in the label map, score, boxes in voxels
+and LPS mm, key slice, RECIST axes and volume. Patient name and ID are never written: only the
+metadata keys listed in :func:`study_record` are copied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctlesion.postprocess import Lesion, box_lps_mm
+from ctlesion.report.atomic import atomic_write_text
+from ctlesion.volume import Volume
+
+#: Decimal places kept for floats in results.json (0.1 micrometre, 1e-4 score or mL).
+FLOAT_DECIMALS = 4
+
+
+def label_map(volume: Volume, lesions: Sequence[Lesion]) -> np.ndarray:
+    """The (Z, Y, X) label map of the lesions in the input volume's geometry.
+
+    Lesion ``i`` of ``lesions`` gets label ``i + 1`` (the ``label`` of :func:`study_record`);
+    where masks overlap, the higher-scoring lesion wins (on equal scores, the lower label).
+
+    Args:
+        volume: the input volume (only its shape is used).
+        lesions: lesions in the input geometry.
+
+    Returns:
+        (Z, Y, X) uint8 array (uint16 beyond 255 lesions), 0 = background.
+    """
+    dtype = np.uint8 if len(lesions) <= np.iinfo(np.uint8).max else np.uint16
+    labels = np.zeros(volume.shape_zyx, dtype=dtype)
+    # Paint the lowest-ranked first so that higher scores (then lower labels) overwrite.
+    for i in sorted(range(len(lesions)), key=lambda i: (lesions[i].score, -i)):
+        lesions[i].paint(labels, i + 1)
+    return labels
+
+
+def _series_record(meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "uid": meta.get("series_uid") or None,  # DICOM UIDs may be empty strings
+        "description": meta.get("description") or None,
+        "warnings": list(meta.get("warnings", [])),
+        "skipped": list(meta.get("skipped", [])),
+    }
+
+
+def study_record(
+    volume: Volume,
+    lesions: Sequence[Lesion],
+    *,
+    input_path: str,
+    detector_interval_mm: float,
+    label_map_file: str | None = None,
+    overlay_files: Sequence[str | None] | None = None,
+) -> dict[str, Any]:
+    """One entry of ``studies`` in results.json.
+
+    Args:
+        volume: the input volume. From ``volume.meta`` only ``slice_thickness_mm``,
+            ``series_uid``, ``description``, ``warnings`` and ``skipped`` are used.
+        lesions: lesions in the input geometry, in label order (lesion i has label i + 1).
+        input_path: the input as the user gave it (file or folder).
+        detector_interval_mm: slice interval the detector saw, mm; reported as
+            ``resampled_to_mm`` when it differs from the input's interval.
+        label_map_file: label map file name relative to results.json, or None if not written.
+        overlay_files: one overlay file name (relative) or None per lesion.
+
+    Returns:
+        A JSON-ready dict: ``input``, ``slice_interval_mm``, ``slice_thickness_mm``,
+        ``shape_zyx``, ``spacing_zyx_mm``, ``series`` (``uid``, ``description``, ``warnings``,
+        ``skipped``), ``resampled_to_mm``, ``label_map`` and ``lesions`` (each with ``label``,
+        ``score``, ``box_vox`` [x1, y1, z1, x2, y2, z2], ``box_lps_mm`` [x, y, z min then max],
+        ``key_slice``, ``long_axis_mm``, ``short_axis_mm``, ``volume_ml``, ``overlay``).
+
+    Raises:
+        ValueError: if ``overlay_files`` does not have one entry per lesion.
+    """
+    if overlay_files is not None and len(overlay_files) != len(lesions):
+        raise ValueError(f"overlay_files has {len(overlay_files)} entries for {len(lesions)} lesions")
+    overlays = list(overlay_files) if overlay_files is not None else [None] * len(lesions)
+    interval = volume.slice_interval_mm
+    resampled = not math.isclose(detector_interval_mm, interval, rel_tol=1e-6)
+    thickness = volume.meta.get("slice_thickness_mm")
+    return {
+        "input": str(input_path),
+        "slice_interval_mm": interval,
+        "slice_thickness_mm": None if thickness is None else float(thickness),
+        "shape_zyx": list(volume.shape_zyx),
+        "spacing_zyx_mm": list(volume.spacing_zyx_mm),
+        "series": _series_record(volume.meta),
+        "resampled_to_mm": float(detector_interval_mm) if resampled else None,
+        "label_map": label_map_file,
+        "lesions": [
+            {
+                "label": i + 1,
+                "score": float(les.score),
+                "box_vox": [float(v) for v in les.box_vox],
+                "box_lps_mm": box_lps_mm(les.box_vox, volume),
+                "key_slice": int(les.key_slice),
+                "long_axis_mm": float(les.long_axis_mm),
+                "short_axis_mm": float(les.short_axis_mm),
+                "volume_ml": float(les.volume_ml),
+                "overlay": overlay,
+            }
+            for i, (les, overlay) in enumerate(zip(lesions, overlays))
+        ],
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types with floats rounded to FLOAT_DECIMALS; non-finite floats become None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return round(float(value), FLOAT_DECIMALS) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results_json(path: str | Path, studies: Sequence[dict[str, Any]], *, model: dict[str, Any], version: str) -> None:
+    """Write ``{"version", "model", "studies"}`` to ``path`` atomically (indent 2, UTF-8).
+
+    Floats are rounded to 4 decimals; NaN or infinite values are written as null.
+
+    Args:
+        path: destination file.
+        studies: records from :func:`study_record`.
+        model: model description (name, checkpoint, config...), JSON-serialisable.
+        version: ctlesion version string.
+
+    Raises:
+        TypeError: if a value is not JSON-serialisable.
+    """
+    document = _jsonable({"version": version, "model": model, "studies": list(studies)})
+    atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")

@@ -1,0 +1,22 @@
+"""Shared pytest fixtures for the ctlesion test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: Real CT test data lives beside the project, at ``../shared/data`` from the repository root.
+SHARED_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to the real CT test data folder ``../shared/data`` (relative to the repo root).
+
+    Skips the requesting test, with the reason, when the folder is absent (for example in a
+    checkout of the project on its own).
+    """
+    if not SHARED_DATA_DIR.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA_DIR} (../shared/data is absent)")
+    return SHARED_DATA_DIR

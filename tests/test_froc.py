@@ -1,0 +1,185 @@
+"""DeepLesion FROC: reference figures, hand-worked cases, a loop oracle and input errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctlesion.evaluate import froc_curve, inclusive_iou, sensitivity_at_fps
+
+REFERENCE_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "froc_reference.json"
+EMPTY_DET = np.zeros((0, 5))
+EMPTY_GT = np.zeros((0, 4))
+
+
+def det(*rows: tuple[float, ...]) -> np.ndarray:
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def gt(*rows: tuple[float, ...]) -> np.ndarray:
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def official_curve(detections, ground_truth, iou_threshold=0.5):
+    """Loop transcription of the released DeepLesion FROC (3DCE/MULAN ``FROC``), stable ranking."""
+    n_img = len(detections)
+    img_idx = np.concatenate([[i] * len(d) for i, d in enumerate(detections)]).astype(int)
+    boxes = np.vstack([d.reshape(-1, 5) for d in detections])
+    order = np.argsort(-boxes[:, 4], kind="stable")
+    hits = [np.zeros(len(g), dtype=bool) for g in ground_truth]
+    n_hits = n_miss = 0
+    tps, fps = [], []
+    for i in order:
+        gts = ground_truth[img_idx[i]]
+        overlaps = inclusive_iou(np.repeat(boxes[i : i + 1, :4], len(gts), axis=0), gts)
+        if len(overlaps) == 0 or overlaps.max() < iou_threshold:
+            n_miss += 1
+        else:
+            for j in range(len(overlaps)):
+                if overlaps[j] >= iou_threshold and not hits[img_idx[i]][j]:
+                    hits[img_idx[i]][j] = True
+                    n_hits += 1
+        tps.append(n_hits)
+        fps.append(n_miss)
+    n_gt = sum(len(g) for g in ground_truth)
+    return np.array(fps, dtype=float) / n_img, np.array(tps, dtype=float) / n_gt
+
+
+def test_matches_reference_figures():
+    if not REFERENCE_JSON.is_file():
+        pytest.skip(f"reference figures not found at {REFERENCE_JSON}")
+    ref = json.loads(REFERENCE_JSON.read_text())
+    detections = [np.array(image["detections"], dtype=np.float64) for image in ref["images"]]
+    ground_truth = [np.array(image["ground_truth"], dtype=np.float64) for image in ref["images"]]
+    got = sensitivity_at_fps(detections, ground_truth, ref["fps_per_image"], ref["iou_threshold"])
+    np.testing.assert_allclose(got, ref["sensitivity"], rtol=0, atol=1e-12)
+    # The reference has no tied scores, so the documented stable tie order is not at stake here.
+    scores = np.concatenate([d[:, 4] for d in detections if len(d)])
+    assert len(np.unique(scores)) == len(scores)
+
+
+def test_inclusive_iou_hand_computed():
+    # a: 11 x 11 = 121 px, b: 11 x 6 = 66 px; overlap x 5..10 (6 px) by y 0..5 (6 px) = 36 px.
+    iou = inclusive_iou(gt((0, 0, 10, 10)), gt((5, 0, 15, 5)))
+    assert iou[0] == pytest.approx(36 / (121 + 66 - 36), abs=1e-15)
+    # Touching boxes share one pixel column in the inclusive convention.
+    assert inclusive_iou(gt((0, 0, 9, 9)), gt((9, 0, 18, 9)))[0] == pytest.approx(10 / 190, abs=1e-15)
+    assert inclusive_iou(gt((0, 0, 9, 9)), gt((11, 0, 20, 9)))[0] == 0.0
+
+
+def test_second_hit_on_same_lesion_is_neither_tp_nor_fp():
+    detections = [det((10, 10, 50, 50, 0.9), (11, 11, 50, 50, 0.8), (200, 200, 220, 220, 0.7))]
+    ground_truth = [gt((10, 10, 50, 50), (300, 300, 340, 340))]
+    fp, sens = froc_curve(detections, ground_truth)
+    np.testing.assert_array_equal(fp, [0, 0, 0, 1])  # the duplicate adds no false positive
+    np.testing.assert_array_equal(sens, [0, 0.5, 0.5, 0.5])  # nor a hit
+
+
+def test_detection_overlapping_two_lesions_marks_both():
+    # Two identical lesion boxes (e.g. two readers' marks): one detection hits both.
+    detections = [det((0, 0, 40, 40, 0.9))]
+    ground_truth = [gt((0, 0, 40, 40), (1, 1, 40, 40), (100, 100, 120, 120))]
+    fp, sens = froc_curve(detections, ground_truth)
+    np.testing.assert_allclose(sens, [0, 2 / 3])
+    np.testing.assert_array_equal(fp, [0, 0])
+
+
+def test_all_false_positives_give_zero():
+    detections = [det((0, 0, 5, 5, 0.9), (60, 60, 70, 70, 0.5)), EMPTY_DET]
+    ground_truth = [gt((30, 30, 50, 50)), gt((10, 10, 20, 20))]
+    np.testing.assert_array_equal(sensitivity_at_fps(detections, ground_truth), np.zeros(6))
+
+
+def test_rates_between_points_and_beyond_the_curve_end():
+    # Two images, three lesions. Ranked: TP(a) FP TP(b) FP TP(c): FP/image 0, .5, .5, 1, 1.
+    detections = [
+        det((0, 0, 10, 10, 0.9), (300, 300, 310, 310, 0.8), (50, 50, 60, 60, 0.5)),
+        det((100, 100, 120, 120, 0.7), (400, 400, 410, 410, 0.6)),
+    ]
+    ground_truth = [gt((0, 0, 10, 10), (50, 50, 60, 60)), gt((100, 100, 120, 120))]
+    fp, sens = froc_curve(detections, ground_truth)
+    np.testing.assert_allclose(fp, [0, 0, 0.5, 0.5, 1, 1])
+    np.testing.assert_allclose(sens, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 1])
+    got = sensitivity_at_fps(detections, ground_truth, fps=(0.25, 0.5, 1, 2, 16))
+    # 0.25: before the 1st FP -> 1/3; 0.5: every hit before the 2nd FP -> 2/3;
+    # 1, 2 and 16 are at or beyond the curve's end (1 FP/image): its last sensitivity.
+    np.testing.assert_allclose(got, [1 / 3, 2 / 3, 1, 1, 1], atol=1e-15)
+
+
+def test_images_without_lesions_count_false_positives():
+    detections = [det((0, 0, 10, 10, 0.9)), det((0, 0, 10, 10, 0.95))]
+    ground_truth = [gt((0, 0, 10, 10)), EMPTY_GT]
+    fp, sens = froc_curve(detections, ground_truth)
+    np.testing.assert_allclose(fp, [0, 0.5, 0.5])
+    np.testing.assert_allclose(sens, [0, 0, 1])
+
+
+def test_ties_rank_in_image_then_detection_order():
+    # Equal scores: image 0's false positive ranks before image 1's hit.
+    detections = [det((200, 200, 210, 210, 0.5)), det((0, 0, 10, 10, 0.5))]
+    ground_truth = [gt((0, 0, 10, 10)), gt((0, 0, 10, 10))]
+    fp, sens = froc_curve(detections, ground_truth)
+    np.testing.assert_allclose(fp, [0, 0.5, 0.5])
+    np.testing.assert_allclose(sens, [0, 0, 0.5])
+
+
+def test_vectorised_curve_matches_loop_oracle_on_random_data():
+    rng = np.random.default_rng(7)
+    detections, ground_truth = [], []
+    for _ in range(40):
+        n_gt = int(rng.integers(0, 4))
+        corner = rng.uniform(0, 200, (n_gt, 2))
+        boxes = np.c_[corner, corner + rng.uniform(5, 40, (n_gt, 2))]
+        n_det = int(rng.integers(0, 12))
+        corner = rng.uniform(0, 200, (n_det, 2))
+        dets = np.c_[corner, corner + rng.uniform(5, 40, (n_det, 2)), rng.uniform(size=n_det)]
+        for j in range(min(n_gt, n_det)):  # near-hits, some above and some below IoU 0.5
+            dets[j, :4] = boxes[j] + np.tile(rng.normal(0, 3, 2), 2)
+        detections.append(dets)
+        ground_truth.append(boxes)
+    fp, sens = froc_curve(detections, ground_truth)
+    fp_ref, sens_ref = official_curve(detections, ground_truth)
+    np.testing.assert_allclose(fp[1:], fp_ref, atol=1e-15)
+    np.testing.assert_allclose(sens[1:], sens_ref, atol=1e-15)
+    assert 0 < sens[-1] < 1 and fp[-1] > 0  # a non-trivial case
+
+
+def test_scores_5000_images_fast():
+    rng = np.random.default_rng(0)
+    ground_truth = []
+    detections = []
+    for _ in range(5000):
+        corner = rng.uniform(0, 400, (2, 2))
+        ground_truth.append(np.c_[corner, corner + rng.uniform(10, 80, (2, 2))])
+        corner = rng.uniform(0, 400, (50, 2))
+        detections.append(np.c_[corner, corner + rng.uniform(10, 80, (50, 2)), rng.uniform(size=50)])
+    start = time.perf_counter()
+    sensitivity_at_fps(detections, ground_truth)
+    assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    ("detections", "ground_truth", "message"),
+    [
+        ([det((0, 0, 1, 1, 0.5))], [gt((0, 0, 1, 1)), EMPTY_GT], "one entry per image"),
+        ([], [], "no images"),
+        ([det((0, 0, 1, 1, 0.5))], [EMPTY_GT], "no boxes at all"),
+        ([det((5, 0, 1, 1, 0.5))], [gt((0, 0, 1, 1))], "x2 < x1"),
+        ([det((0, 0, 1, 1, 0.5))], [gt((0, 5, 1, 1))], "x2 < x1 or y2 < y1"),
+        ([det((0, 0, 1, 1, np.nan))], [gt((0, 0, 1, 1))], "NaN scores"),
+        ([np.zeros((2, 4))], [gt((0, 0, 1, 1))], r"shape \(N, 5\)"),
+        ([det((0, 0, 1, 1, 0.5))], [np.zeros((1, 5))], r"shape \(N, 4\)"),
+    ],
+)
+def test_bad_input_raises(detections, ground_truth, message):
+    with pytest.raises(ValueError, match=message):
+        sensitivity_at_fps(detections, ground_truth)
+
+
+def test_bad_rates_raise():
+    with pytest.raises(ValueError, match="fps must be"):
+        sensitivity_at_fps([det((0, 0, 1, 1, 0.5))], [gt((0, 0, 1, 1))], fps=(-1, 1))

@@ -1,0 +1,137 @@
+"""Converter, backbone and detector: equality with the 2D network, contracts, gradients."""
+
+import copy
+
+import pytest
+import torch
+from torchvision.models import densenet121, resnet18
+
+from ctlesion.networks.backbone import AlignShiftDenseNet
+from ctlesion.networks.convert import convert_layers
+from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, dice_loss
+
+
+def _randomise_bn(model):
+    """Give BatchNorm layers non-trivial statistics so that the comparison means something."""
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_densenet_backbone_without_shift_equals_2d_network_on_one_slice():
+    torch.manual_seed(0)
+    net2d = _randomise_bn(densenet121(weights=None)).double()
+    backbone = AlignShiftDenseNet(num_slices=1, context="none", densenet_2d=copy.deepcopy(net2d)).double().eval()
+    image = torch.randn(1, 1, 64, 64, dtype=torch.float64)
+    rgb = torch.zeros(1, 3, 64, 64, dtype=torch.float64)
+    rgb[:, 1] = image[:, 0]  # the 3D stem takes the middle ImageNet input channel
+    feats = net2d.features
+    x = feats.pool0(feats.relu0(feats.norm0(feats.conv0(rgb))))
+    c2 = feats.denseblock1(x)
+    c3 = feats.denseblock2(feats.transition1(c2))
+    c4 = feats.denseblock3(feats.transition2(c3))
+    ours = backbone.stages(image[:, :, None], torch.tensor([2.0], dtype=torch.float64))
+    for ref, out in zip((c2, c3, c4), ours):
+        assert out.shape[2] == 1
+        torch.testing.assert_close(out[:, :, 0], ref, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_resnet_layers_convert_exactly():
+    net2d = _randomise_bn(resnet18(weights=None)).double()
+    body2d = torch.nn.Sequential(*list(net2d.children())[:-2])
+    body3d, converted = convert_layers(body2d)
+    assert "0" in converted and any(name.endswith("conv2") for name in converted)
+    image = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(body3d(image[:, :, None])[:, :, 0], body2d(image), rtol=0, atol=1e-5)
+
+
+def test_alignshift_changes_features_with_the_interval():
+    torch.manual_seed(0)
+    backbone = AlignShiftDenseNet(num_slices=3, context="alignshift", fpn_channels=64).eval()
+    images = torch.rand(1, 1, 3, 64, 64)
+    with torch.no_grad():
+        thin = backbone(images, torch.tensor([2.0]))
+        thick = backbone(images, torch.tensor([5.0]))
+    assert thin.shape == (1, 64, 16, 16)
+    assert (thin - thick).abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_config():
+    return DetectorConfig(num_slices=3, image_size_px=128, fpn_channels=64, fc_channels=128)
+
+
+def _targets(size, with_box=True):
+    if not with_box:
+        return dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64),
+                    masks=torch.zeros(0, size, size, dtype=torch.uint8))
+    masks = torch.zeros(1, size, size, dtype=torch.uint8)
+    masks[0, 40:70, 30:60] = 1
+    return dict(boxes=torch.tensor([[30.0, 40.0, 60.0, 70.0]]), labels=torch.ones(1, dtype=torch.int64), masks=masks)
+
+
+def test_detector_training_step_gradients_and_untouched_inputs(small_config):
+    torch.manual_seed(0)
+    model = AlignShiftDetector(small_config).train()
+    images = torch.rand(2, 1, 3, 128, 128)
+    before = images.clone()
+    losses = model(images, torch.tensor([2.0, 5.0]), [_targets(128), _targets(128, with_box=False)])
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    sum(losses.values()).backward()
+    assert torch.equal(images, before)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
+
+
+def test_detector_empty_targets_give_zero_box_losses(small_config):
+    torch.manual_seed(0)
+    model = AlignShiftDetector(small_config).train()
+    losses = model(torch.rand(1, 1, 3, 128, 128), torch.tensor([5.0]), [_targets(128, with_box=False)])
+    assert losses["loss_rpn_box_reg"].item() == 0.0
+    assert losses["loss_box_reg"].item() == 0.0
+    assert losses["loss_mask"].item() == 0.0
+    assert losses["loss_objectness"].item() > 0.0
+
+
+@torch.no_grad()
+def test_detector_inference_contract(small_config):
+    torch.manual_seed(0)
+    model = AlignShiftDetector(small_config).eval()
+    out = model(torch.rand(2, 1, 3, 128, 128), torch.tensor([2.0, 2.5]))
+    assert len(out) == 2
+    for det in out:
+        k = det["boxes"].shape[0]
+        assert k <= 50 and det["scores"].shape == (k,) and det["masks"].shape == (k, 1, 128, 128)
+        assert torch.all(det["scores"] >= 0.001)
+        assert torch.all((det["masks"] >= 0) & (det["masks"] <= 1))
+        assert torch.all(det["boxes"][:, 2:] >= det["boxes"][:, :2])
+
+
+def test_state_dict_round_trip(small_config):
+    a = AlignShiftDetector(small_config)
+    b = AlignShiftDetector(small_config)
+    b.load_state_dict(a.state_dict())
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_dice_loss_values():
+    target = torch.zeros(1, 4, 4)
+    target[0, :2] = 1
+    perfect = torch.where(target > 0, 50.0, -50.0)
+    assert dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert dice_loss(-perfect, target).item() == pytest.approx(1 - 1 / 17, abs=1e-6)
+
+
+def test_config_round_trip_and_validation():
+    config = DetectorConfig(num_slices=3, context="tsm")
+    assert DetectorConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
+    with pytest.raises(ValueError, match="num_slices"):
+        DetectorConfig.from_dict({"num_slices": 4})
