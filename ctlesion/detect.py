@@ -163,11 +163,8 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
                 overlay_name = f"{name}_lesion{label:02d}.png"
                 write_overlay(volume, lesion, label, Path(stage) / overlay_name)
                 overlays.append(overlay_name)
-            record = study_record(volume, lesions, input_path=str(path), detector_interval_mm=network_interval)
-            record["label_map"] = map_name
-            for entry, overlay_name in zip(record["lesions"], overlays):
-                entry["overlay"] = overlay_name
-            studies.append(record)
+            studies.append(study_record(volume, lesions, input_path=str(path), detector_interval_mm=network_interval,
+                                        label_map_file=map_name, overlay_files=overlays))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", "")}
         write_results_json(Path(stage) / Path(results_path).name, studies, model=model_record, version=__version__)

@@ -161,6 +161,7 @@ def train(options: TrainOptions, *, resume: bool = False, device: str | None = N
         task = bar.add_task("train", total=(options.epochs - start_epoch) * iters_per_epoch, info="")
         for epoch in range(start_epoch, options.epochs):
             model.train()
+            loader.dataset.set_epoch(epoch)
             started, seen, running = time.perf_counter(), 0, {}
             for step, (images, intervals, targets) in enumerate(loader):
                 if step >= iters_per_epoch:

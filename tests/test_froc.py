@@ -11,7 +11,7 @@ import pytest
 
 from ctlesion.evaluate import froc_curve, inclusive_iou, sensitivity_at_fps
 
-REFERENCE_JSON = Path(__file__).resolve().parents[2] / "shared" / "reference" / "froc_reference.json"
+REFERENCE_JSON = Path(__file__).resolve().parent / "data" / "froc_reference.json"
 EMPTY_DET = np.zeros((0, 5))
 EMPTY_GT = np.zeros((0, 4))
 

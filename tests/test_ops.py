@@ -8,7 +8,7 @@ import torch
 
 from ctlesion.ops import align_shift, temporal_shift
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "alignshift_reference.npz"
+REFERENCE = Path(__file__).resolve().parent / "data" / "alignshift_reference.npz"
 
 
 @pytest.fixture(scope="module")

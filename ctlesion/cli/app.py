@@ -72,6 +72,7 @@ def simulate(
         help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable. "
              "Default: the shipped sample series.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in --out.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds)."""
@@ -79,7 +80,7 @@ def simulate(
 
     _setup_logging(verbose)
     csv_path = _run(simulate_dataset, out, backgrounds=list(background or [SAMPLE_SERIES]), num_series=num_series,
-                    image_size_px=image_size, seed=seed)
+                    image_size_px=image_size, seed=seed, overwrite=overwrite)
     stdout.print(f"wrote {csv_path}")
 
 
@@ -209,9 +210,11 @@ def detect(
     for study in results["studies"]:
         stdout.print(f"{study['input']}: {len(study['lesions'])} lesion(s), slice interval "
                      f"{study['slice_interval_mm']:.2f} mm, {study['shape_zyx']} voxels")
-        for lesion in study["lesions"]:
+        for lesion in study["lesions"][:10]:
             stdout.print(f"  #{lesion['label']} score {lesion['score']:.2f} slice {lesion['key_slice']} "
                          f"long axis {lesion['long_axis_mm']:.1f} mm")
+        if len(study["lesions"]) > 10:
+            stdout.print(f"  ... and {len(study['lesions']) - 10} more (see {out.name})")
     stdout.print(f"wrote {out}")
 
 

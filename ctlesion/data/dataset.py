@@ -80,7 +80,9 @@ class DeepLesionDataset(Dataset):
     lesions are skipped. Pseudo-masks are computed once per key slice (on the key slice at
     source resolution) and kept in memory. With ``flip_p`` > 0 the item is mirrored
     left-right (image, boxes, masks and ``boxes_src_px`` together) with that probability,
-    decided by a generator seeded from (seed, index, epoch); call :meth:`set_epoch` each epoch.
+    decided by a generator seeded from (seed, index, epoch), the same for any number of
+    DataLoader workers; call :meth:`set_epoch` before each epoch, or every epoch repeats the
+    same flips.
 
     Args:
         root: folder holding ``DL_info.csv`` and ``Images_png/``.
@@ -92,9 +94,11 @@ class DeepLesionDataset(Dataset):
         flip_p: probability of a horizontal flip.
         seed: seed of the flip decisions.
 
+    An empty split gives an empty dataset (with a logged warning).
+
     Raises:
-        CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png``, the split name is
-            unknown, or the split holds no key slice.
+        CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png``, or the split name
+            is unknown.
     """
 
     def __init__(
@@ -119,7 +123,7 @@ class DeepLesionDataset(Dataset):
             if key.num_lesions > 0
         ]
         if not self.keys:
-            raise CtlesionError(f"no annotated key slice in split {split!r}", self.root / "DL_info.csv")
+            logger.warning("%s: no annotated key slice in split %r", self.root / "DL_info.csv", split)
         self.split = split
         self.num_slices = num_slices
         self.image_size_px = image_size_px

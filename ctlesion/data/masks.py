@@ -87,10 +87,34 @@ def box_ellipse_mask(shape_yx: tuple[int, int], box_px: np.ndarray) -> np.ndarra
     return mask.astype(bool)
 
 
+def box_pixel_range(box_px: np.ndarray, shape_yx: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Index range (x1, y1, x2, y2), end exclusive, of the pixels whose centres lie in a box.
+
+    Pixel i covers [i, i+1), so its centre i + 0.5 is inside [x1, x2] for
+    ceil(x1 - 0.5) <= i <= floor(x2 - 0.5). The range is clipped to the image.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box_px)
+    height, width = shape_yx
+    return (
+        min(width, max(0, math.ceil(x1 - 0.5))),
+        min(height, max(0, math.ceil(y1 - 0.5))),
+        min(width, max(0, math.floor(x2 - 0.5) + 1)),
+        min(height, max(0, math.floor(y2 - 0.5) + 1)),
+    )
+
+
+def _inside_box(mask: np.ndarray, box_px: np.ndarray) -> np.ndarray:
+    """``mask`` with everything outside the box's pixels cleared (a new array)."""
+    x1, y1, x2, y2 = box_pixel_range(box_px, mask.shape)
+    out = np.zeros_like(mask)
+    out[y1:y2, x1:x2] = mask[y1:y2, x1:x2]
+    return out
+
+
 def _fallback(shape_yx: tuple[int, int], box_px: np.ndarray, recist_px: np.ndarray) -> np.ndarray:
-    """Filled RECIST quadrilateral, or the box's inscribed ellipse if the quadrilateral is empty."""
+    """Filled RECIST quadrilateral within the box, or the box's inscribed ellipse if that is empty."""
     if np.all(np.isfinite(recist_px)):
-        polygon = recist_polygon_mask(shape_yx, recist_px)
+        polygon = _inside_box(recist_polygon_mask(shape_yx, recist_px), box_px)
         if polygon.any():
             return polygon
     return box_ellipse_mask(shape_yx, box_px)
@@ -119,9 +143,9 @@ def recist_pseudo_mask(
         iterations: GrabCut iterations (paper recipe: 3).
 
     Returns:
-        (Y, X) bool mask, non-empty whenever the box overlaps the image. Falls back to the
-        filled RECIST quadrilateral (or the box's inscribed ellipse) when GrabCut fails or
-        returns nothing.
+        (Y, X) bool mask within the box (pixel centres inside), non-empty whenever the box
+        overlaps the image. Falls back to the filled RECIST quadrilateral (or the box's
+        inscribed ellipse) when GrabCut fails or returns nothing.
     """
     image_hu = np.asarray(image_hu)
     if image_hu.ndim != 2:
@@ -132,7 +156,7 @@ def recist_pseudo_mask(
     full = np.zeros((height, width), dtype=bool)
     if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
         logger.debug("degenerate box %s: using the RECIST polygon", box.tolist())
-        return _fallback((height, width), box, recist)
+        return recist_polygon_mask((height, width), recist) if np.all(np.isfinite(recist)) else full
 
     margin = max(16, int(math.ceil(0.5 * max(box[2] - box[0], box[3] - box[1]))))
     cx1, cy1 = max(0, int(math.floor(box[0])) - margin), max(0, int(math.floor(box[1])) - margin)
@@ -144,14 +168,13 @@ def recist_pseudo_mask(
     box_crop = box - np.tile(offset, 2)
     recist_crop = recist - np.tile(offset, 4)
 
-    # Pixels whose centres lie inside the box are probable foreground; the rest background.
+    # Pixels whose centres lie inside the box are probable foreground, the RECIST
+    # quadrilateral (within the box) foreground, the rest background.
     gc_mask = np.full(crop_shape, cv2.GC_BGD, dtype=np.uint8)
-    bx1, by1 = max(0, int(math.ceil(box_crop[0] - 0.5))), max(0, int(math.ceil(box_crop[1] - 0.5)))
-    bx2, by2 = int(math.floor(box_crop[2] - 0.5)) + 1, int(math.floor(box_crop[3] - 0.5)) + 1
+    bx1, by1, bx2, by2 = box_pixel_range(box_crop, crop_shape)
     gc_mask[by1:by2, bx1:bx2] = cv2.GC_PR_FGD
-    polygon = recist_polygon_mask(crop_shape, recist_crop) if np.all(np.isfinite(recist)) else None
-    if polygon is not None:
-        gc_mask[polygon] = cv2.GC_FGD
+    if np.all(np.isfinite(recist)):
+        gc_mask[_inside_box(recist_polygon_mask(crop_shape, recist_crop), box_crop)] = cv2.GC_FGD
 
     result = None
     if (gc_mask == cv2.GC_BGD).any() and (gc_mask != cv2.GC_BGD).any():

@@ -12,9 +12,11 @@ repository's ``sample_data/abdomen_ct_dicom``) is
    (``ctlesion.preprocess.plan_slices``), so that series differ in content and position;
 3. given 1-3 **lesions**: solid ellipsoids (long diameter 5-40 mm, short 55-100 % of it,
    z extent 60-120 % of it, random in-plane orientation) placed wholly inside the body
-   (HU > -500, largest connected region per slice) with their centre in soft tissue, with a
-   contrast of +/- 20-80 HU against the local median (hypo- and hyper-dense), half the
-   background texture kept inside, and a Gaussian edge blur (sigma 0.5-1.5 mm);
+   (HU > -500, largest connected region per slice), at least 90 % in soft tissue
+   (-150..250 HU) and clear of the other objects by half their size, with a
+   contrast of +/- 20-80 HU against the median of the tissue they replace (hypo- and
+   hyper-dense), homogeneous but keeping the scan's fine noise texture, and a Gaussian edge
+   blur (sigma 0.5-1.5 mm);
 4. given 1-2 **tube-shaped look-alikes**: elliptic cylinders of the same cross-sections and
    contrasts running through every slice of the series with a slow in-plane drift, like
    vessels. On one slice they look like lesions; only the 3-D context tells them apart.
@@ -24,12 +26,13 @@ Each series is then written either **thin** (1 mm interval: the 1 mm slices) or 
 (5 mm: each slice the mean of 5 consecutive 1 mm slices, as scanners reconstruct thick
 slices), half of the series each, as 16-bit PNGs in the DeepLesion layout (1-based slice
 numbers), with DL_info rows (all 18 official columns). A lesion's key slice is the written
-slice with its largest cross-section. Key slices are annotated completely: each gets a row for
-its own lesion and for every other lesion whose section there is at least half its largest
-(smaller caps of other lesions stay unannotated, as partial volumes would in a real study). On a thick slice the lesion's annotated outline is the region covered
-on at least 3 of its 5 thin slices; for an ellipsoid that is again an ellipse (a scaled copy
-of the central cross-section), from which the RECIST axes, diameters and the tight bounding
-box (pixels whose centres lie inside, pixel i covering [i, i+1)) are computed exactly.
+slice with its largest cross-section. Key slices are annotated completely: each gets a row
+for its own lesion and for every other lesion whose section there is at least half its
+largest (smaller caps of other lesions stay unannotated). On a thick slice a lesion's
+annotated outline is the region covered on at least 3 of its 5 thin slices; for an
+ellipsoid that is again an ellipse (a scaled copy of the central section), from which the
+RECIST axes, diameters and the tight bounding box (pixels whose centres lie inside, pixel i
+covering [i, i+1)) are computed exactly.
 Patients (one or two studies, one series each) are assigned wholly to train / val / test
 (about 70 / 15 / 15 %, at least one series each when there are >= 3 series).
 ``simulation.json`` beside ``DL_info.csv`` records the parameters of every series.
@@ -50,6 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,7 +80,7 @@ LESION_DIAMETER_MM = (5.0, 40.0)
 TUBE_DIAMETER_MM = (5.0, 25.0)
 CONTRAST_HU = (20.0, 80.0)
 EDGE_SIGMA_MM = (0.5, 1.5)
-TEXTURE_KEPT = 0.5
+_TEXTURE_SIGMA_PX = 1.5
 LESION_TYPE_SOFT_TISSUE = 7
 _MIN_DIAMETER_PX = 4.0
 _PLACEMENT_TRIES = 40
@@ -237,12 +241,18 @@ def _fits(obj: _Ellipsoid, body: np.ndarray, soft: np.ndarray, occupied: np.ndar
 
 
 def _insert(hu: np.ndarray, obj: _Ellipsoid, bounds, contrast_hu: float, sigma_px: float, sigma_z: float) -> None:
-    """Blend the object into ``hu`` in place: local median + contrast, half texture, soft edge."""
+    """Blend the object into ``hu`` in place with a soft edge.
+
+    Interior: a constant level (median HU of the tissue it replaces + contrast) plus the
+    background's fine texture (the in-plane high-pass ``hu - blur(hu)``, sigma 1.5 px), so the
+    object is homogeneous but keeps the scan's noise.
+    """
     inside = _object_mask(obj, bounds)
     block = hu[bounds]
-    local_hu = float(np.median(block[inside]))
+    level_hu = float(np.median(block[inside])) + contrast_hu
     soft = _blur_3d(inside.astype(np.float32), sigma_z, sigma_px)
-    interior = local_hu + contrast_hu + TEXTURE_KEPT * (block - local_hu)
+    texture = block - np.stack([cv2.GaussianBlur(s, (0, 0), _TEXTURE_SIGMA_PX) for s in block])
+    interior = level_hu + texture
     hu[bounds] = block + soft * (interior - block)
 
 
@@ -489,24 +499,33 @@ def simulate_from_volumes(
     num_series: int,
     image_size_px: int = 512,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a simulated DeepLesion-style dataset from background volumes (see module doc).
 
     Args:
         out_dir: output folder; ``DL_info.csv``, ``simulation.json`` and ``Images_png/`` are
-            written (existing files of the same names are overwritten).
+            written.
         volumes: real CT backgrounds (HU), each at least 5 mm long along z.
         num_series: number of series (each with 1-3 lesions).
         image_size_px: side of the square output slices, pixels (>= 64).
         seed: random seed; the same seed and inputs give the same bytes.
+        overwrite: replace an existing ``Images_png/`` in ``out_dir`` (stale slices left in
+            it would otherwise become neighbours of the new ones).
 
     Returns:
         Path of the written ``DL_info.csv``.
 
     Raises:
-        CtlesionError: for no or too-short backgrounds, or a non-positive ``num_series``.
+        CtlesionError: for no or too-short backgrounds, a non-positive ``num_series``, or an
+            existing ``Images_png/`` without ``overwrite``.
     """
     out_dir = Path(out_dir)
+    images_dir = out_dir / "Images_png"
+    if images_dir.exists() and any(images_dir.iterdir()):
+        if not overwrite:
+            raise CtlesionError("already holds an Images_png folder; use an empty folder or overwrite", out_dir)
+        shutil.rmtree(images_dir)
     if not volumes:
         raise CtlesionError("no background CT volumes given for the simulation", out_dir)
     if num_series < 1 or image_size_px < 64:
@@ -519,7 +538,6 @@ def simulate_from_volumes(
     owners = _assign_patients(master, num_series)
     thick_flags = master.permutation(np.arange(num_series) % 2 == 1).tolist()
     series_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(num_series)]
-    images_dir = out_dir / "Images_png"
     rows, plans = [], []
     for i in range(num_series):
         plan, volume = _plan_series(series_rngs[i], volumes, names, owners[i], bool(thick_flags[i]))
@@ -532,7 +550,7 @@ def simulate_from_volumes(
     manifest = {"seed": seed, "num_series": num_series, "image_size_px": image_size_px,
                 "backgrounds": names, "series": plans}
     (out_dir / "simulation.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    logger.info("simulated %d series with %d lesions in %s", num_series, len(rows), out_dir)
+    logger.info("simulated %d series with %d lesion annotations in %s", num_series, len(rows), out_dir)
     return csv_path
 
 
@@ -543,6 +561,7 @@ def simulate_dataset(
     num_series: int,
     image_size_px: int = 512,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Read real CT backgrounds and write a simulated DeepLesion-style dataset (module doc).
 
@@ -553,12 +572,16 @@ def simulate_dataset(
         num_series: number of series to write.
         image_size_px: side of the square output slices, pixels.
         seed: random seed (deterministic output).
+        overwrite: replace an existing ``Images_png/`` in ``out_dir``.
 
     Returns:
         Path of the written ``DL_info.csv``.
 
     Raises:
-        CtlesionError: if a background cannot be read or is unsuitable.
+        CtlesionError: if a background cannot be read or is unsuitable, or ``out_dir`` already
+            holds ``Images_png/`` without ``overwrite``.
     """
     volumes = [read_volume(Path(p)) for p in backgrounds]
-    return simulate_from_volumes(out_dir, volumes, num_series=num_series, image_size_px=image_size_px, seed=seed)
+    return simulate_from_volumes(
+        out_dir, volumes, num_series=num_series, image_size_px=image_size_px, seed=seed, overwrite=overwrite
+    )

@@ -14,7 +14,7 @@ Layout (Yan et al., CVPR 2018; the NIH release)::
   long-axis endpoints then the short-axis endpoints (x, y pairs, pixels).
 * ``Train_Val_Test`` is 1 / 2 / 3 for train / val / test.
 
-Pixel coordinates are continuous with pixel (i, j) covering [i, i+1) x [j, j+1), so boxes
+Pixel coordinates are taken as continuous with pixel (i, j) covering [i, i+1) x [j, j+1), so boxes
 scale by the resize factor of an image without offsets (SPEC section 10).
 """
 
@@ -33,6 +33,7 @@ import numpy as np
 from ctlesion.errors import CtlesionError
 from ctlesion.preprocess import (
     REF_INTERVAL_MM,
+    SlicePlan,
     apply_plan,
     neighbour_offsets,
     network_interval_mm,
@@ -413,9 +414,9 @@ def load_key_slice_window(
     floor(j r / s) and ceil(j r / s) away; for a thick series it is the j-th adjacent slice.
     Positions are in slice-number units over the series' extent (``Slice_range`` and the
     PNGs present); beyond it the edge slice is replicated. A needed PNG that is absent from
-    the folder is replaced by the nearest present one; if every neighbour is absent (only
-    the key slice exists, as in key-slice-only extracts) one warning is logged. Each PNG is
-    read once.
+    the folder is replaced by the nearest present one, with one warning; when that leaves
+    only the key slice (as in key-slice-only extracts) the warning says "single-slice
+    context: neighbours replicated". Each PNG is read once.
 
     Args:
         images_dir: the ``Images_png`` folder.
@@ -438,6 +439,8 @@ def load_key_slice_window(
     last = max(available[-1], int(key.slice_range[1]), key.slice_index)
     offsets = neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm)
     plan = plan_slices(key.slice_index - first + offsets, last - first + 1)
+    # Slices with zero weight are not needed (and need not exist).
+    plan = SlicePlan(lo=plan.lo, hi=np.where(plan.weight_hi > 0, plan.hi, plan.lo), weight_hi=plan.weight_hi)
     present = np.array(available)
     present_set = set(available)
     wanted = [first + i for i in plan.needed]
@@ -454,8 +457,11 @@ def load_key_slice_window(
 
     window = apply_plan(plan, read_number)
     neighbours = [n for n in wanted if n != key.slice_index]
-    if neighbours and len(absent) == len(neighbours):
+    if neighbours and set(cache) == {key.slice_index}:
         logger.warning("%s: single-slice context: neighbours replicated", key.file_name)
     elif absent:
-        logger.debug("%s: %d neighbour slice(s) absent, nearest present used", key.file_name, len(absent))
+        logger.warning(
+            "%s: %d of %d neighbour slice(s) absent; nearest present slices used", key.file_name, len(absent),
+            len(neighbours),
+        )
     return window, network_interval_mm(key.slice_interval_mm, ref_interval_mm)
