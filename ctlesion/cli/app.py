@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from ctlesion import __version__
@@ -21,7 +22,7 @@ from ctlesion.errors import CtlesionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Universal lesion detection in CT with the thickness-aware AlignShift detector.")
-stdout = Console()
+stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
 log = logging.getLogger("ctlesion")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,15 +45,20 @@ def _device(name: Optional[str]) -> str:
     return name
 
 
+def _error(message: str) -> None:
+    """Print one unwrapped error line on stderr."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _run(func, *args, **kwargs):
     """Call ``func`` mapping CtlesionError (and OS errors on user files) to one line + exit 1."""
     try:
         return func(*args, **kwargs)
     except CtlesionError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(1) from None
     except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        stderr.print(f"[bold red]error:[/] {exc.filename}: {exc.strerror}", highlight=False)
+        _error(f"{exc.filename}: {exc.strerror}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         stderr.print("[bold red]interrupted[/]")
@@ -113,17 +119,17 @@ def train(
         options = _run(read_run_options, out)
     else:
         if data is None:
-            stderr.print("[bold red]error:[/] --data is required (unless --resume)")
+            _error("--data is required (unless --resume)")
             raise typer.Exit(2)
         try:
             detector = DetectorConfig(context=context, num_slices=slices, image_size_px=image_size,
                                       fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding)
             detector.validate()
         except ValueError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}")
+            _error(f"{exc}")
             raise typer.Exit(2) from None
         if not (data / "DL_info.csv").is_file():
-            stderr.print(f"[bold red]error:[/] {data}: no DL_info.csv (not a DeepLesion-layout dataset)")
+            _error(f"{data}: no DL_info.csv (not a DeepLesion-layout dataset)")
             raise typer.Exit(1)
         options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
@@ -172,13 +178,13 @@ def evaluate(
 
     _setup_logging(verbose)
     if split not in ("train", "val", "test"):
-        stderr.print(f"[bold red]error:[/] --split must be train, val or test, got {split!r}")
+        _error(f"--split must be train, val or test, got {split!r}")
         raise typer.Exit(2)
     dev = _run(_device, device)
     model, info = _load_model(weights, dev)
     result = _run(evaluate_model, model, data, split, device=dev)
     if result is None:
-        stderr.print(f"[bold red]error:[/] {data}: split {split!r} holds no key slices with lesions")
+        _error(f"{data}: split {split!r} holds no key slices with lesions")
         raise typer.Exit(1)
     result = {"version": __version__, "weights": info["weights"], "data": str(data), **result}
     _run(atomic_write_text, out, json.dumps(result, indent=1) + "\n")

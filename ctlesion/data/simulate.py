@@ -269,6 +269,7 @@ def _place(
     num_z = body.shape[0]
     low, high = TUBE_DIAMETER_MM if tube else LESION_DIAMETER_MM
     low = max(low, _MIN_DIAMETER_PX * pixel_mm)
+    high = max(high, low)
     shrink = 1.0
     for attempt in range(_PLACEMENT_TRIES):
         if attempt and attempt % 10 == 0:
