@@ -22,7 +22,7 @@ from ctlesion.io.nifti import write_nifti
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
 from ctlesion.preprocess import fit_in_plane, normalize_hu, resample_to_reference, volume_window
-from ctlesion.report.atomic import staged_outputs
+from ctlesion.atomic import staged_outputs
 from ctlesion.report.overlays import write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
 from ctlesion.volume import Volume

@@ -28,7 +28,7 @@ from ctlesion.checkpoint import load_detector, save_checkpoint
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
-from ctlesion.report.atomic import atomic_write_text
+from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

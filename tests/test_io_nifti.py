@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 from ctlesion.errors import CtlesionError
-from ctlesion.io import nifti as nifti_module
 from ctlesion.io.dicom import read_dicom_series
 from ctlesion.io.nifti import read_nifti, write_nifti
 from ctlesion.volume import Volume
@@ -184,11 +184,10 @@ def test_write_gzip_by_name_and_atomically(tmp_path, monkeypatch):
 
     before = (tmp_path / "a.nii.gz").read_bytes()
 
-    def failing_save(image, filename):
-        Path(filename).write_bytes(b"partial")
+    def failing_fsync(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(nifti_module.nib, "save", failing_save)
+    monkeypatch.setattr(os, "fsync", failing_fsync)  # fails after the partial bytes are written
     with pytest.raises(CtlesionError, match="cannot write NIfTI file \\(No space left on device\\)"):
         write_nifti(reference.hu, reference, tmp_path / "a.nii.gz")
     assert (tmp_path / "a.nii.gz").read_bytes() == before  # the old file is untouched

@@ -174,7 +174,7 @@ def evaluate(
 ) -> None:
     """Score the detector by the DeepLesion FROC protocol (sensitivity at 0.5-16 FP per image)."""
     from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415
-    from ctlesion.report.atomic import atomic_write_text  # noqa: PLC0415
+    from ctlesion.atomic import atomic_write_text  # noqa: PLC0415
 
     _setup_logging(verbose)
     if split not in ("train", "val", "test"):

@@ -14,15 +14,16 @@ is what the detector was trained on.
 
 from __future__ import annotations
 
+import gzip
+
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from ctlesion.atomic import atomic_write_bytes
 from ctlesion.errors import CtlesionError
 from ctlesion.volume import Volume
 
@@ -206,15 +207,13 @@ def write_nifti(array_zyx: np.ndarray, reference: Volume, path: Path) -> None:
     image.set_sform(affine_ras, code="scanner")
     image.set_qform(affine_ras, code="scanner")
 
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}")
+    data = image.to_bytes()
+    if path.name.lower().endswith(".nii.gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
     try:
-        nib.save(image, temporary)
-        os.replace(temporary, path)
+        atomic_write_bytes(path, data)
     except OSError as error:
         raise CtlesionError(f"cannot write NIfTI file ({error.strerror or error})", path) from error
-    finally:
-        temporary.unlink(missing_ok=True)
     logger.info("%s: wrote %d x %d x %d voxels (z, y, x), %s", path, *array.shape, array.dtype)
 
 

@@ -1,6 +1,6 @@
 """Writers of user-facing outputs: results.json, label maps, overlay pictures (SPEC section 9)."""
 
-from ctlesion.report.atomic import atomic_write_bytes, atomic_write_text, staged_outputs
+from ctlesion.atomic import atomic_write_bytes, atomic_write_text, staged_outputs
 from ctlesion.report.overlays import render_overlay, write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ctlesion.postprocess import Lesion, box_lps_mm
-from ctlesion.report.atomic import atomic_write_text
+from ctlesion.atomic import atomic_write_text
 from ctlesion.volume import Volume
 
 #: Decimal places kept for floats in results.json (0.1 micrometre, 1e-4 score or mL).
