@@ -187,7 +187,7 @@ def train(options: TrainOptions, *, resume: bool = False, device: str | None = N
                 record = {"epoch": epoch + 1, "step": step + 1, "iteration": scheduler.last_epoch, "lr": lr,
                           "loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "images_per_s": rate}
                 metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+                metrics_file.flush()
             epoch_record = {"epoch": epoch + 1, "train_loss_ema": running, "seconds": time.perf_counter() - started}
             val = evaluate_model(model, options.data_dir, "val", device=dev, progress=False)
             if val is not None:
