@@ -20,3 +20,15 @@ def shared_data() -> Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA_DIR} (../shared/data is absent)")
     return SHARED_DATA_DIR
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` when CUDA is not available (they run wherever it is)."""
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -135,3 +135,14 @@ def test_config_round_trip_and_validation():
     assert DetectorConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
     with pytest.raises(ValueError, match="num_slices"):
         DetectorConfig.from_dict({"num_slices": 4})
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_detector_on_cuda_matches_cpu(small_config):
+    torch.manual_seed(0)
+    model = AlignShiftDetector(small_config).eval()
+    images, intervals = torch.rand(1, 1, 3, 128, 128), torch.tensor([5.0])
+    features_cpu = model.backbone(images, intervals)
+    features_gpu = model.cuda().backbone(images.cuda(), intervals.cuda()).cpu()
+    torch.testing.assert_close(features_gpu, features_cpu, rtol=1e-3, atol=1e-3)

@@ -86,3 +86,14 @@ def test_float32_and_channels_last():
     out = align_shift(x, torch.tensor([1.0, 5.0]))
     assert out.dtype == torch.float32 and out.shape == x.shape
     torch.testing.assert_close(out, align_shift(x.contiguous(), torch.tensor([1.0, 5.0])))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_and_compiles():
+    x = torch.randn(2, 32, 5, 16, 16, dtype=torch.float64)
+    s = torch.tensor([0.8, 5.0], dtype=torch.float64)
+    expected = align_shift(x, s)
+    torch.testing.assert_close(align_shift(x.cuda(), s.cuda()).cpu(), expected, rtol=0, atol=1e-12)
+    compiled = torch.compile(align_shift)
+    torch.testing.assert_close(compiled(x.cuda().float(), s.cuda().float()).cpu(), expected.float(), rtol=1e-6,
+                               atol=1e-6)
