@@ -21,7 +21,13 @@ from ctlesion.io import read_volume
 from ctlesion.io.nifti import write_nifti
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
-from ctlesion.preprocess import fit_in_plane, normalize_hu, resample_to_reference, volume_window
+from ctlesion.preprocess import (
+    fit_in_plane,
+    normalize_hu,
+    num_resampled_slices,
+    resample_to_reference,
+    volume_window,
+)
 from ctlesion.atomic import staged_outputs
 from ctlesion.report.overlays import write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
@@ -151,7 +157,7 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
         for path, name, volume in zip(inputs, names, volumes):
             task = None
             if progress is not None:
-                num_windows = resample_to_reference(volume, model.config.ref_interval_mm).shape_zyx[0]
+                num_windows = num_resampled_slices(volume, model.config.ref_interval_mm)
                 task = progress.add_task(f"detect {name}", total=num_windows, info="")
             lesions, network_interval = detect_volume(
                 model, volume, options=options, device=device,

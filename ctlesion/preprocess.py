@@ -131,6 +131,14 @@ def apply_plan(plan: SlicePlan, read_slice: Callable[[int], np.ndarray]) -> np.n
     return np.stack(out).astype(np.float32, copy=False)
 
 
+def num_resampled_slices(volume: Volume, ref_interval_mm: float = REF_INTERVAL_MM) -> int:
+    """Number of slices :func:`resample_to_reference` returns for ``volume`` (without resampling)."""
+    s, num = volume.slice_interval_mm, volume.shape_zyx[0]
+    if s >= ref_interval_mm:
+        return num
+    return int(np.floor((num - 1) * s / ref_interval_mm + 1e-6)) + 1
+
+
 def resample_to_reference(volume: Volume, ref_interval_mm: float = REF_INTERVAL_MM) -> Volume:
     """Resample a thin volume (s < r) along z to the reference interval r; keep thick ones.
 
@@ -150,9 +158,7 @@ def resample_to_reference(volume: Volume, ref_interval_mm: float = REF_INTERVAL_
     if s >= ref_interval_mm:
         return volume
     num = volume.shape_zyx[0]
-    extent_mm = (num - 1) * s
-    num_out = int(np.floor(extent_mm / ref_interval_mm + 1e-6)) + 1
-    plan = plan_slices(np.arange(num_out) * (ref_interval_mm / s), num)
+    plan = plan_slices(np.arange(num_resampled_slices(volume, ref_interval_mm)) * (ref_interval_mm / s), num)
     hu = apply_plan(plan, lambda i: volume.hu[i])
     spacing = (ref_interval_mm, volume.spacing_zyx_mm[1], volume.spacing_zyx_mm[2])
     meta = dict(volume.meta, resampled_from_interval_mm=s)
