@@ -51,14 +51,17 @@ class TrainOptions:
     num_workers: int = 2
     seed: int = 0
     max_iters_per_epoch: int | None = None
+    lr_drop_epochs: tuple[int, ...] | None = None  # default: 45 % and 80 % of the epochs (9, 16 of 20)
 
     @property
     def lr(self) -> float:
         """Learning rate scaled linearly with the batch (0.02 for 4 images)."""
         return self.base_lr * self.batch_size / 4
 
-    def lr_drop_epochs(self) -> tuple[int, int]:
-        """Epochs after which the lr is multiplied by 0.1 (9 and 16 of 20, scaled)."""
+    def drop_epochs(self) -> tuple[int, ...]:
+        """Epochs after which the lr is multiplied by 0.1: ``lr_drop_epochs``, or 9 and 16 of 20 scaled."""
+        if self.lr_drop_epochs is not None:
+            return tuple(self.lr_drop_epochs)
         return max(1, round(self.epochs * 0.45)), max(1, round(self.epochs * 0.8))
 
     def to_json(self) -> dict:
@@ -73,7 +76,7 @@ def lr_factor(iteration: int, iters_per_epoch: int, options: TrainOptions) -> fl
     if iteration < options.warmup_iters:
         warmup = 0.01 + 0.99 * iteration / options.warmup_iters
     epoch = iteration // max(iters_per_epoch, 1)
-    drops = sum(epoch >= e for e in options.lr_drop_epochs())
+    drops = sum(epoch >= e for e in options.drop_epochs())
     return warmup * 0.1**drops
 
 
@@ -162,6 +165,7 @@ def train(options: TrainOptions, *, resume: bool = False, device: str | None = N
         for epoch in range(start_epoch, options.epochs):
             model.train()
             loader.dataset.set_epoch(epoch)
+            loader.generator.manual_seed(options.seed * 1000 + epoch)  # order depends on (seed, epoch) only: exact resume
             started, seen, running = time.perf_counter(), 0, {}
             for step, (images, intervals, targets) in enumerate(loader):
                 if step >= iters_per_epoch:
@@ -238,6 +242,8 @@ def read_run_options(run_dir: Path) -> TrainOptions:
     except (OSError, json.JSONDecodeError) as exc:
         raise CtlesionError(f"cannot read the run's config.json ({exc})", path) from None
     data["detector"] = DetectorConfig.from_dict(data["detector"])
+    if data.get("lr_drop_epochs") is not None:
+        data["lr_drop_epochs"] = tuple(data["lr_drop_epochs"])
     data["data_dir"], data["out_dir"] = Path(data["data_dir"]), Path(data["out_dir"])
     return TrainOptions(**data)
 

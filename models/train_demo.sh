@@ -9,7 +9,8 @@ backgrounds=(--background sample_data/abdomen_ct_dicom --background ../shared/da
 
 ctlesion simulate --out "$work/sim" --num-series 160 --image-size 256 --seed 0 "${backgrounds[@]}"
 ctlesion train --data "$work/sim" --out "$work/run" --epochs 14 --batch-size 4 --slices 3 --image-size 256 \
-  --fpn-channels 256 --fc-channels 512 --warmup-iters 100 --workers 1 --seed 0 --device cpu
+  --fpn-channels 256 --fc-channels 512 --warmup-iters 100 --lr-drop-epoch 11 --lr-drop-epoch 13 --workers 1 --seed 0 \
+  --device cpu
 python - "$work/run" <<'PY'
 import sys
 from pathlib import Path
