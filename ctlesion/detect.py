@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ctlesion import __version__
-from ctlesion.io import read_volume
+from ctlesion.io import read_volumes
 from ctlesion.io.nifti import write_nifti
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
@@ -45,11 +45,18 @@ class DetectOptions:
         score_threshold: minimum detection score kept for linking into lesions.
         batch_size: windows per forward pass.
         allow_non_ct: read MR/PT series too (the detector was trained on CT only).
+        series: series to read from DICOM folders (number, UID or description), None: the
+            selection rule's choice (see :func:`ctlesion.io.read_volumes`).
+        all_series: read every readable series of each DICOM folder.
+        tilt: gantry-tilted series: "refuse" or "resample" (onto an orthogonal grid).
     """
 
     score_threshold: float = 0.5
     batch_size: int = 4
     allow_non_ct: bool = False
+    series: str | None = None
+    all_series: bool = False
+    tilt: str = "refuse"
 
 
 def _slice_detections(output: dict, transform, slice_index: int, score_threshold: float) -> SliceDetections:
@@ -115,15 +122,21 @@ def detect_volume(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     return lesions, network_volume.slice_interval_mm
 
 
-def study_name(path: Path, taken: set[str]) -> str:
-    """A file-name-safe, unique name for a study from its path (folder name or NIfTI stem)."""
-    base = re.sub(r"\.nii(\.gz)?$", "", Path(path).name) or "study"
+def study_name(path: Path, taken: set[str], suffix: str = "") -> str:
+    """A file-name-safe, unique name for a study from its path (folder name or NIfTI stem) + suffix."""
+    base = (re.sub(r"\.nii(\.gz)?$", "", Path(path).name) or "study") + suffix
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
     name, n = base, 2
     while name in taken:
         name, n = f"{base}_{n}", n + 1
     taken.add(name)
     return name
+
+
+def _series_tag(volume: Volume, position: int) -> str:
+    """SeriesNumber of a volume, or its 1-based position among its folder's series when it has none."""
+    number = volume.meta.get("series_number")
+    return str(number if number is not None else position + 1)
 
 
 def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
@@ -135,7 +148,9 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
     staged in a temporary folder and moved into place only when every study succeeded.
 
     Args:
-        inputs: DICOM series folders and/or NIfTI files.
+        inputs: DICOM series folders and/or NIfTI files. A folder gives one study per series read
+            (``options.series`` / ``options.all_series``); several series of one folder are named
+            ``<folder>_s<SeriesNumber>``.
         results_path: the results.json to write; label maps ``<study>_lesions.nii.gz`` and
             overlays ``<study>_lesionNN.png`` go into the same folder.
         model: detector in eval mode; model_info: its checkpoint sidecar dict.
@@ -148,13 +163,17 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
     Raises:
         CtlesionError: unreadable input (nothing is written then).
     """
-    volumes = [read_volume(Path(p), allow_non_ct=options.allow_non_ct) for p in inputs]
+    per_input = [read_volumes(Path(p), series=options.series, all_series=options.all_series,
+                              allow_non_ct=options.allow_non_ct, tilt=options.tilt) for p in inputs]
     taken: set[str] = set()
-    names = [study_name(Path(p), taken) for p in inputs]
+    names = [study_name(Path(p), taken, "" if len(vols) == 1 else f"_s{_series_tag(v, k)}")
+             for p, vols in zip(inputs, per_input) for k, v in enumerate(vols)]
+    paths = [p for p, vols in zip(inputs, per_input) for _ in vols]
+    volumes = [v for vols in per_input for v in vols]
     out_dir = Path(results_path).parent
     studies = []
     with staged_outputs(out_dir) as stage:
-        for path, name, volume in zip(inputs, names, volumes):
+        for path, name, volume in zip(paths, names, volumes):
             task = None
             if progress is not None:
                 num_windows = num_resampled_slices(volume, model.config.ref_interval_mm)

@@ -104,6 +104,8 @@ def train(
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
     fc_channels: Annotated[int, typer.Option(help="Box head FC width (paper: 2048).")] = 2048,
     warmup_iters: Annotated[int, typer.Option(min=0)] = 500,
+    lr_drop_epoch: Annotated[Optional[list[int]], typer.Option(
+        help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
     max_iters_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap iterations per epoch.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes.")] = 2,
     seed: int = 0,
@@ -133,7 +135,8 @@ def train(
             raise typer.Exit(1)
         options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
-                               max_iters_per_epoch=max_iters_per_epoch)
+                               max_iters_per_epoch=max_iters_per_epoch,
+                               lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None)
     last = _run(train_run, options, resume=resume, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
 
@@ -200,17 +203,30 @@ def detect(
     score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum lesion score.")] = 0.5,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     allow_non_ct: Annotated[bool, typer.Option(help="Also read MR/PT series (the model knows only CT).")] = False,
+    series: Annotated[Optional[str], typer.Option(
+        help="Series to read from each DICOM folder: SeriesNumber, SeriesInstanceUID or SeriesDescription "
+             "(every match is read). Default: the one `ctlesion info` marks.")] = None,
+    all_series: Annotated[bool, typer.Option("--all-series", help="Read every axial CT series of each DICOM folder.")] = False,
+    tilt: Annotated[str, typer.Option(help="Gantry-tilted series: refuse, or resample onto an orthogonal grid.")] = "refuse",
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
     """Find lesions in CT studies; write results.json, a NIfTI label map and overlay PNGs."""
     from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
+    from ctlesion.io import TILT_CHOICES  # noqa: PLC0415
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
     _setup_logging(verbose)
+    if series is not None and all_series:
+        _error("--series and --all-series exclude each other")
+        raise typer.Exit(2)
+    if tilt not in TILT_CHOICES:
+        _error(f"--tilt must be {' or '.join(TILT_CHOICES)}, got {tilt!r}")
+        raise typer.Exit(2)
     dev = _run(_device, device)
     model, info = _load_model(weights, dev)
-    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct)
+    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
+                            series=series, all_series=all_series, tilt=tilt)
     with make_progress() as progress:
         results = _run(run_detect, inputs, out, model, info, options=options, device=dev, progress=progress)
     for study in results["studies"]:
@@ -222,6 +238,19 @@ def detect(
         if len(study["lesions"]) > 10:
             stdout.print(f"  ... and {len(study['lesions']) - 10} more (see {out.name})")
     stdout.print(f"wrote {out}")
+
+
+@app.command()
+def info(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM folders and/or NIfTI files.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """List the series in each input (geometry, warnings, the one detect reads) and what is skipped."""
+    from ctlesion.cli.info import info as show_info  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    _run(show_info, paths, json_output)
 
 
 @app.callback(invoke_without_command=True)

@@ -1,29 +1,117 @@
-"""Readers and writers between files (DICOM, NIfTI) and :class:`~ctlesion.volume.Volume`."""
+"""Readers and writers between files (DICOM, NIfTI) and :class:`~ctlesion.volume.Volume`.
+
+Entry points by path: :func:`discover` (what is there, headers only), :func:`read_volumes` (the
+volumes ``detect`` processes) and :func:`read_volume` (exactly one volume).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom.misc
 
 from ctlesion.errors import CtlesionError
-from ctlesion.io.dicom import read_dicom_series
-from ctlesion.io.nifti import is_nifti_path, read_nifti, write_nifti
+from ctlesion.io.dicom import TILT_CHOICES, read_dicom_folder, read_dicom_series
+from ctlesion.io.nifti import describe_nifti, is_nifti_path, read_nifti, write_nifti
+from ctlesion.io.series import (
+    SELECTION_RULE,
+    Discovery,
+    SeriesInfo,
+    discover_series,
+    select_series,
+)
 from ctlesion.volume import Volume
 
-__all__ = ["read_dicom_series", "read_nifti", "read_volume", "write_nifti"]
+__all__ = [
+    "SELECTION_RULE",
+    "TILT_CHOICES",
+    "Discovery",
+    "SeriesInfo",
+    "discover",
+    "discover_series",
+    "read_dicom_folder",
+    "read_dicom_series",
+    "read_nifti",
+    "read_volume",
+    "read_volumes",
+    "select_series",
+    "write_nifti",
+]
+
+logger = logging.getLogger(__name__)
 
 
-def read_volume(path: Path, *, allow_non_ct: bool = False) -> Volume:
-    """Read a CT volume from a DICOM series folder or a NIfTI file.
+def discover(path: Path, *, allow_non_ct: bool = False) -> Discovery:
+    """Describe what a DICOM folder or NIfTI file holds, from headers only (no pixel data).
 
-    Dispatch: a folder -> :func:`read_dicom_series` (searched recursively); a ``.nii`` /
-    ``.nii.gz`` file -> :func:`read_nifti`.
+    Args:
+        path: DICOM folder (searched recursively) or ``.nii`` / ``.nii.gz`` file.
+        allow_non_ct: see :func:`~ctlesion.io.series.discover_series`.
+
+    Returns:
+        :func:`~ctlesion.io.series.discover_series` for a folder; a one-series Discovery from
+        :func:`~ctlesion.io.nifti.describe_nifti` for a NIfTI file.
+
+    Raises:
+        CtlesionError: as :func:`read_volume`'s path checks, and the describers' own errors.
+    """
+    path = _check_path(path)
+    if path.is_dir():
+        return discover_series(path, allow_non_ct=allow_non_ct)
+    return describe_nifti(path)
+
+
+def read_volumes(
+    path: Path,
+    *,
+    series: str | None = None,
+    all_series: bool = False,
+    allow_non_ct: bool = False,
+    tilt: str = "refuse",
+) -> list[Volume]:
+    """Read the volume(s) one input path stands for.
+
+    A DICOM folder gives the series chosen by :data:`~ctlesion.io.series.SELECTION_RULE`, every
+    series matching ``series`` (number, UID or description), or every readable series with
+    ``all_series`` (:func:`~ctlesion.io.dicom.read_dicom_folder`). A NIfTI file gives its one
+    volume (``series`` and ``all_series`` do not apply to it and are ignored).
+
+    Args:
+        path: DICOM folder or NIfTI file.
+        series: series selector for DICOM folders, or None.
+        all_series: read every readable series of a DICOM folder.
+        allow_non_ct: read non-CT DICOM series (NIfTI carries no modality and is always read).
+        tilt: "refuse" or "resample": what to do with a gantry-tilted DICOM series.
+
+    Returns:
+        One or more Volumes (HU (Z, Y, X), LPS geometry), see the readers.
+
+    Raises:
+        CtlesionError: see :func:`read_volume`.
+        ValueError: both ``series`` and ``all_series``; ``tilt`` not in :data:`TILT_CHOICES`.
+    """
+    path = _check_path(path)
+    if path.is_dir():
+        return read_dicom_folder(path, series=series, all_series=all_series, allow_non_ct=allow_non_ct, tilt=tilt)
+    if series is not None or all_series:
+        logger.info("%s: a NIfTI file holds one volume; --series / --all-series do not apply to it", path)
+    return [read_nifti(path)]
+
+
+def read_volume(path: Path, *, allow_non_ct: bool = False, series: str | None = None, tilt: str = "refuse") -> Volume:
+    """Read one CT volume from a DICOM series folder or a NIfTI file.
+
+    Dispatch: a folder -> :func:`~ctlesion.io.dicom.read_dicom_series` (searched recursively,
+    the rule's series or the one named by ``series``); a ``.nii`` / ``.nii.gz`` file ->
+    :func:`~ctlesion.io.nifti.read_nifti`.
 
     Args:
         path: DICOM folder or NIfTI file.
         allow_non_ct: passed to :func:`read_dicom_series` (read a non-CT series); NIfTI files carry
             no modality and are always read.
+        series: series selector for a DICOM folder (must match exactly one series).
+        tilt: "refuse" or "resample" (gantry tilt), DICOM only.
 
     Returns:
         The Volume (HU (Z, Y, X), LPS geometry), see the readers.
@@ -33,13 +121,19 @@ def read_volume(path: Path, *, allow_non_ct: bool = False) -> Volume:
             of the series is needed); it is neither a folder nor a NIfTI file; or the reader's
             own errors.
     """
+    path = _check_path(path)
+    if path.is_dir():
+        return read_dicom_series(path, series=series, allow_non_ct=allow_non_ct, tilt=tilt)
+    return read_nifti(path)
+
+
+def _check_path(path: Path) -> Path:
+    """The path, if it is a folder or a NIfTI file; else a CtlesionError saying what it is."""
     path = Path(path)
     if not path.exists():
         raise CtlesionError("does not exist", path)
-    if path.is_dir():
-        return read_dicom_series(path, allow_non_ct=allow_non_ct)
-    if is_nifti_path(path):
-        return read_nifti(path)
+    if path.is_dir() or is_nifti_path(path):
+        return path
     if _is_dicom_file(path):
         raise CtlesionError(
             "is a single DICOM file; pass the folder that holds all the slices of the series", path

@@ -15,16 +15,22 @@ is what the detector was trained on.
 from __future__ import annotations
 
 import gzip
-
 import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from nibabel.orientations import (
+    apply_orientation,
+    axcodes2ornt,
+    inv_ornt_aff,
+    io_orientation,
+    ornt_transform,
+)
 
 from ctlesion.atomic import atomic_write_bytes
 from ctlesion.errors import CtlesionError
+from ctlesion.io.series import Discovery, SeriesInfo
 from ctlesion.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -69,30 +75,13 @@ def read_nifti(path: Path) -> Volume:
             3-D (e.g. 4-D), has an unsupported data type or a degenerate affine.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CtlesionError("does not exist" if not path.exists() else "is not a file", path)
-    try:
-        image = nib.load(path)
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types on bad files
-        raise CtlesionError(f"cannot read NIfTI file ({_one_line(error)})", path) from error
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise CtlesionError(f"not a NIfTI image ({type(image).__name__})", path)
-    shape = _spatial_shape(image.shape, path)
-    warnings = _affine_warnings(image, path)
-
+    image, shape, warnings = _open(path)
+    transform, affine_lps, spacing_xyz_mm = _lps_geometry(image, shape, path)
     try:
         data = np.asanyarray(image.dataobj).reshape(shape)
     except Exception as error:  # noqa: BLE001 - gzip/zlib/EOF errors on truncated files
         raise CtlesionError(f"cannot read the NIfTI data (truncated or corrupt file?): {_one_line(error)}", path) from error
-    hu_xyz = _hu_array(data, path)
-
-    affine_ras = image.affine
-    transform = ornt_transform(io_orientation(affine_ras), axcodes2ornt(_LPS_AXCODES))
-    hu_xyz = apply_orientation(hu_xyz, transform)
-    affine_lps = RAS_TO_LPS @ affine_ras @ inv_ornt_aff(transform, shape)
-    spacing_xyz_mm = np.linalg.norm(affine_lps[:3, :3], axis=0)
-    if not np.all(spacing_xyz_mm > 0) or not np.all(np.isfinite(affine_lps)):
-        raise CtlesionError(f"degenerate affine (voxel sizes {spacing_xyz_mm.tolist()} mm)", path)
+    hu_xyz = apply_orientation(_hu_array(data, path), transform)
 
     volume = Volume(
         hu=np.ascontiguousarray(hu_xyz.transpose(2, 1, 0)),
@@ -106,7 +95,7 @@ def read_nifti(path: Path) -> Volume:
             "warnings": warnings,
             "skipped": [],
             "nifti_dtype": str(image.get_data_dtype()),
-            "orientation_in_file": "".join(nib.aff2axcodes(affine_ras)),
+            "orientation_in_file": "".join(nib.aff2axcodes(image.affine)),
         },
     )
     logger.info(
@@ -118,6 +107,86 @@ def read_nifti(path: Path) -> Volume:
         volume.meta["orientation_in_file"],
     )
     return volume
+
+
+def describe_nifti(path: Path) -> Discovery:
+    """Describe a NIfTI file as a one-series :class:`~ctlesion.io.series.Discovery` (header only).
+
+    The geometry is that :func:`read_nifti` gives (after reorientation to z = slice axis): rows,
+    columns and pixel spacing of the (Y, X) axes, the slice interval = z spacing, z extent =
+    (Z - 1) * interval; the "gantry tilt" is the angle between the z axis and the normal of the
+    x and y axes (0 unless the affine is sheared). NIfTI has no SliceThickness, modality or UIDs.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file.
+
+    Returns:
+        Discovery with one selected series (description = file name) and nothing skipped.
+
+    Raises:
+        CtlesionError: as :func:`read_nifti`, except errors in the data block (not read here).
+    """
+    path = Path(path)
+    image, shape, warnings = _open(path)
+    transform, affine_lps, spacing_xyz_mm = _lps_geometry(image, shape, path)
+    size_xyz = [0, 0, 0]
+    for axis, new_axis in enumerate(transform[:, 0].astype(int)):  # file axis -> reoriented axis
+        size_xyz[new_axis] = shape[axis]
+    columns, rows, num_slices = size_xyz
+    axes = affine_lps[:3, :3] / spacing_xyz_mm
+    normal = np.cross(axes[:, 0], axes[:, 1])
+    cos_tilt = abs(float(normal @ axes[:, 2])) / float(np.linalg.norm(normal))
+    info = SeriesInfo(
+        index=0,
+        series_uid="",
+        series_number=None,
+        description=path.name,
+        modality="",
+        image_type=(),
+        num_slices=num_slices,
+        num_images=num_slices,
+        rows=rows,
+        columns=columns,
+        pixel_spacing_mm=(float(spacing_xyz_mm[1]), float(spacing_xyz_mm[0])),
+        slice_interval_mm=float(spacing_xyz_mm[2]),
+        slice_thickness_mm=None,
+        z_extent_mm=float((num_slices - 1) * spacing_xyz_mm[2]),
+        gantry_tilt_deg=float(np.degrees(np.arccos(min(cos_tilt, 1.0)))),
+        warnings=tuple(warnings),
+        unreadable=None,
+        selectable=True,
+        selected=True,
+        selection="a NIfTI file holds one volume",
+        folder=str(path.parent),
+    )
+    return Discovery(path=str(path), series=(info,), skipped=(), warnings=(), num_files=1)
+
+
+def _open(path: Path) -> tuple[nib.Nifti1Image, tuple[int, int, int], list[str]]:
+    """Load the header (data stays on disk): the image, its 3-D shape and sform/qform warnings."""
+    if not path.is_file():
+        raise CtlesionError("does not exist" if not path.exists() else "is not a file", path)
+    try:
+        image = nib.load(path)
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types on bad files
+        raise CtlesionError(f"cannot read NIfTI file ({_one_line(error)})", path) from error
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise CtlesionError(f"not a NIfTI image ({type(image).__name__})", path)
+    shape = _spatial_shape(image.shape, path)
+    return image, shape, _affine_warnings(image, path)
+
+
+def _lps_geometry(image: nib.Nifti1Image, shape: tuple[int, int, int], path: Path):
+    """(orientation transform to L, P, S axes, reoriented LPS affine, voxel sizes (x, y, z) mm)."""
+    affine_ras = image.affine
+    if not np.all(np.isfinite(affine_ras)):
+        raise CtlesionError("degenerate affine (not finite)", path)
+    transform = ornt_transform(io_orientation(affine_ras), axcodes2ornt(_LPS_AXCODES))
+    affine_lps = RAS_TO_LPS @ affine_ras @ inv_ornt_aff(transform, shape)
+    spacing_xyz_mm = np.linalg.norm(affine_lps[:3, :3], axis=0)
+    if not np.all(spacing_xyz_mm > 0):
+        raise CtlesionError(f"degenerate affine (voxel sizes {spacing_xyz_mm.tolist()} mm)", path)
+    return transform, affine_lps, spacing_xyz_mm
 
 
 def _one_line(error: Exception) -> str:
