@@ -94,7 +94,7 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     per_slice: list[SliceDetections] = []
     for start in range(0, num, options.batch_size):
         indices = range(start, min(start + options.batch_size, num))
-        stacks, transforms = zip(*(fit_in_plane(normalize_hu(volume_window(volume, z, config.num_slices)),
+        stacks, transforms = zip(*(fit_in_plane(normalize_hu(volume_window(volume, z, config.num_slices), config.hu_window),
                                                 config.image_size_px) for z in indices))
         images = torch.from_numpy(np.stack(stacks)[:, None]).to(device)
         outputs = model(images, interval.expand(len(indices)).to(device))

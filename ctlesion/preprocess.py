@@ -28,18 +28,23 @@ HU_MAX = 2050.0
 REF_INTERVAL_MM = 2.0
 
 
-def normalize_hu(hu: np.ndarray) -> np.ndarray:
-    """Clip HU to [-1024, 2050] and map them linearly to [0, 1] (SPEC section 4).
+def normalize_hu(hu: np.ndarray, window_hu: tuple[float, float] = (HU_MIN, HU_MAX)) -> np.ndarray:
+    """Clip HU to a window and map it linearly to [0, 1].
+
+    The paper's window is [-1024, 2050] (SPEC section 4); a model records its own window in its
+    configuration so training and inference agree.
 
     Args:
         hu: array of any shape, HU, any real dtype.
+        window_hu: (low, high) HU, low < high.
 
     Returns:
         float32 array of the same shape with values in [0, 1].
     """
-    out = np.clip(np.asarray(hu, dtype=np.float32), HU_MIN, HU_MAX)
-    out -= HU_MIN
-    out /= HU_MAX - HU_MIN
+    low, high = float(window_hu[0]), float(window_hu[1])
+    out = np.clip(np.asarray(hu, dtype=np.float32), low, high)
+    out -= low
+    out /= high - low
     return out
 
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Rebuild the shipped demo model (models/ctlesion_demo_sim.safetensors) from scratch, on CPU.
 # Usage: models/train_demo.sh [WORK_DIR]   (needs ../shared/data for the second CT background)
-# Takes about 1.5 hours on 2 CPU cores; the figures of its model card come from the last step.
+# Takes about an hour on 2 CPU cores; the figures of its model card come from the last step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
 backgrounds=(--background sample_data/abdomen_ct_dicom --background ../shared/data/totalseg_example/example_ct.nii.gz)
 
 ctlesion simulate --out "$work/sim" --num-series 160 --image-size 256 --seed 0 "${backgrounds[@]}"
-ctlesion train --data "$work/sim" --out "$work/run" --epochs 14 --batch-size 4 --slices 3 --image-size 256 \
-  --fpn-channels 256 --fc-channels 512 --warmup-iters 100 --lr-drop-epoch 11 --lr-drop-epoch 13 --workers 1 --seed 0 \
+ctlesion train --data "$work/sim" --out "$work/run" --epochs 11 --batch-size 4 --slices 3 --image-size 256 \
+  --fpn-channels 256 --fc-channels 512 --hu-window -175 275 --warmup-iters 100 --lr-drop-epoch 9 --lr-drop-epoch 10 \
+  --workers 1 --seed 0 \
   --device cpu
 python - "$work/run" <<'PY'
 import sys

@@ -135,6 +135,10 @@ def test_config_round_trip_and_validation():
     assert DetectorConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
     with pytest.raises(ValueError, match="num_slices"):
         DetectorConfig.from_dict({"num_slices": 4})
+    soft = DetectorConfig.from_dict({**config.to_dict(), "hu_window": [-175, 275]})
+    assert soft.hu_window == (-175.0, 275.0)
+    with pytest.raises(ValueError, match="hu_window"):
+        DetectorConfig.from_dict({"hu_window": [300, 100]})
 
 
 @pytest.mark.gpu

@@ -27,6 +27,7 @@ def test_normalize_hu_clips_and_scales():
     out = normalize_hu(np.array([-3000, -1024, 513, 2050, 4000]))
     np.testing.assert_allclose(out, [0, 0, (513 + 1024) / 3074, 1, 1], atol=1e-7)
     assert out.dtype == np.float32
+    np.testing.assert_allclose(normalize_hu(np.array([-500.0, -175.0, 50.0, 275.0]), (-175, 275)), [0, 0, 0.5, 1])
 
 
 def test_neighbour_offsets_thin_and_thick():

@@ -103,6 +103,8 @@ def train(
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
     fc_channels: Annotated[int, typer.Option(help="Box head FC width (paper: 2048).")] = 2048,
+    hu_window: Annotated[tuple[float, float], typer.Option(
+        help="HU window mapped to [0, 1] at the input (paper: -1024 2050).")] = (-1024.0, 2050.0),
     warmup_iters: Annotated[int, typer.Option(min=0)] = 500,
     lr_drop_epoch: Annotated[Optional[list[int]], typer.Option(
         help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
@@ -125,7 +127,8 @@ def train(
             raise typer.Exit(2)
         try:
             detector = DetectorConfig(context=context, num_slices=slices, image_size_px=image_size,
-                                      fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding)
+                                      fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding,
+                                      hu_window=tuple(hu_window))
             detector.validate()
         except ValueError as exc:
             _error(f"{exc}")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ctlesion.data.masks import recist_pseudo_mask
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import KeySlice, load_key_slice_window, read_dl_info, split_code
-from ctlesion.preprocess import InPlaneTransform, fit_in_plane, normalize_hu
+from ctlesion.preprocess import HU_MAX, HU_MIN, InPlaneTransform, fit_in_plane, normalize_hu
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class DeepLesionDataset(Dataset):
         with_masks: bool = True,
         flip_p: float = 0.0,
         seed: int = 0,
+        hu_window: tuple[float, float] = (HU_MIN, HU_MAX),
     ) -> None:
         self.root = Path(root)
         self.images_dir = self.root / "Images_png"
@@ -130,6 +131,7 @@ class DeepLesionDataset(Dataset):
         self.with_masks = with_masks
         self.flip_p = flip_p
         self.seed = seed
+        self.hu_window = tuple(hu_window)
         self.epoch = 0
         self._mask_cache: dict[int, np.ndarray] = {}
 
@@ -166,7 +168,7 @@ class DeepLesionDataset(Dataset):
             window_hu = window_hu[:, :, ::-1]
             boxes_src = flip_boxes_x(boxes_src, window_hu.shape[2])
             masks_src = None if masks_src is None else masks_src[:, :, ::-1]
-        image, transform = fit_in_plane(normalize_hu(window_hu), self.image_size_px)
+        image, transform = fit_in_plane(normalize_hu(window_hu, self.hu_window), self.image_size_px)
         target = {
             "boxes": torch.from_numpy((boxes_src * transform.scale).astype(np.float32)),
             "labels": torch.ones(len(boxes_src), dtype=torch.int64),

@@ -58,6 +58,7 @@ class DetectorConfig:
     fold_div: int = 8
     padding: str = "zero"
     ref_interval_mm: float = 2.0
+    hu_window: tuple[float, float] = (-1024.0, 2050.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,7 +67,10 @@ class DetectorConfig:
     def from_dict(cls, data: dict) -> "DetectorConfig":
         """Build from a JSON dict, ignoring unknown keys; raises ValueError on bad values."""
         known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "hu_window" in values:
+            values["hu_window"] = tuple(float(v) for v in values["hu_window"])
+        config = cls(**values)
         config.validate()
         return config
 
@@ -79,6 +83,8 @@ class DetectorConfig:
             raise ValueError(f"num_slices must be odd and positive, got {self.num_slices}")
         if self.image_size_px % 32:
             raise ValueError(f"image_size_px must be a multiple of 32, got {self.image_size_px}")
+        if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
+            raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
 
 
 def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
@@ -141,7 +147,7 @@ class AlignShiftDetector(nn.Module):
 
     ``forward(images, slice_interval_mm, targets=None)``:
 
-    * images: (B, 1, D, S, S) float32 in [0, 1] (HU window [-1024, 2050] mapped linearly), S =
+    * images: (B, 1, D, S, S) float32 in [0, 1] (``config.hu_window`` mapped linearly), S =
       ``config.image_size_px``; the middle slice is the key slice;
     * slice_interval_mm: (B,) float32, the interval the network sees (>= 2 mm, SPEC section 4);
     * targets (training): per image ``{"boxes": (N, 4) float px (x1, y1, x2, y2) on the key slice,
