@@ -1,4 +1,4 @@
-"""Readers and writers between files (DICOM, NIfTI) and :class:`~ctlesion.volume.Volume`.
+"""Readers and writers between files (DICOM, NIfTI, DeepLesion PNG series) and :class:`~ctlesion.volume.Volume`.
 
 Entry points by path: :func:`discover` (what is there, headers only), :func:`read_volumes` (the
 volumes ``detect`` processes) and :func:`read_volume` (exactly one volume).
@@ -12,6 +12,11 @@ from pathlib import Path
 import pydicom.misc
 
 from ctlesion.errors import CtlesionError
+from ctlesion.io.deeplesion_series import (
+    describe_deeplesion_series,
+    is_deeplesion_series,
+    read_deeplesion_series,
+)
 from ctlesion.io.dicom import TILT_CHOICES, read_dicom_folder, read_dicom_series
 from ctlesion.io.nifti import describe_nifti, is_nifti_path, read_nifti, write_nifti
 from ctlesion.io.series import (
@@ -30,6 +35,7 @@ __all__ = [
     "SeriesInfo",
     "discover",
     "discover_series",
+    "read_deeplesion_series",
     "read_dicom_folder",
     "read_dicom_series",
     "read_nifti",
@@ -57,6 +63,8 @@ def discover(path: Path, *, allow_non_ct: bool = False) -> Discovery:
         CtlesionError: as :func:`read_volume`'s path checks, and the describers' own errors.
     """
     path = _check_path(path)
+    if path.is_dir() and is_deeplesion_series(path):
+        return describe_deeplesion_series(path)
     if path.is_dir():
         return discover_series(path, allow_non_ct=allow_non_ct)
     return describe_nifti(path)
@@ -92,6 +100,8 @@ def read_volumes(
         ValueError: both ``series`` and ``all_series``; ``tilt`` not in :data:`TILT_CHOICES`.
     """
     path = _check_path(path)
+    if path.is_dir() and is_deeplesion_series(path):
+        return [read_deeplesion_series(path)]
     if path.is_dir():
         return read_dicom_folder(path, series=series, all_series=all_series, allow_non_ct=allow_non_ct, tilt=tilt)
     if series is not None or all_series:
@@ -122,6 +132,8 @@ def read_volume(path: Path, *, allow_non_ct: bool = False, series: str | None = 
             own errors.
     """
     path = _check_path(path)
+    if path.is_dir() and is_deeplesion_series(path):
+        return read_deeplesion_series(path)
     if path.is_dir():
         return read_dicom_series(path, series=series, allow_non_ct=allow_non_ct, tilt=tilt)
     return read_nifti(path)
