@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import (
@@ -19,6 +20,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
+    JPEGLosslessSV1,
     MRImageStorage,
     RLELossless,
     generate_uid,
@@ -107,10 +109,31 @@ def write_slice(
         ds.PixelData = stored.astype(">u2").tobytes()  # OW words in the file's byte order
         ds.preamble = b"\0" * 128
         dcmwrite(path, ds, little_endian=False, implicit_vr=False, force_encoding=True)
+    elif syntax == JPEGLosslessSV1:  # pydicom cannot encode it: GDCM (through SimpleITK) does
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = _gdcm_jpeg_lossless(stored, path)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        ds.save_as(path, enforce_file_format=True)
     else:  # a compressed transfer syntax, encoded by pydicom's plugins
         ds.compress(syntax)
         ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _gdcm_jpeg_lossless(stored: np.ndarray, path: Path) -> bytes:
+    """Encapsulated JPEG Lossless (process 14, SV1) pixel data of a uint16 image, by GDCM."""
+    scratch = path.with_name(path.name + ".gdcm.dcm")
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")
+    writer.SetFileName(str(scratch))
+    writer.Execute(sitk.GetImageFromArray(stored.astype(np.uint16)))
+    encoded = pydicom.dcmread(scratch)
+    scratch.unlink()
+    assert encoded.file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    return encoded.PixelData
 
 
 def write_series(folder: Path, positions_lps_mm, *, names=None, instance_numbers=None, **kwargs) -> list[Path]:
@@ -826,8 +849,9 @@ def test_truncated_pixel_data_is_found_from_headers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless, ExplicitVRBigEndian, ImplicitVRLittleEndian],
-    ids=["rle", "jpeg-ls", "jpeg2000", "big-endian", "implicit-vr"],
+    "syntax",
+    [RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, ExplicitVRBigEndian, ImplicitVRLittleEndian],
+    ids=["rle", "jpeg-ls", "jpeg2000", "jpeg-lossless", "big-endian", "implicit-vr"],
 )
 def test_compressed_and_other_encodings_decode_exactly(tmp_path, syntax):
     rows, columns = 40, 36  # OpenJPEG needs more than a few pixels per side
