@@ -8,7 +8,7 @@ from torchvision.models import densenet121, resnet18
 
 from ctlesion.networks.backbone import AlignShiftDenseNet
 from ctlesion.networks.convert import convert_layers
-from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, dice_loss
+from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, anchor_sizes_px, dice_loss
 
 
 def _randomise_bn(model):
@@ -150,3 +150,10 @@ def test_detector_on_cuda_matches_cpu(small_config):
     features_cpu = model.backbone(images, intervals)
     features_gpu = model.cuda().backbone(images.cuda(), intervals.cuda()).cpu()
     torch.testing.assert_close(features_gpu, features_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_anchor_sizes_follow_the_input_size():
+    assert anchor_sizes_px(512) == (16, 24, 32, 48, 96, 192)
+    assert anchor_sizes_px(256) == (8, 12, 16, 24, 48, 96)
+    model = AlignShiftDetector(DetectorConfig(num_slices=3, image_size_px=256, fpn_channels=32, fc_channels=32))
+    assert model.rpn.anchor_generator.sizes == ((8, 12, 16, 24, 48, 96),)

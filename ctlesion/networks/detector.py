@@ -3,8 +3,8 @@
 Assembly (SPEC section 6, released configuration of the AlignShift paper):
 
 * backbone: :class:`~ctlesion.networks.backbone.AlignShiftDenseNet` -> one map at stride 4;
-* RPN: anchors of side 16, 24, 32, 48, 96, 192 px (scales 4, 6, 8, 12, 24, 48 x base 4) and
-  ratios 0.5 / 1 / 2; IoU 0.7 / 0.3; 32 anchors per image at 50 % positive; 2000 (train) /
+* RPN: anchors of side 16, 24, 32, 48, 96, 192 px for a 512-px input (scales 4, 6, 8, 12, 24,
+  48 x base 4; scaled with the input size, :func:`anchor_sizes_px`) and ratios 0.5 / 1 / 2; IoU 0.7 / 0.3; 32 anchors per image at 50 % positive; 2000 (train) /
   300 (test) proposals after NMS 0.7;
 * box head: RoIAlign 7 x 7, two FC layers, 2 classes (background, lesion); 64 RoIs per image
   at 25 % positive (IoU 0.5); test score >= 0.001, NMS 0.5, at most 50 detections per image;
@@ -87,6 +87,15 @@ class DetectorConfig:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
 
 
+def anchor_sizes_px(image_size_px: int) -> tuple[int, ...]:
+    """Anchor sides for an input of ``image_size_px``: the paper's 16-192 px are for 512-px images.
+
+    A model with a smaller (or larger) input sees every lesion scaled by image_size_px / 512, so
+    its anchors scale the same way (rounded, at least 2 px) and cover the same lesion sizes in mm.
+    """
+    return tuple(max(2, round(size * image_size_px / 512)) for size in ANCHOR_SIZES_PX)
+
+
 def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
     """Mean soft Dice loss 1 - (2|P.T| + eps) / (|P| + |T| + eps) over RoIs.
 
@@ -167,7 +176,7 @@ class AlignShiftDetector(nn.Module):
             densenet_2d=densenet_2d,
         )
         channels = config.fpn_channels
-        anchors = AnchorGenerator(sizes=(ANCHOR_SIZES_PX,), aspect_ratios=(ANCHOR_RATIOS,))
+        anchors = AnchorGenerator(sizes=(anchor_sizes_px(config.image_size_px),), aspect_ratios=(ANCHOR_RATIOS,))
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=32, positive_fraction=0.5,
