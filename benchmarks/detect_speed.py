@@ -52,7 +52,8 @@ def main() -> None:
         timings.append(time.perf_counter() - start)
     best = min(timings)
     num = network_volume.shape_zyx[0]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, torch "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads "
+          f"({torch.get_num_threads()} used by torch), torch "
           f"{torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
     print(f"model: {args.weights.name}, {model.config.num_slices} slices, {model.config.image_size_px} px input")
