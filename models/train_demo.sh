@@ -8,8 +8,8 @@ work=${1:-runs/demo}
 backgrounds=(--background sample_data/abdomen_ct_dicom --background ../shared/data/totalseg_example/example_ct.nii.gz)
 
 ctlesion simulate --out "$work/sim" --num-series 160 --image-size 256 --seed 0 "${backgrounds[@]}"
-ctlesion train --data "$work/sim" --out "$work/run" --epochs 10 --batch-size 4 --slices 3 --image-size 256 \
-  --fpn-channels 256 --fc-channels 512 --hu-window -175 275 --warmup-iters 100 --lr-drop-epoch 8 --lr-drop-epoch 9 \
+ctlesion train --data "$work/sim" --out "$work/run" --epochs 8 --batch-size 4 --slices 3 --image-size 256 \
+  --fpn-channels 256 --fc-channels 512 --hu-window -175 275 --warmup-iters 100 --lr-drop-epoch 6 --lr-drop-epoch 7 \
   --workers 1 --seed 0 \
   --device cpu
 python - "$work/run" <<'PY'

@@ -283,7 +283,7 @@ def write_nifti(array_zyx: np.ndarray, reference: Volume, path: Path) -> None:
         atomic_write_bytes(path, data)
     except OSError as error:
         raise CtlesionError(f"cannot write NIfTI file ({error.strerror or error})", path) from error
-    logger.info("%s: wrote %d x %d x %d voxels (z, y, x), %s", path, *array.shape, array.dtype)
+    logger.debug("%s: wrote %d x %d x %d voxels (z, y, x), %s", path, *array.shape, array.dtype)
 
 
 def _storable(array: np.ndarray) -> np.ndarray:
