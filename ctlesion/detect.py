@@ -64,7 +64,7 @@ def _slice_detections(output: dict, transform, slice_index: int, score_threshold
     boxes = transform.to_source(output["boxes"][keep].cpu().numpy()).astype(np.float32)
     scores = output["scores"][keep].cpu().numpy().astype(np.float32)
     height, width = transform.src_shape_yx
-    valid_h, valid_w = round(height * transform.scale), round(width * transform.scale)
+    valid_h, valid_w = transform.content_shape_yx
     masks = output["masks"][keep, 0, :valid_h, :valid_w].cpu().numpy()
     masks = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in masks]) \
         if len(masks) else np.zeros((0, height, width), np.float32)

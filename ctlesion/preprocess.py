@@ -184,6 +184,12 @@ class InPlaneTransform:
     src_shape_yx: tuple[int, int]
     size_px: int
 
+    @property
+    def content_shape_yx(self) -> tuple[int, int]:
+        """(rows, columns) of the resized image inside the padded square, pixels."""
+        height, width = self.src_shape_yx
+        return min(self.size_px, round(height * self.scale)), min(self.size_px, round(width * self.scale))
+
     def to_source(self, boxes_px: np.ndarray) -> np.ndarray:
         """Map (N, 4) network-frame boxes (x1, y1, x2, y2) back to source pixels, clipped."""
         boxes = np.asarray(boxes_px, dtype=np.float64) / self.scale
@@ -201,15 +207,15 @@ def fit_in_plane(stack: np.ndarray, size_px: int) -> tuple[np.ndarray, InPlaneTr
         The (D, size_px, size_px) float32 stack and the :class:`InPlaneTransform` used.
     """
     depth, height, width = stack.shape
-    scale = size_px / max(height, width)
-    new_h, new_w = min(size_px, round(height * scale)), min(size_px, round(width * scale))
+    transform = InPlaneTransform(scale=size_px / max(height, width), src_shape_yx=(height, width), size_px=size_px)
+    new_h, new_w = transform.content_shape_yx
     out = np.zeros((depth, size_px, size_px), dtype=np.float32)
     for d in range(depth):
         img = stack[d].astype(np.float32, copy=False)
         if (new_h, new_w) != (height, width):
             img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         out[d, :new_h, :new_w] = img
-    return out, InPlaneTransform(scale=scale, src_shape_yx=(height, width), size_px=size_px)
+    return out, transform
 
 
 def volume_window(volume: Volume, key_slice: int, num_slices: int) -> np.ndarray:

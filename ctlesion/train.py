@@ -115,10 +115,8 @@ def prepare_run_dir(options: TrainOptions, resume: bool) -> None:
 
 
 def make_loader(options: TrainOptions, split: str, train: bool) -> DataLoader:
-    dataset = DeepLesionDataset(options.data_dir, split, num_slices=options.detector.num_slices,
-                                image_size_px=options.detector.image_size_px,
-                                flip_p=options.flip_p if train else 0.0, seed=options.seed,
-                                hu_window=options.detector.hu_window)
+    dataset = DeepLesionDataset.for_detector(options.data_dir, split, options.detector,
+                                             flip_p=options.flip_p if train else 0.0, seed=options.seed)
     generator = torch.Generator().manual_seed(options.seed)
     return DataLoader(dataset, batch_size=options.batch_size if train else 1, shuffle=train,
                       num_workers=options.num_workers, collate_fn=collate_detection, generator=generator,

@@ -25,8 +25,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
 log = logging.getLogger("ctlesion")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_SERIES = REPO_ROOT / "sample_data" / "abdomen_ct_dicom"
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -82,10 +80,10 @@ def simulate(
     verbose: Verbose = False,
 ) -> None:
     """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds)."""
-    from ctlesion.data.simulate import simulate_dataset  # noqa: PLC0415
+    from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset  # noqa: PLC0415
 
     _setup_logging(verbose)
-    csv_path = _run(simulate_dataset, out, backgrounds=list(background or [SAMPLE_SERIES]), num_series=num_series,
+    csv_path = _run(simulate_dataset, out, backgrounds=list(background or [SAMPLE_BACKGROUND]), num_series=num_series,
                     image_size_px=image_size, seed=seed, overwrite=overwrite)
     stdout.print(f"wrote {csv_path}")
 

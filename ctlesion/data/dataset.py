@@ -45,9 +45,7 @@ def fit_masks_in_plane(masks: np.ndarray, transform: InPlaneTransform) -> np.nda
         (N, S, S) uint8 masks of 0/1.
     """
     size = transform.size_px
-    height, width = transform.src_shape_yx
-    new_h = min(size, round(height * transform.scale))
-    new_w = min(size, round(width * transform.scale))
+    new_h, new_w = transform.content_shape_yx
     out = np.zeros((masks.shape[0], size, size), dtype=np.uint8)
     for n, mask in enumerate(masks):
         out[n, :new_h, :new_w] = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
@@ -134,6 +132,13 @@ class DeepLesionDataset(Dataset):
         self.hu_window = tuple(hu_window)
         self.epoch = 0
         self._mask_cache: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def for_detector(cls, root: Path, split: str, config, **kwargs) -> "DeepLesionDataset":
+        """The dataset a detector configuration (``DetectorConfig``) reads: its window depth,
+        input size and HU window; ``kwargs`` as in the constructor."""
+        return cls(root, split, num_slices=config.num_slices, image_size_px=config.image_size_px,
+                   hu_window=config.hu_window, **kwargs)
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -44,8 +44,7 @@ def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, devi
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
     config = model.config
-    dataset = DeepLesionDataset(data_dir, split, num_slices=config.num_slices, image_size_px=config.image_size_px,
-                                with_masks=False, hu_window=config.hu_window)
+    dataset = DeepLesionDataset.for_detector(data_dir, split, config, with_masks=False)
     if len(dataset) == 0:
         return None
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=collate_detection)
