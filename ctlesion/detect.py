@@ -24,6 +24,7 @@ from ctlesion.postprocess import Lesion, SliceDetections, link_detections
 from ctlesion.preprocess import (
     fit_in_plane,
     normalize_hu,
+    network_interval_mm,
     num_resampled_slices,
     resample_to_reference,
     volume_window,
@@ -90,12 +91,15 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     """
     config = model.config
     num = volume.shape_zyx[0]
-    interval = torch.tensor(volume.slice_interval_mm, dtype=torch.float32)
+    interval = torch.tensor(network_interval_mm(volume.slice_interval_mm, config.ref_interval_mm,
+                                                config.resample_thick), dtype=torch.float32)
     per_slice: list[SliceDetections] = []
     for start in range(0, num, options.batch_size):
         indices = range(start, min(start + options.batch_size, num))
-        stacks, transforms = zip(*(fit_in_plane(normalize_hu(volume_window(volume, z, config.num_slices), config.hu_window),
-                                                config.image_size_px) for z in indices))
+        windows = (volume_window(volume, z, config.num_slices, config.ref_interval_mm, config.resample_thick)
+                   for z in indices)
+        stacks, transforms = zip(*(fit_in_plane(normalize_hu(w, config.hu_window), config.image_size_px)
+                                   for w in windows))
         images = torch.from_numpy(np.stack(stacks)[:, None]).to(device)
         outputs = model(images, interval.expand(len(indices)).to(device))
         per_slice += [_slice_detections(o, t, z, options.score_threshold)

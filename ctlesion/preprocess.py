@@ -48,23 +48,31 @@ def normalize_hu(hu: np.ndarray, window_hu: tuple[float, float] = (HU_MIN, HU_MA
     return out
 
 
-def network_interval_mm(slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM) -> float:
-    """Slice interval the network sees: r for thin data (it is resampled to r), s otherwise."""
-    return max(float(slice_interval_mm), ref_interval_mm)
+def network_interval_mm(slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM,
+                        resample_thick: bool = False) -> float:
+    """Slice interval the network sees: r for thin data (it is resampled to r), s otherwise.
+
+    With ``resample_thick`` (the TSM and 2.5D baselines) every window is sampled r apart, so
+    the network always sees r.
+    """
+    return ref_interval_mm if resample_thick else max(float(slice_interval_mm), ref_interval_mm)
 
 
 def neighbour_offsets(
-    num_slices: int, slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM
+    num_slices: int, slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM, resample_thick: bool = False
 ) -> np.ndarray:
     """Offsets of the window's slices from the key slice, in units of source slices.
 
     For thin data (s < r) the j-th neighbour sits at j * r / s source slices (it is spaced by
-    r in mm); for thick data it is the j-th adjacent slice.
+    r in mm); for thick data it is the j-th adjacent slice, unless ``resample_thick`` (TSM and
+    2.5D baselines, paper section 3) asks for neighbours r apart there too (j * r / s, between
+    adjacent slices).
 
     Args:
         num_slices: window depth D = 2k + 1 (odd, >= 1).
         slice_interval_mm: interval s of the source slices, mm (> 0).
         ref_interval_mm: reference interval r, mm.
+        resample_thick: space the neighbours r apart whatever s.
 
     Returns:
         (D,) float64 offsets, symmetric around 0, increasing.
@@ -77,7 +85,8 @@ def neighbour_offsets(
     if not slice_interval_mm > 0:
         raise ValueError(f"slice_interval_mm must be > 0, got {slice_interval_mm}")
     half = num_slices // 2
-    step = ref_interval_mm / slice_interval_mm if slice_interval_mm < ref_interval_mm else 1.0
+    thin = slice_interval_mm < ref_interval_mm
+    step = ref_interval_mm / slice_interval_mm if thin or resample_thick else 1.0
     return np.arange(-half, half + 1, dtype=np.float64) * step
 
 
@@ -218,12 +227,14 @@ def fit_in_plane(stack: np.ndarray, size_px: int) -> tuple[np.ndarray, InPlaneTr
     return out, transform
 
 
-def volume_window(volume: Volume, key_slice: int, num_slices: int) -> np.ndarray:
-    """The (D, Y, X) HU slab centred on ``key_slice`` of a volume already at network spacing.
+def volume_window(volume: Volume, key_slice: int, num_slices: int, ref_interval_mm: float = REF_INTERVAL_MM,
+                  resample_thick: bool = False) -> np.ndarray:
+    """The (D, Y, X) float32 HU slab centred on ``key_slice`` of a volume already at network spacing.
 
     Neighbours are adjacent slices (the volume has been resampled by
-    :func:`resample_to_reference` if it was thin); ends replicate the edge slice.
+    :func:`resample_to_reference` if it was thin) or, with ``resample_thick`` on a thick
+    volume, interpolated r apart (:func:`neighbour_offsets`); ends replicate the edge slice.
     """
-    half = num_slices // 2
-    idx = np.clip(np.arange(key_slice - half, key_slice + half + 1), 0, volume.shape_zyx[0] - 1)
-    return np.asarray(volume.hu[idx], dtype=np.float32)
+    offsets = neighbour_offsets(num_slices, volume.slice_interval_mm, ref_interval_mm, resample_thick)
+    plan = plan_slices(key_slice + offsets, volume.shape_zyx[0])
+    return apply_plan(plan, lambda i: volume.hu[i])

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchvision.models import densenet121
 
 from ctlesion.checkpoint import load_detector, save_checkpoint
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+from ctlesion.networks.pretrained import load_pretrained_2d
 from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class TrainOptions:
     seed: int = 0
     max_iters_per_epoch: int | None = None
     lr_drop_epochs: tuple[int, ...] | None = None  # default: 45 % and 80 % of the epochs (9, 16 of 20)
+    pretrained: str | None = None  # "imagenet" (local torchvision cache) or a 2D state dict file
 
     @property
     def lr(self) -> float:
@@ -127,6 +130,22 @@ def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
     return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
 
 
+def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
+    """The detector to train: from pretrained 2D weights (``options.pretrained``), or random init.
+
+    A resumed run skips the pretrained weights (its checkpoint replaces them).
+
+    Raises:
+        CtlesionError: pretrained weights not found, unreadable, or not fitting DenseNet-121.
+    """
+    if options.pretrained is None or resume:
+        return AlignShiftDetector(options.detector)
+    densenet = densenet121(weights=None)
+    report = load_pretrained_2d(densenet, options.pretrained, "densenet121")
+    log.info("initialised from %s", report.summary())
+    return AlignShiftDetector(options.detector, densenet_2d=densenet)
+
+
 def train(options: TrainOptions, *, resume: bool = False, device: str | None = None,
           progress: bool = True) -> Path:
     """Train (or resume) a detector; returns the path of the last epoch's checkpoint.
@@ -145,7 +164,7 @@ def train(options: TrainOptions, *, resume: bool = False, device: str | None = N
         raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
     iters_per_epoch = len(loader) if options.max_iters_per_epoch is None else min(len(loader), options.max_iters_per_epoch)
 
-    model = AlignShiftDetector(options.detector).to(dev)
+    model = build_model(options, resume).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torchvision.models import densenet121, resnet18
 
-from ctlesion.networks.backbone import AlignShiftDenseNet
-from ctlesion.networks.convert import convert_layers
+from ctlesion.networks.backbone import AlignShiftDenseNet, DenseNet25d
+from ctlesion.networks.layers import convert_layers
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, anchor_sizes_px, dice_loss
 
 
@@ -157,3 +157,32 @@ def test_anchor_sizes_follow_the_input_size():
     assert anchor_sizes_px(256) == (8, 12, 16, 24, 48, 96)
     model = AlignShiftDetector(DetectorConfig(num_slices=3, image_size_px=256, fpn_channels=32, fc_channels=32))
     assert model.rpn.anchor_generator.sizes == ((8, 12, 16, 24, 48, 96),)
+
+
+@pytest.mark.parametrize("context, num_slices", [("tsm", 7), ("2.5d", 3), ("2.5d", 7)])
+def test_every_context_trains(context, num_slices):
+    torch.manual_seed(0)
+    config = DetectorConfig(context=context, num_slices=num_slices, image_size_px=64, fpn_channels=32, fc_channels=64)
+    model = AlignShiftDetector(config).train()
+    images = torch.rand(2, 1, num_slices, 64, 64)
+    losses = model(images, torch.tensor([2.0, 5.0]), [_targets(64)] * 2)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(p.grad is not None for p in model.parameters())
+    assert config.resample_thick and config.name.endswith(f"x{num_slices}")
+
+
+@torch.no_grad()
+def test_2_5d_backbone_is_the_2d_densenet_on_slices_as_channels():
+    torch.manual_seed(0)
+    net2d = _randomise_bn(densenet121(weights=None)).double()
+    backbone = DenseNet25d(num_slices=3, fpn_channels=16, densenet_2d=copy.deepcopy(net2d)).double().eval()
+    torch.testing.assert_close(backbone.stem[0].weight, net2d.features.conv0.weight, rtol=0, atol=0)  # RGB stem as is
+    images = torch.randn(1, 1, 3, 64, 64, dtype=torch.float64)
+    feats = net2d.features
+    c2 = feats.denseblock1(feats.pool0(feats.relu0(feats.norm0(feats.conv0(images[:, 0])))))
+    torch.testing.assert_close(backbone.block1(backbone.stem(images[:, 0])), c2, rtol=0, atol=1e-10)
+    out = backbone(images, None)
+    assert out.shape == (1, 16, 16, 16)
+    # The interval is not an input of the 2.5D network.
+    torch.testing.assert_close(backbone(images, torch.tensor([5.0], dtype=torch.float64)), out, rtol=0, atol=0)

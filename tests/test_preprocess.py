@@ -81,3 +81,16 @@ def test_volume_window_replicates_edges():
     volume = ramp_volume(4, 5.0)
     window = volume_window(volume, 0, 5)
     np.testing.assert_allclose(window[:, 0, 0], [0, 0, 0, 5, 10])
+
+
+def test_tsm_and_2_5d_windows_are_sampled_2mm_apart_on_thick_volumes():
+    # The TSM / 2.5D baselines see every window at r = 2 mm (paper, section 3): on a 5 mm ramp
+    # the neighbours of slice 2 (z = 10 mm) lie at 10 +/- 2, 4 mm, interpolated.
+    np.testing.assert_allclose(neighbour_offsets(5, 5.0, resample_thick=True), [-0.8, -0.4, 0, 0.4, 0.8])
+    np.testing.assert_allclose(neighbour_offsets(3, 1.0, resample_thick=True), [-2, 0, 2])
+    assert network_interval_mm(5.0, resample_thick=True) == 2.0
+    assert network_interval_mm(1.0, resample_thick=True) == 2.0
+    volume = ramp_volume(6, 5.0)
+    np.testing.assert_allclose(volume_window(volume, 2, 5, resample_thick=True)[:, 0, 0], [6, 8, 10, 12, 14],
+                               atol=1e-5)
+    np.testing.assert_allclose(volume_window(volume, 2, 5)[:, 0, 0], [0, 5, 10, 15, 20])

@@ -96,7 +96,11 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step (lr scales linearly: 0.02 per 4).")] = 4,
     slices: Annotated[int, typer.Option(help="Window depth D (3 or 7 in the paper).")] = 7,
-    context: Annotated[str, typer.Option(help="alignshift, tsm or none.")] = "alignshift",
+    context: Annotated[str, typer.Option(
+        help="Network: alignshift (paper), tsm or 2.5d (the paper's baselines), none (3D without shift).")] = "alignshift",
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="2D weights for the DenseNet-121 before conversion: 'imagenet' (torchvision's, from the local "
+             "torch hub cache only; never downloaded) or a torchvision-format state dict file.")] = None,
     padding: Annotated[str, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
@@ -137,7 +141,8 @@ def train(
         options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
-                               lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None)
+                               lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
+                               pretrained=pretrained)
     last = _run(train_run, options, resume=resume, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
 
@@ -157,14 +162,26 @@ def _print_summary(summary: dict, title: str) -> None:
     stdout.print(table)
 
 
-def _load_model(weights: Optional[Path], device: str):
+def _load_model(weights: Optional[Path], device: str, context: Optional[str] = None, slices: Optional[int] = None):
+    """Load a checkpoint; ``context`` / ``slices``, when given, must be the network it holds (exit 1)."""
     from ctlesion.checkpoint import load_detector  # noqa: PLC0415
     from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
 
     path = weights or DEFAULT_WEIGHTS
     model, info = _run(load_detector, path, device)
+    config = model.config
+    if (context is not None and context != config.context) or (slices is not None and slices != config.num_slices):
+        wanted = f"{context or config.context} x{slices or config.num_slices}"
+        _error(f"{path}: holds a {config.name} network ({config.context} x{config.num_slices}), not {wanted}")
+        raise typer.Exit(1)
     info["weights"] = path.name
     return model, info
+
+
+ModelContext = Annotated[Optional[str], typer.Option(
+    "--context", help="Expected network (alignshift, tsm, 2.5d, none): the checkpoint must hold it.")]
+ModelSlices = Annotated[Optional[int], typer.Option(
+    "--slices", help="Expected window depth (3 or 7): the checkpoint must hold it.")]
 
 
 @app.command()
@@ -209,6 +226,8 @@ def detect(
              "(every match is read). Default: the one `ctlesion info` marks.")] = None,
     all_series: Annotated[bool, typer.Option("--all-series", help="Read every axial CT series of each DICOM folder.")] = False,
     tilt: Annotated[str, typer.Option(help="Gantry-tilted series: refuse, or resample onto an orthogonal grid.")] = "refuse",
+    context: ModelContext = None,
+    slices: ModelSlices = None,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
@@ -225,7 +244,7 @@ def detect(
         _error(f"--tilt must be {' or '.join(TILT_CHOICES)}, got {tilt!r}")
         raise typer.Exit(2)
     dev = _run(_device, device)
-    model, info = _load_model(weights, dev)
+    model, info = _load_model(weights, dev, context, slices)
     options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
                             series=series, all_series=all_series, tilt=tilt)
     with make_progress() as progress:

@@ -91,6 +91,8 @@ class DeepLesionDataset(Dataset):
         with_masks: compute pseudo-masks.
         flip_p: probability of a horizontal flip.
         seed: seed of the flip decisions.
+        hu_window: HU mapped to [0, 1].
+        resample_thick: neighbours 2 mm apart for thick series too (TSM / 2.5D).
 
     An empty split gives an empty dataset (with a logged warning).
 
@@ -111,6 +113,7 @@ class DeepLesionDataset(Dataset):
         flip_p: float = 0.0,
         seed: int = 0,
         hu_window: tuple[float, float] = (HU_MIN, HU_MAX),
+        resample_thick: bool = False,
     ) -> None:
         self.root = Path(root)
         self.images_dir = self.root / "Images_png"
@@ -130,15 +133,16 @@ class DeepLesionDataset(Dataset):
         self.flip_p = flip_p
         self.seed = seed
         self.hu_window = tuple(hu_window)
+        self.resample_thick = bool(resample_thick)
         self.epoch = 0
         self._mask_cache: dict[int, np.ndarray] = {}
 
     @classmethod
     def for_detector(cls, root: Path, split: str, config, **kwargs) -> "DeepLesionDataset":
         """The dataset a detector configuration (``DetectorConfig``) reads: its window depth,
-        input size and HU window; ``kwargs`` as in the constructor."""
+        input size, HU window and neighbour spacing; ``kwargs`` as in the constructor."""
         return cls(root, split, num_slices=config.num_slices, image_size_px=config.image_size_px,
-                   hu_window=config.hu_window, **kwargs)
+                   hu_window=config.hu_window, resample_thick=config.resample_thick, **kwargs)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -166,7 +170,8 @@ class DeepLesionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, float, dict]:
         key = self.keys[index]
-        window_hu, interval_mm = load_key_slice_window(self.images_dir, key, self.num_slices)
+        window_hu, interval_mm = load_key_slice_window(self.images_dir, key, self.num_slices,
+                                                       resample_thick=self.resample_thick)
         boxes_src = key.boxes_px.astype(np.float64)
         masks_src = self.pseudo_masks(index, window_hu[self.num_slices // 2]) if self.with_masks else None
         if self._flip(index):

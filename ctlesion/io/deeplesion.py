@@ -405,7 +405,8 @@ def series_slice_indices(series_dir: Path) -> list[int]:
 
 
 def load_key_slice_window(
-    images_dir: Path, key: KeySlice, num_slices: int, ref_interval_mm: float = REF_INTERVAL_MM
+    images_dir: Path, key: KeySlice, num_slices: int, ref_interval_mm: float = REF_INTERVAL_MM,
+    resample_thick: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Read the key slice and its neighbours as the (D, Y, X) HU window the network sees.
 
@@ -423,10 +424,12 @@ def load_key_slice_window(
         key: the key slice.
         num_slices: window depth D (odd).
         ref_interval_mm: reference interval r (paper: 2 mm).
+        resample_thick: neighbours r apart for thick series too (TSM and 2.5D baselines).
 
     Returns:
         The (D, Y, X) float32 HU window (key slice at D // 2) and the slice interval the
-        network sees (``network_interval_mm``: r for thin series, s otherwise).
+        network sees (``network_interval_mm``: r for thin series (and every series with
+        ``resample_thick``), s otherwise).
 
     Raises:
         CtlesionError: if the series folder or the key slice's PNG is missing or unreadable.
@@ -437,7 +440,7 @@ def load_key_slice_window(
         raise CtlesionError("key slice PNG not found", key.png_path(images_dir))
     first = min(available[0], int(key.slice_range[0]), key.slice_index)
     last = max(available[-1], int(key.slice_range[1]), key.slice_index)
-    offsets = neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm)
+    offsets = neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm, resample_thick)
     plan = plan_slices(key.slice_index - first + offsets, last - first + 1)
     # Slices with zero weight are not needed (and need not exist).
     plan = SlicePlan(lo=plan.lo, hi=np.where(plan.weight_hi > 0, plan.hi, plan.lo), weight_hi=plan.weight_hi)
@@ -464,4 +467,4 @@ def load_key_slice_window(
             "%s: %d of %d neighbour slice(s) absent; nearest present slices used", key.file_name, len(absent),
             len(neighbours),
         )
-    return window, network_interval_mm(key.slice_interval_mm, ref_interval_mm)
+    return window, network_interval_mm(key.slice_interval_mm, ref_interval_mm, resample_thick)

@@ -1,60 +1,29 @@
-"""The AlignShift DenseNet-121 backbone with depth reduction and FPN (SPEC section 6).
+"""The detector's DenseNet-121 backbones: 3D with slice shifts, or 2.5D (SPEC section 6).
 
 Released configuration of the AlignShift paper (MICCAI 2020): DenseNet-121 truncated after
-dense block 3, converted to 3D (1 x k x k convolutions, BatchNorm3d, depth never pooled),
-AlignShift applied inside the dense layers before both the 1x1 and the 3x3 convolution, a
-learned Conv3d with kernel (D, 1, 1) after each dense block collapsing depth to a 2D map, and a
-top-down FPN with 1x1 laterals (1024, 512, 256 -> C), nearest upsampling and no smoothing,
-producing ONE map at stride 4.
+dense block 3, converted to 3D (:func:`ctlesion.networks.convert.convert_to_3d`: 1 x k x k
+convolutions, BatchNorm3d, depth never pooled, the shift inside the dense layers), a learned
+Conv3d with kernel (D, 1, 1) after each dense block collapsing depth to a 2D map, and a top-down
+FPN with 1x1 laterals (256, 512, 1024 -> C), nearest upsampling and no smoothing, producing ONE
+map at stride 4. The paper's 2.5D baseline instead feeds the D slices as the input channels of
+the 2D DenseNet (same truncation and FPN).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import densenet121
-from torchvision.models.densenet import _DenseBlock, _DenseLayer
+from torchvision.models import DenseNet, densenet121
 
-from ctlesion.networks.convert import ShiftConv3d, convert_layers
+from ctlesion.networks.convert import convert_to_3d
+from ctlesion.networks.densenet3d import dense_block_channels
+from ctlesion.networks.layers import stem_conv_for
 
 log = logging.getLogger(__name__)
-
-
-class DenseLayer3d(nn.Module):
-    """A DenseNet bottleneck layer (BN-ReLU-[shift]-Conv1x1-BN-ReLU-[shift]-Conv3x3) in 3D.
-
-    Built from a torchvision ``_DenseLayer`` whose weights are copied.
-    """
-
-    def __init__(self, layer_2d: _DenseLayer, context: str, fold_div: int, padding: str, ref_interval_mm: float):
-        super().__init__()
-        converted, _ = convert_layers(layer_2d)
-        self.norm1, self.relu1 = converted.norm1, converted.relu1
-        self.conv1 = ShiftConv3d(converted.conv1, context, fold_div, padding, ref_interval_mm)
-        self.norm2, self.relu2 = converted.norm2, converted.relu2
-        self.conv2 = ShiftConv3d(converted.conv2, context, fold_div, padding, ref_interval_mm)
-
-    def forward(self, x: Tensor, slice_interval_mm: Tensor) -> Tensor:
-        """x: (B, C_in, D, H, W) -> new features (B, growth_rate, D, H, W)."""
-        out = self.conv1(self.relu1(self.norm1(x)), slice_interval_mm)
-        return self.conv2(self.relu2(self.norm2(out)), slice_interval_mm)
-
-
-class DenseBlock3d(nn.Module):
-    """A dense block: each layer sees the concatenation of the input and all earlier outputs."""
-
-    def __init__(self, block_2d: _DenseBlock, **shift_kwargs):
-        super().__init__()
-        self.layers = nn.ModuleList(DenseLayer3d(layer, **shift_kwargs) for layer in block_2d.values())
-
-    def forward(self, x: Tensor, slice_interval_mm: Tensor) -> Tensor:
-        features = [x]
-        for layer in self.layers:
-            features.append(layer(torch.cat(features, 1), slice_interval_mm))
-        return torch.cat(features, 1)
 
 
 class DepthReduction(nn.Module):
@@ -78,12 +47,34 @@ class DepthReduction(nn.Module):
         return self.conv(x).squeeze(2)
 
 
+def top_down_single_map(lateral: nn.ModuleList, maps: list[Tensor]) -> Tensor:
+    """Top-down FPN (1x1 laterals, nearest upsampling, no smoothing) to the finest map only.
+
+    Args:
+        lateral: one 1x1 Conv2d per level, finest first.
+        maps: 2D maps (B, C_l, H_l, W_l), finest first, each level half the size of the previous.
+
+    Returns:
+        (B, C, H_0, W_0): lateral_0(m_0) + up(lateral_1(m_1) + up(...)).
+    """
+    out = lateral[-1](maps[-1])
+    for level in range(len(maps) - 2, -1, -1):
+        fine = lateral[level](maps[level])
+        out = fine + F.interpolate(out, size=fine.shape[-2:], mode="nearest")
+    return out
+
+
+def _check_images(images: Tensor, num_slices: int) -> None:
+    if images.dim() != 5 or images.shape[1] != 1 or images.shape[2] != num_slices:
+        raise ValueError(f"images must be (B, 1, {num_slices}, H, W), got {tuple(images.shape)}")
+
+
 class AlignShiftDenseNet(nn.Module):
     """DenseNet-121 (blocks 1-3) in 3D with slice shifts, depth reduction and a single-map FPN.
 
     Args:
         num_slices: window depth D (odd).
-        context: "alignshift", "tsm" or "none" (see :class:`ShiftConv3d`).
+        context: "alignshift", "tsm" or "none" (see :class:`~ctlesion.networks.layers.ShiftConv3d`).
         fpn_channels: channels of the output map (paper: 512).
         fold_div: shifted channels per group = C // fold_div (paper: 8).
         padding: AlignShift border handling, "zero" or "keep".
@@ -97,24 +88,14 @@ class AlignShiftDenseNet(nn.Module):
 
     def __init__(self, num_slices: int = 3, context: str = "alignshift", fpn_channels: int = 512,
                  fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0,
-                 densenet_2d: nn.Module | None = None):
+                 densenet_2d: DenseNet | None = None):
         super().__init__()
-        net = densenet_2d if densenet_2d is not None else densenet121(weights=None)
-        feats = net.features
-        shift = dict(context=context, fold_div=fold_div, padding=padding, ref_interval_mm=ref_interval_mm)
-        stem_conv = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        with torch.no_grad():
-            middle = feats.conv0.weight.shape[1] // 2
-            stem_conv.weight.copy_(feats.conv0.weight[:, middle : middle + 1])
-        self.stem, _ = convert_layers(nn.Sequential(stem_conv, feats.norm0, feats.relu0, feats.pool0))
-        self.block1 = DenseBlock3d(feats.denseblock1, **shift)
-        self.transition1, _ = convert_layers(feats.transition1)
-        self.block2 = DenseBlock3d(feats.denseblock2, **shift)
-        self.transition2, _ = convert_layers(feats.transition2)
-        self.block3 = DenseBlock3d(feats.denseblock3, **shift)
-        channels = (feats.denseblock1.denselayer1.conv1.in_channels + 32 * len(feats.denseblock1),
-                    feats.denseblock2.denselayer1.conv1.in_channels + 32 * len(feats.denseblock2),
-                    feats.denseblock3.denselayer1.conv1.in_channels + 32 * len(feats.denseblock3))
+        net = convert_to_3d(densenet_2d if densenet_2d is not None else densenet121(weights=None), context,
+                            in_channels=1, fold_div=fold_div, padding=padding, ref_interval_mm=ref_interval_mm)
+        self.stem = net.stem
+        self.block1, self.block2, self.block3 = net.blocks[:3]
+        self.transition1, self.transition2 = net.transitions[:2]
+        channels = net.block_channels[:3]
         self.reduce = nn.ModuleList(DepthReduction(c, num_slices) for c in channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
         self.num_slices = num_slices
@@ -129,11 +110,50 @@ class AlignShiftDenseNet(nn.Module):
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor) -> Tensor:
         """images: (B, 1, D, H, W) float; slice_interval_mm: (B,) mm -> (B, C, H/4, W/4)."""
-        if images.dim() != 5 or images.shape[1] != 1 or images.shape[2] != self.num_slices:
-            raise ValueError(f"images must be (B, 1, {self.num_slices}, H, W), got {tuple(images.shape)}")
+        _check_images(images, self.num_slices)
         maps = [reduce(c) for reduce, c in zip(self.reduce, self.stages(images, slice_interval_mm))]
-        out = self.lateral[2](maps[2])
-        for level in (1, 0):
-            lateral = self.lateral[level](maps[level])
-            out = lateral + F.interpolate(out, size=lateral.shape[-2:], mode="nearest")
-        return out
+        return top_down_single_map(self.lateral, maps)
+
+
+class DenseNet25d(nn.Module):
+    """The 2.5D baseline: the D slices as input channels of a 2D DenseNet-121 (blocks 1-3) + FPN.
+
+    The stem takes D channels: for D = 3 the RGB stem as is, otherwise adapted
+    (:func:`~ctlesion.networks.layers.adapt_stem_weight`). The slice interval is not used.
+
+    Args:
+        num_slices: window depth D (odd).
+        fpn_channels: channels of the output map.
+        densenet_2d: optional torchvision DenseNet-121 whose weights are copied.
+
+    Input (B, 1, D, H, W); output (B, fpn_channels, H / 4, W / 4).
+    """
+
+    def __init__(self, num_slices: int = 3, fpn_channels: int = 512, densenet_2d: DenseNet | None = None):
+        super().__init__()
+        net = densenet_2d if densenet_2d is not None else densenet121(weights=None)
+        feats = copy.deepcopy(net.features)
+        self.stem = nn.Sequential(stem_conv_for(feats.conv0, num_slices), feats.norm0, feats.relu0, feats.pool0)
+        self.block1, self.transition1 = feats.denseblock1, feats.transition1
+        self.block2, self.transition2 = feats.denseblock2, feats.transition2
+        self.block3 = feats.denseblock3
+        channels = dense_block_channels(net)[:3]
+        self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
+        self.num_slices = num_slices
+        self.out_channels = fpn_channels
+
+    def forward(self, images: Tensor, slice_interval_mm: Tensor | None = None) -> Tensor:
+        """images: (B, 1, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""
+        _check_images(images, self.num_slices)
+        c2 = self.block1(self.stem(images[:, 0]))
+        c3 = self.block2(self.transition1(c2))
+        c4 = self.block3(self.transition2(c3))
+        return top_down_single_map(self.lateral, [c2, c3, c4])
+
+
+def build_backbone(context: str, num_slices: int, fpn_channels: int, *, fold_div: int = 8, padding: str = "zero",
+                   ref_interval_mm: float = 2.0, densenet_2d: DenseNet | None = None) -> nn.Module:
+    """The detector backbone of a context: :class:`DenseNet25d` for "2.5d", else :class:`AlignShiftDenseNet`."""
+    if context == "2.5d":
+        return DenseNet25d(num_slices, fpn_channels, densenet_2d)
+    return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, densenet_2d)

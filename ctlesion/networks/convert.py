@@ -1,141 +1,104 @@
-"""Turning 2D layers of a torchvision CNN into their 3D counterparts (AlignShift paper, section 2.2).
+"""Any torchvision DenseNet or ResNet as a thickness-aware 3D network (AlignShift paper, section 2.2).
 
-A k x k 2D convolution becomes a 1 x k x k 3D convolution with the same weights (unsqueezed
-along depth), so on every slice the 3D network computes exactly what the 2D network computes;
-pools become 1 x k x k pools and BatchNorm2d becomes BatchNorm3d with the same statistics.
-Depth is never pooled or strided. The slice shift (AlignShift, TSM, or none) is added by
-:class:`ShiftConv3d`, which wraps a converted convolution and takes the per-sample slice
-interval explicitly in ``forward`` (no hidden global state, unlike the released code).
+The paper's claim is that a parameter-free shift turns "theoretically any 2D pretrained
+network" into a 3D one. :func:`convert_to_3d` does it for the DenseNet and ResNet families of
+torchvision (ResNeXt and Wide ResNet included): k x k convolutions become 1 x k x k, pools
+1 x k x k, BatchNorm2d becomes BatchNorm3d (or SyncBatchNorm), the 2D weights are copied, and
+shift operators are placed where SPEC section 6 puts them (DenseNet: inside every dense layer
+before the 1x1 and the 3x3 conv; ResNet: before the first 3x3 conv of every block).
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 
-import torch
-from torch import Tensor, nn
+from torch import nn
+from torchvision.models import DenseNet, ResNet
 
-from ctlesion.ops import align_shift, temporal_shift
+from ctlesion.networks.densenet3d import DenseNet3d
+from ctlesion.networks.layers import CONTEXTS, POOLS_3D, ShiftConv3d
+from ctlesion.networks.resnet3d import ResNet3d
+from ctlesion.ops.shift import PADDINGS
 
-CONTEXTS = ("alignshift", "tsm", "none")
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)  # type: ignore[return-value]
-
-
-def conv2d_to_3d(conv: nn.Conv2d) -> nn.Conv3d:
-    """A 1 x k x k Conv3d computing ``conv`` on every slice (weights copied, depth kernel 1)."""
-    if not isinstance(conv.padding, (tuple, list)):
-        raise ValueError(f"string padding {conv.padding!r} is not supported by the converter")
-    out = nn.Conv3d(
-        conv.in_channels,
-        conv.out_channels,
-        kernel_size=(1, *_pair(conv.kernel_size)),
-        stride=(1, *_pair(conv.stride)),
-        padding=(0, *_pair(conv.padding)),
-        dilation=(1, *_pair(conv.dilation)),
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        out.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None:
-            out.bias.copy_(conv.bias)
-    return out
+log = logging.getLogger(__name__)
 
 
-def batchnorm2d_to_3d(bn: nn.BatchNorm2d) -> nn.BatchNorm3d:
-    """A BatchNorm3d with the affine parameters and running statistics of ``bn``."""
-    ref = bn.weight if bn.weight is not None else bn.running_mean
-    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-    out = nn.BatchNorm3d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, **factory)
-    out.load_state_dict(bn.state_dict())
-    return out.train(bn.training)
+def _check(context: str, fold_div: int, padding: str, ref_interval_mm: float, in_channels: int | None) -> None:
+    if context not in CONTEXTS:
+        raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
+    if not isinstance(fold_div, int) or fold_div < 2:
+        raise ValueError(f"fold_div must be an integer >= 2, got {fold_div!r}")
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if not ref_interval_mm > 0:
+        raise ValueError(f"ref_interval_mm must be > 0, got {ref_interval_mm!r}")
+    if in_channels is not None and in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
 
 
-def pool2d_to_3d(pool: nn.Module) -> nn.Module:
-    """A 1 x k x k 3D max/avg pool equivalent to the 2D ``pool`` slice by slice."""
-    kernel, stride, padding = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
-    if isinstance(pool, nn.MaxPool2d):
-        return nn.MaxPool3d((1, *kernel), (1, *stride), (0, *padding), (1, *_pair(pool.dilation)), ceil_mode=pool.ceil_mode)
-    return nn.AvgPool3d((1, *kernel), (1, *stride), (0, *padding), ceil_mode=pool.ceil_mode,
-                        count_include_pad=pool.count_include_pad)
+def _report(net: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Names (in ``net``) of its 3D layers and of its shifted convolutions."""
+    layers = tuple(name for name, m in net.named_modules()
+                   if isinstance(m, (nn.Conv3d, nn.BatchNorm3d, nn.SyncBatchNorm, *POOLS_3D)))
+    shifted = tuple(name for name, m in net.named_modules() if isinstance(m, ShiftConv3d) and m.context != "none")
+    return layers, shifted
 
 
-def convert_layers(module: nn.Module, prefix: str = "") -> tuple[nn.Module, list[str]]:
-    """Deep-copy ``module`` with every Conv2d, BatchNorm2d, MaxPool2d and AvgPool2d made 3D.
+def convert_to_3d(
+    model_2d: nn.Module,
+    context: str = "alignshift",
+    *,
+    in_channels: int | None = None,
+    fold_div: int = 8,
+    padding: str = "zero",
+    ref_interval_mm: float = 2.0,
+    sync_batchnorm: bool = False,
+) -> nn.Module:
+    """Convert a torchvision DenseNet or ResNet into its 3D counterpart.
+
+    The result's ``forward(x, slice_interval_mm=None)`` takes ``x`` of shape
+    (B, C_in, D, H, W) and, for context "alignshift", the per-sample slice interval in mm (a
+    (B,) tensor or a float; see :func:`ctlesion.ops.align_shift`); it returns the classifier
+    logits (B, num_classes) after a global average over depth and plane, and
+    ``forward_features`` returns the last feature map (B, C, D, H/32, W/32). With context
+    "none" a 1-slice input gives exactly the 2D network's output. The converted modules are in
+    ``.stem`` / ``.blocks`` + ``.transitions`` (DenseNet) or ``.stem`` / ``.stages`` (ResNet).
 
     Args:
-        module: a 2D module tree (not modified).
-        prefix: name prefix for the report.
+        model_2d: a torchvision ``DenseNet`` or ``ResNet`` (not modified; its train/eval mode
+            is kept).
+        context: "alignshift" (shift by clamp(r / s, 0, 1) of a slice), "tsm" (one slice) or
+            "none" (slice-wise 2D network).
+        in_channels: input channels of the 3D stem; default: those of the 2D stem. A different
+            count adapts the stem weights (1 channel: the middle one, SPEC section 6; see
+            :func:`ctlesion.networks.layers.adapt_stem_weight`).
+        fold_div: shifted channels per group = C // fold_div (paper: 8).
+        padding: AlignShift border handling, "zero" (paper) or "keep" (released code).
+        ref_interval_mm: reference interval r in mm (paper: 2).
+        sync_batchnorm: use ``nn.SyncBatchNorm`` (for torch.distributed training).
 
     Returns:
-        The converted copy and the dotted names of the layers that were converted.
+        A new ``nn.Module`` (on the 2D model's device and dtype) with the attributes
+        ``converted_layers`` (names of its 3D convolutions, norms and pools) and
+        ``shifted_convs`` (names of the convolutions preceded by a shift), also logged.
 
     Raises:
-        ValueError: for 2D layers the converter cannot map (e.g. adaptive pools, string padding).
+        ValueError: an unsupported model family or a bad argument.
     """
-    converted: list[str] = []
-    result = copy.deepcopy(module)
-
-    def visit(parent: nn.Module, parent_name: str) -> None:
-        for name, child in parent.named_children():
-            full = f"{parent_name}{name}"
-            if isinstance(child, nn.Conv2d):
-                setattr(parent, name, conv2d_to_3d(child))
-            elif isinstance(child, nn.BatchNorm2d):
-                setattr(parent, name, batchnorm2d_to_3d(child))
-            elif isinstance(child, (nn.MaxPool2d, nn.AvgPool2d)):
-                setattr(parent, name, pool2d_to_3d(child))
-            elif isinstance(child, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                raise ValueError(f"{full}: adaptive 2D pools have no slice-wise 3D counterpart here")
-            else:
-                visit(child, full + ".")
-                continue
-            converted.append(full)
-
-    if isinstance(result, (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d)):
-        wrapper = nn.Sequential(result)
-        visit(wrapper, "")
-        return wrapper[0], [prefix.rstrip(".") or type(module).__name__]
-    visit(result, prefix)
-    return result, converted
-
-
-class ShiftConv3d(nn.Module):
-    """A converted convolution preceded by a slice shift (AlignShift paper, Algorithm 1).
-
-    Args:
-        conv: the 3D convolution (from :func:`conv2d_to_3d`).
-        context: "alignshift" (shift by clamp(r / s, 0, 1) of a slice), "tsm" (one slice) or
-            "none" (no shift: a slice-wise 2D network).
-        fold_div: channels per shifted group = C // fold_div.
-        padding: border handling of AlignShift, "zero" (paper) or "keep" (released code).
-        ref_interval_mm: reference interval r.
-    """
-
-    def __init__(self, conv: nn.Conv3d, context: str, fold_div: int = 8, padding: str = "zero",
-                 ref_interval_mm: float = 2.0):
-        super().__init__()
-        if context not in CONTEXTS:
-            raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
-        self.conv = conv
-        self.context = context
-        self.fold_div = fold_div
-        self.padding = padding
-        self.ref_interval_mm = ref_interval_mm
-
-    def forward(self, x: Tensor, slice_interval_mm: Tensor) -> Tensor:
-        """x: (B, C, D, H, W); slice_interval_mm: (B,) in mm. Returns the convolution output."""
-        if self.context == "alignshift":
-            x = align_shift(x, slice_interval_mm, self.ref_interval_mm, self.fold_div, self.padding)
-        elif self.context == "tsm":
-            x = temporal_shift(x, self.fold_div)
-        return self.conv(x)
-
-    def extra_repr(self) -> str:
-        return f"context={self.context}, fold_div={self.fold_div}, padding={self.padding}"
+    _check(context, fold_div, padding, ref_interval_mm, in_channels)
+    shift = dict(fold_div=fold_div, padding=padding, ref_interval_mm=ref_interval_mm)
+    if isinstance(model_2d, DenseNet):
+        net = DenseNet3d(model_2d, context, in_channels or model_2d.features.conv0.in_channels, **shift)
+    elif isinstance(model_2d, ResNet):
+        net = ResNet3d(model_2d, context, in_channels or model_2d.conv1.in_channels, **shift)
+    else:
+        raise ValueError(
+            f"cannot convert {type(model_2d).__name__}: supported families are torchvision DenseNet and ResNet"
+        )
+    net.train(model_2d.training)
+    if sync_batchnorm:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net.converted_layers, net.shifted_convs = _report(net)
+    log.info("converted %s to 3D (%s): %d layers, %d shifted convolutions", type(model_2d).__name__, context,
+             len(net.converted_layers), len(net.shifted_convs))
+    return net

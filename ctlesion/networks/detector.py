@@ -35,10 +35,11 @@ from torchvision.models.detection.roi_heads import (
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ctlesion.networks.backbone import AlignShiftDenseNet
+from ctlesion.networks.backbone import build_backbone
 
 ANCHOR_SIZES_PX = (16, 24, 32, 48, 96, 192)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
+DETECTOR_CONTEXTS = ("alignshift", "tsm", "2.5d", "none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class DetectorConfig:
 
     Defaults are the paper's released configuration; the shipped demo model (trained on CPU)
     uses a smaller ``image_size_px``, ``fpn_channels`` and ``fc_channels`` (see its model card).
+    ``context`` picks the network of the paper's comparison: "alignshift" (3D, shift by the
+    slice interval), "tsm" (3D, one-slice shift), "2.5d" (slices as input channels of the 2D
+    network) or "none" (3D, slices meet only in the depth reduction).
     """
 
     backbone: str = "densenet121"
@@ -74,11 +78,27 @@ class DetectorConfig:
         config.validate()
         return config
 
+    @property
+    def resample_thick(self) -> bool:
+        """Whether every window is resampled to ``ref_interval_mm`` (TSM and 2.5D, as in the paper).
+
+        AlignShift (and "none") see thick series at their own interval and only thin ones
+        resampled (SPEC section 4); the TSM and 2.5D baselines assume slices ``ref_interval_mm``
+        apart, so their neighbours are interpolated at that spacing for every series.
+        """
+        return self.context in ("tsm", "2.5d")
+
+    @property
+    def name(self) -> str:
+        """Short name as in the paper's tables, e.g. "AlignShift x7", "2.5D x3"."""
+        label = {"alignshift": "AlignShift", "tsm": "TSM", "2.5d": "2.5D", "none": "3D no shift"}[self.context]
+        return f"{label} x{self.num_slices}"
+
     def validate(self) -> None:
         if self.backbone != "densenet121":
             raise ValueError(f"backbone {self.backbone!r} is not supported (only densenet121)")
-        if self.context not in ("alignshift", "tsm", "none"):
-            raise ValueError(f"context {self.context!r} must be alignshift, tsm or none")
+        if self.context not in DETECTOR_CONTEXTS:
+            raise ValueError(f"context {self.context!r} must be one of {', '.join(DETECTOR_CONTEXTS)}")
         if self.num_slices < 1 or self.num_slices % 2 == 0:
             raise ValueError(f"num_slices must be odd and positive, got {self.num_slices}")
         if self.image_size_px % 32:
@@ -170,10 +190,9 @@ class AlignShiftDetector(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.backbone = AlignShiftDenseNet(
-            num_slices=config.num_slices, context=config.context, fpn_channels=config.fpn_channels,
-            fold_div=config.fold_div, padding=config.padding, ref_interval_mm=config.ref_interval_mm,
-            densenet_2d=densenet_2d,
+        self.backbone = build_backbone(
+            config.context, config.num_slices, config.fpn_channels, fold_div=config.fold_div, padding=config.padding,
+            ref_interval_mm=config.ref_interval_mm, densenet_2d=densenet_2d,
         )
         channels = config.fpn_channels
         anchors = AnchorGenerator(sizes=(anchor_sizes_px(config.image_size_px),), aspect_ratios=(ANCHOR_RATIOS,))
