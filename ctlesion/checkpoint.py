@@ -46,6 +46,9 @@ def save_checkpoint(model: AlignShiftDetector, weights_path: Path, *, training: 
 
     Returns:
         The weights path.
+
+    Raises:
+        OSError: the files could not be written (an earlier file of the same name is intact).
     """
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,8 +57,11 @@ def save_checkpoint(model: AlignShiftDetector, weights_path: Path, *, training: 
         value = value.detach().cpu().contiguous()
         state[key] = value.half() if half and value.is_floating_point() else value
     tmp = weights_path.with_name(f".{weights_path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    tmp.replace(weights_path)
+    try:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        tmp.replace(weights_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     info = {"format": FORMAT, "ctlesion_version": __version__, "config": model.config.to_dict(),
             "training": training or {}, "metrics": metrics or {}}
     atomic_write_text(sidecar_path(weights_path), json.dumps(info, indent=2) + "\n")

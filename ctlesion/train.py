@@ -1,38 +1,66 @@
-"""Training loop for the AlignShift detector on any dataset in the DeepLesion layout.
+"""Training loop for the detector on any dataset in the DeepLesion layout, on one or many processes.
 
 Recipe (SPEC section 7, released code of the AlignShift paper): SGD, lr 0.02 per 4 images
-(scaled linearly with the batch), momentum 0.9, weight decay 1e-4, gradient clipping at L2 35,
-linear warmup over 500 iterations from 1 %, lr x 0.1 after 45 % and 80 % of the epochs (epochs
-9 and 16 of 20). Mixed precision (bfloat16 autocast) on CUDA.
+(scaled linearly with the global batch), momentum 0.9, weight decay 1e-4 (not on biases and
+norms), gradient clipping at L2 35, linear warmup over 500 iterations from 1 %, lr x 0.1 after
+45 % and 80 % of the epochs (epochs 9 and 16 of 20). Mixed precision on CUDA (bfloat16
+autocast by default, or float16 with a gradient scaler).
 
-A run folder holds ``config.json`` (the options), ``metrics.jsonl`` (one JSON line per logged
-step and per epoch), ``epoch_NNN.safetensors`` + ``.json`` (one checkpoint per epoch) and
-``state.pt`` (optimizer, scheduler, RNG and epoch, saved with plain tensors and read back
-with ``torch.load(weights_only=True)``) so that ``resume`` continues after the last epoch.
+Many processes (``torchrun --nproc-per-node N -m ctlesion train ...``; see
+:mod:`ctlesion.distributed`): each process takes ``batch_size / N`` images of every global
+batch (a ``DistributedSampler`` over a permutation seeded by (seed, epoch)), BatchNorm is
+synchronised, gradients are averaged by DDP, the RPN/RoI sampling of each image is seeded by
+(seed, epoch, image) and the mask loss is averaged per image, so N processes compute what one
+process computes with the same global batch. Only rank 0 logs, validates and writes files.
+
+A run folder holds ``config.json`` (the options), ``metrics.jsonl`` (one JSON line per step
+and per epoch), ``epoch_NNN.safetensors`` + ``.json`` (weights after every epoch, with the
+validation FROC), ``best.safetensors`` + ``.json`` (the epoch with the best validation
+avg[0.5-4]), ``state.pt`` (weights, optimizer, scheduler, scaler, position, RNG, written
+atomically every ``checkpoint_every`` steps and after every epoch; plain tensors, read with
+``torch.load(weights_only=True)``) and, when the ``tensorboard`` package is installed,
+``tensorboard/`` event files. ``resume`` continues exactly where ``state.pt`` left off,
+mid-epoch included.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models import densenet121
 
-from ctlesion.checkpoint import load_detector, save_checkpoint
+from ctlesion import __version__
+from ctlesion.checkpoint import save_checkpoint
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
+from ctlesion.distributed import (
+    DistContext,
+    barrier,
+    init_distributed,
+    mean_over_processes,
+    shutdown,
+    synchronise_batchnorm,
+    unwrap,
+    wrap_ddp,
+)
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
 from ctlesion.networks.pretrained import load_pretrained_2d
 from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "best.safetensors", "best.json")
 
 
 @dataclass
@@ -43,7 +71,7 @@ class TrainOptions:
     out_dir: Path
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     epochs: int = 20
-    batch_size: int = 4
+    batch_size: int = 4  # global: over all processes
     base_lr: float = 0.02  # per 4 images
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -55,10 +83,13 @@ class TrainOptions:
     max_iters_per_epoch: int | None = None
     lr_drop_epochs: tuple[int, ...] | None = None  # default: 45 % and 80 % of the epochs (9, 16 of 20)
     pretrained: str | None = None  # "imagenet" (local torchvision cache) or a 2D state dict file
+    checkpoint_every: int = 500  # steps between mid-epoch state.pt checkpoints (0: epoch ends only)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a scaler) or fp32
+    grad_checkpoint: bool = False  # recompute dense layers in backward (less memory, ~30 % slower)
 
     @property
     def lr(self) -> float:
-        """Learning rate scaled linearly with the batch (0.02 for 4 images)."""
+        """Learning rate scaled linearly with the global batch (0.02 for 4 images)."""
         return self.base_lr * self.batch_size / 4
 
     def drop_epochs(self) -> tuple[int, ...]:
@@ -90,40 +121,94 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.randint(0, 2**31 - 1, dtype=np.int64)),
-            "python": torch.tensor(random.randint(0, 2**31 - 1))}
+    state = {"torch": torch.get_rng_state(), "numpy": torch.tensor(np.random.randint(0, 2**31 - 1, dtype=np.int64)),
+             "python": torch.tensor(random.randint(0, 2**31 - 1))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     np.random.seed(int(state["numpy"]))
     random.seed(int(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
-def prepare_run_dir(options: TrainOptions, resume: bool) -> None:
-    """Create the run folder, or check that it holds the same run when resuming.
+def prepare_run_dir(options: TrainOptions, resume: bool, overwrite: bool = False) -> None:
+    """Create the run folder, or check that it holds the run to resume.
+
+    With ``overwrite``, the files of an earlier run in the folder (config, metrics, state,
+    checkpoints, TensorBoard logs) are deleted first; other files are left alone.
 
     Raises:
-        CtlesionError: the folder holds another run (without resume), or nothing to resume.
+        CtlesionError: the folder holds another run (without resume or overwrite), or nothing
+            to resume.
     """
-    config_path = options.out_dir / "config.json"
+    out = options.out_dir
     if resume:
-        if not (options.out_dir / "state.pt").is_file():
-            raise CtlesionError("nothing to resume: no state.pt in the run folder", options.out_dir)
+        if not (out / "state.pt").is_file():
+            raise CtlesionError("nothing to resume: no state.pt in the run folder", out)
         return
-    if config_path.exists():
-        raise CtlesionError("folder already holds a training run (use --resume to continue it)", options.out_dir)
-    options.out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, json.dumps(options.to_json(), indent=2) + "\n")
+    if (out / "config.json").exists() and not overwrite:
+        raise CtlesionError("folder already holds a training run (use --resume to continue it or --overwrite)", out)
+    if overwrite and out.is_dir():
+        for path in [*(out / name for name in RUN_FILES), *out.glob("epoch_*.safetensors"), *out.glob("epoch_*.json")]:
+            path.unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(options.to_json(), indent=2) + "\n")
 
 
-def make_loader(options: TrainOptions, split: str, train: bool) -> DataLoader:
-    dataset = DeepLesionDataset.for_detector(options.data_dir, split, options.detector,
-                                             flip_p=options.flip_p if train else 0.0, seed=options.seed)
-    generator = torch.Generator().manual_seed(options.seed)
-    return DataLoader(dataset, batch_size=options.batch_size if train else 1, shuffle=train,
-                      num_workers=options.num_workers, collate_fn=collate_detection, generator=generator,
-                      drop_last=False, persistent_workers=False)
+class SeededItems(Dataset):
+    """Training items of one epoch, each target tagged with ``sample_seed`` = f(seed, epoch, index).
+
+    The detector seeds each image's RPN / RoI sampling with it (``SeededSampler``), so the
+    result does not depend on which process or batch position the image lands in.
+    """
+
+    def __init__(self, dataset: DeepLesionDataset, seed: int, epoch: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+        dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, interval, target = self.dataset[index]
+        target["sample_seed"] = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        return image, interval, target
+
+
+def epoch_batches(num_items: int, batch_size: int, ctx: DistContext, seed: int, epoch: int) -> list[list[int]]:
+    """This process's share of every global batch of an epoch.
+
+    The epoch's order is ``DistributedSampler``'s permutation seeded by (seed, epoch); process r
+    of N takes positions r, r + N, ... of it and cuts them into batches of ``batch_size / N``,
+    so global batch k is the same set of items for any N dividing ``batch_size``.
+    """
+    sampler = DistributedSampler(range(num_items), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    indices = list(sampler)
+    per_process = batch_size // ctx.world_size
+    return [indices[i : i + per_process] for i in range(0, len(indices), per_process)]
+
+
+def make_train_loader(dataset: DeepLesionDataset, options: TrainOptions, ctx: DistContext, epoch: int,
+                      start_step: int) -> DataLoader:
+    """The epoch's loader from step ``start_step`` on (earlier batches are not read)."""
+    batches = epoch_batches(len(dataset), options.batch_size, ctx, options.seed, epoch)[start_step:]
+    return DataLoader(SeededItems(dataset, options.seed, epoch), batch_sampler=batches,
+                      num_workers=options.num_workers, collate_fn=collate_detection,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def iterations_per_epoch(num_items: int, options: TrainOptions, ctx: DistContext) -> int:
+    per_process = -(-num_items // ctx.world_size)
+    steps = -(-per_process // (options.batch_size // ctx.world_size))
+    return steps if options.max_iters_per_epoch is None else min(steps, options.max_iters_per_epoch)
 
 
 def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
@@ -139,113 +224,229 @@ def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
         CtlesionError: pretrained weights not found, unreadable, or not fitting DenseNet-121.
     """
     if options.pretrained is None or resume:
-        return AlignShiftDetector(options.detector)
-    densenet = densenet121(weights=None)
-    report = load_pretrained_2d(densenet, options.pretrained, "densenet121")
-    log.info("initialised from %s", report.summary())
-    return AlignShiftDetector(options.detector, densenet_2d=densenet)
+        model = AlignShiftDetector(options.detector)
+    else:
+        densenet = densenet121(weights=None)
+        report = load_pretrained_2d(densenet, options.pretrained, "densenet121")
+        log.info("initialised from %s", report.summary())
+        model = AlignShiftDetector(options.detector, densenet_2d=densenet)
+    if options.grad_checkpoint:
+        model.backbone.set_gradient_checkpointing(True)
+    return model
 
 
-def train(options: TrainOptions, *, resume: bool = False, device: str | None = None,
-          progress: bool = True) -> Path:
-    """Train (or resume) a detector; returns the path of the last epoch's checkpoint.
+def _precision(options: TrainOptions, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
+    if options.precision not in PRECISIONS:
+        raise CtlesionError(f"precision must be one of {PRECISIONS}, got {options.precision!r}", options.out_dir)
+    mode = options.precision if options.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=mode in ("bf16", "fp16"))
+    return autocast, torch.amp.GradScaler(device.type, enabled=mode == "fp16")
+
+
+@dataclass
+class RunState:
+    """Where a run stands: the next step to run is ``step`` of epoch ``epoch`` (both from 0)."""
+
+    epoch: int = 0
+    step: int = 0
+    best_avg: float | None = None
+    loss_sums: dict = field(default_factory=dict)
+    metrics_bytes: int = 0
+
+
+def _save_state(path: Path, model, optimizer, scheduler, scaler, run: RunState) -> None:
+    """Write ``state.pt`` atomically; on failure (e.g. disk full) the previous one stays intact.
 
     Raises:
-        CtlesionError: bad data folder, run folder conflicts, empty training split.
+        CtlesionError: the state could not be written.
     """
-    from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415 (evaluation imports the loader stack)
-    from ctlesion.progress import make_progress  # noqa: PLC0415
+    tmp = path.with_name(f".{path.name}.tmp")
+    payload = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "run": asdict(run),
+               "rng": _rng_state(), "version": __version__, "config": unwrap(model).config.to_dict()}
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CtlesionError(f"cannot write the training state ({exc.strerror or exc}); the previous "
+                            f"{path.name} is intact, resume from it with --resume", path) from None
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    prepare_run_dir(options, resume)
-    seed_everything(options.seed)
-    loader = make_loader(options, "train", train=True)
-    if len(loader.dataset) == 0:
-        raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
-    iters_per_epoch = len(loader) if options.max_iters_per_epoch is None else min(len(loader), options.max_iters_per_epoch)
 
-    model = build_model(options, resume).to(dev)
+def _restore(path: Path, model: AlignShiftDetector, optimizer, scheduler, scaler) -> RunState:
+    """Load ``state.pt`` into the model, optimizer, scheduler and scaler; return the position."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 (any failure means an unusable state file)
+        raise CtlesionError(f"cannot read the training state ({type(exc).__name__})", path) from None
+    if "model" not in state:
+        raise CtlesionError("state.pt from an older ctlesion version (no weights in it): start a new run", path)
+    if DetectorConfig.from_dict(state["config"]) != model.config:
+        raise CtlesionError("the run's state was made with another detector configuration", path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    run = RunState(**state["run"])
+    log.info("resuming %s at epoch %d, step %d", path.parent, run.epoch + 1, run.step)
+    return run
+
+
+def _tensorboard(out_dir: Path, enabled: bool):
+    """A TensorBoard SummaryWriter in ``out_dir/tensorboard`` when the package is installed, else None."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+    except ImportError:
+        log.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def _optimizer(model: AlignShiftDetector, options: TrainOptions, iters_per_epoch: int):
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": options.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=options.lr, momentum=options.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters_per_epoch, options))
-    start_epoch = 0
-    if resume:
-        start_epoch = _restore(options, model, optimizer, scheduler, dev)
-    metrics_path = options.out_dir / "metrics.jsonl"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    last_checkpoint = options.out_dir / f"epoch_{start_epoch:03d}.safetensors"
+    return params, optimizer, scheduler
 
-    with make_progress(enabled=progress) as bar, metrics_path.open("a") as metrics_file:
-        task = bar.add_task("train", total=(options.epochs - start_epoch) * iters_per_epoch, info="")
-        for epoch in range(start_epoch, options.epochs):
-            model.train()
-            loader.dataset.set_epoch(epoch)
-            loader.generator.manual_seed(options.seed * 1000 + epoch)  # order depends on (seed, epoch) only: exact resume
-            started, seen, running = time.perf_counter(), 0, {}
-            for step, (images, intervals, targets) in enumerate(loader):
+
+def train(options: TrainOptions, *, resume: bool = False, overwrite: bool = False, device: str | None = None,
+          progress: bool = True) -> Path:
+    """Train (or resume) a detector, in one process or under torchrun; returns the last epoch's checkpoint.
+
+    Raises:
+        CtlesionError: bad data folder, run folder conflicts, empty training split, a global
+            batch not divisible by the number of processes, divergence, unwritable checkpoints.
+    """
+    ctx = init_distributed(device)
+    try:
+        return _train(options, ctx, resume=resume, overwrite=overwrite, progress=progress and ctx.is_main)
+    finally:
+        shutdown(ctx)
+
+
+def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: bool, progress: bool) -> Path:
+    from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415 (evaluation imports the loader stack)
+    from ctlesion.progress import make_progress  # noqa: PLC0415
+
+    if options.batch_size % ctx.world_size:
+        raise CtlesionError(f"the global batch ({options.batch_size}) must be divisible by the number of "
+                            f"processes ({ctx.world_size})", options.out_dir)
+    if ctx.is_main:
+        prepare_run_dir(options, resume, overwrite)
+    barrier(ctx)
+    seed_everything(options.seed)
+    dataset = DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, flip_p=options.flip_p,
+                                             seed=options.seed)
+    if len(dataset) == 0:
+        raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
+    iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)
+    model = synchronise_batchnorm(build_model(options, resume).to(ctx.device), ctx)
+    params, optimizer, scheduler = _optimizer(model, options, iters_per_epoch)
+    autocast, scaler = _precision(options, ctx.device)
+    state_path = options.out_dir / "state.pt"
+    run = _restore(state_path, model, optimizer, scheduler, scaler) if resume else RunState()
+    metrics_path = options.out_dir / "metrics.jsonl"
+    if ctx.is_main and resume and metrics_path.exists():
+        with metrics_path.open("r+b") as handle:  # drop lines logged after the state was saved
+            handle.truncate(run.metrics_bytes)
+    ddp = wrap_ddp(model, ctx)
+    writer = _tensorboard(options.out_dir, ctx.is_main)
+    last_checkpoint = options.out_dir / f"epoch_{run.epoch:03d}.safetensors"
+
+    def save_state() -> None:
+        if ctx.is_main:
+            run.metrics_bytes = metrics_path.stat().st_size if metrics_path.exists() else 0
+            _save_state(state_path, model, optimizer, scheduler, scaler, run)
+
+    metrics_target = metrics_path if ctx.is_main else Path(os.devnull)  # only rank 0 logs
+    with make_progress(enabled=progress) as bar, metrics_target.open("a") as metrics_file:
+        task = bar.add_task("train", total=options.epochs * iters_per_epoch,
+                            completed=run.epoch * iters_per_epoch + run.step, info="")
+        for epoch in range(run.epoch, options.epochs):
+            ddp.train()
+            started, seen = time.perf_counter(), 0
+            loader = make_train_loader(dataset, options, ctx, epoch, run.step)
+            for step, (images, intervals, targets) in enumerate(loader, start=run.step):
                 if step >= iters_per_epoch:
                     break
-                images, intervals = images.to(dev, non_blocking=True), intervals.to(dev)
                 with autocast:
-                    losses = model(images, intervals, _to_device(targets, dev))
+                    losses = ddp(images.to(ctx.device, non_blocking=True), intervals.to(ctx.device),
+                                 _to_device(targets, ctx.device))
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
-                    raise CtlesionError(f"training diverged at epoch {epoch + 1} step {step} (loss {loss.item()})",
-                                        options.out_dir)
+                    raise CtlesionError(f"training diverged at epoch {epoch + 1} step {step + 1} "
+                                        f"(loss {loss.item()})", options.out_dir)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, options.clip_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 scheduler.step()
-                seen += images.shape[0]
-                for k, v in losses.items():
-                    running[k] = 0.9 * running.get(k, v.item()) + 0.1 * v.item()
-                rate = seen / (time.perf_counter() - started)
+                seen += images.shape[0] * ctx.world_size
+                values = mean_over_processes({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}, ctx)
+                for k, v in values.items():
+                    run.loss_sums[k] = run.loss_sums.get(k, 0.0) + v
+                run.step = step + 1
                 lr = optimizer.param_groups[0]["lr"]
-                bar.update(task, advance=1, info=f"ep {epoch + 1} loss {loss.item():.3f} lr {lr:.2e} {rate:.2f} img/s")
+                rate = seen / (time.perf_counter() - started)
                 record = {"epoch": epoch + 1, "step": step + 1, "iteration": scheduler.last_epoch, "lr": lr,
-                          "loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "images_per_s": rate}
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            epoch_record = {"epoch": epoch + 1, "train_loss_ema": running, "seconds": time.perf_counter() - started}
-            val = evaluate_model(model, options.data_dir, "val", device=dev, progress=False)
-            if val is not None:
-                epoch_record["val"] = val["summary"]
-                log.info("epoch %d: val avg[0.5-4] sensitivity %.3f", epoch + 1, val["summary"]["all"]["avg_0.5_4"])
-            metrics_file.write(json.dumps(epoch_record) + "\n")
-            metrics_file.flush()
-            last_checkpoint = save_checkpoint(
-                model, options.out_dir / f"epoch_{epoch + 1:03d}.safetensors",
-                training={**options.to_json(), "epoch": epoch + 1}, metrics=epoch_record.get("val", {}))
-            _save_state(options, optimizer, scheduler, epoch + 1)
+                          **values, "images_per_s": rate}
+                if ctx.is_main:
+                    bar.update(task, advance=1, info=f"ep {epoch + 1} loss {values['loss']:.3f} lr {lr:.2e} "
+                                                     f"{rate:.2f} img/s")
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    if writer is not None:
+                        writer.add_scalars("train", {k: v for k, v in record.items() if k not in ("epoch", "step")},
+                                           scheduler.last_epoch)
+                if options.checkpoint_every and run.step % options.checkpoint_every == 0 and run.step < iters_per_epoch:
+                    save_state()
+            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, evaluate_model, metrics_file, writer)
+            run.epoch, run.step, run.loss_sums = epoch + 1, 0, {}
+            save_state()
+            barrier(ctx)
+    if writer is not None:
+        writer.close()
     return last_checkpoint
 
 
-def _save_state(options: TrainOptions, optimizer, scheduler, epoch: int) -> None:
-    tmp = options.out_dir / ".state.pt.tmp"
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "rng": _rng_state()}, tmp)
-    tmp.replace(options.out_dir / "state.pt")
-
-
-def _restore(options: TrainOptions, model: AlignShiftDetector, optimizer, scheduler, dev: torch.device) -> int:
-    state = torch.load(options.out_dir / "state.pt", map_location=dev, weights_only=True)
-    epoch = int(state["epoch"])
-    weights = options.out_dir / f"epoch_{epoch:03d}.safetensors"
-    trained, _ = load_detector(weights, dev)
-    if trained.config != model.config:
-        raise CtlesionError("the run's checkpoint was made with another detector configuration", weights)
-    model.load_state_dict(trained.state_dict())
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    log.info("resuming %s after epoch %d", options.out_dir, epoch)
-    if epoch >= options.epochs:
-        log.warning("the run already finished its %d epochs", options.epochs)
-    return epoch
+def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunState, epoch: int, evaluate_model,
+                  metrics_file, writer) -> Path:
+    """Rank 0: validation FROC, the epoch's checkpoint, the best checkpoint, the epoch's metrics line."""
+    path = options.out_dir / f"epoch_{epoch + 1:03d}.safetensors"
+    if not ctx.is_main:
+        return path
+    steps = max(run.step, 1)
+    record = {"epoch": epoch + 1, "train_loss_mean": {k: v / steps for k, v in run.loss_sums.items()}}
+    val = evaluate_model(model, options.data_dir, "val", device=ctx.device, progress=False)
+    ddp.train()
+    if val is not None:
+        record["val"] = val["summary"]
+        log.info("epoch %d: val avg[0.5-4] sensitivity %.3f", epoch + 1, val["summary"]["all"]["avg_0.5_4"])
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    training = {**options.to_json(), "epoch": epoch + 1}
+    avg = record.get("val", {}).get("all", {}).get("avg_0.5_4")
+    try:
+        save_checkpoint(model, path, training=training, metrics=record.get("val", {}))
+        if avg is not None and (run.best_avg is None or avg > run.best_avg):
+            run.best_avg = avg
+            save_checkpoint(model, options.out_dir / "best.safetensors", training=training, metrics=record["val"])
+            log.info("epoch %d is the best so far (val avg[0.5-4] %.3f): best.safetensors", epoch + 1, avg)
+    except OSError as exc:
+        raise CtlesionError(f"cannot write the checkpoint ({exc.strerror or exc}); earlier checkpoints are intact",
+                            path) from None
+    if writer is not None and avg is not None:
+        writer.add_scalar("val/avg_0.5_4", avg, epoch + 1)
+    return path
 
 
 def read_run_options(run_dir: Path) -> TrainOptions:

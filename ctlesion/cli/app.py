@@ -89,6 +89,28 @@ def simulate(
 
 
 @app.command()
+def prepare(
+    data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv + Images_png).")],
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=0, help="Worker processes (default: one per CPU; 0: in this process).")] = None,
+    split: Annotated[str, typer.Option(help="Key slices to prepare: all, train, val or test.")] = "all",
+    verbose: Verbose = False,
+) -> None:
+    """Compute the GrabCut pseudo-masks of a DeepLesion-layout dataset once and cache them on disk."""
+    from ctlesion.data.mask_cache import PREPARE_SPLITS, prepare_mask_cache  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    if split not in PREPARE_SPLITS:
+        _error(f"--split must be one of {', '.join(PREPARE_SPLITS)}, got {split!r}")
+        raise typer.Exit(2)
+    report = _run(prepare_mask_cache, data, cache_dir=cache, split=split, workers=workers)
+    stdout.print(f"pseudo-masks of {report.total} key slices in {report.cache_dir}: {report.computed} computed, "
+                 f"{report.cached} already cached, {report.failed} failed")
+
+
+@app.command()
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv + Images_png).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, config.json).")] = Path("runs/train"),
@@ -111,16 +133,32 @@ def train(
     lr_drop_epoch: Annotated[Optional[list[int]], typer.Option(
         help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
     max_iters_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap iterations per epoch.")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes.")] = 2,
+    workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes (per training process).")] = 2,
+    checkpoint_every: Annotated[int, typer.Option(
+        min=0, help="Steps between mid-epoch checkpoints (state.pt) for --resume; 0: epoch ends only.")] = 500,
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler) or fp32.")] = "auto",
+    grad_checkpoint: Annotated[bool, typer.Option(
+        "--grad-checkpoint", help="Recompute dense layers in backward: less GPU memory, slower.")] = False,
+    gpus: Annotated[int, typer.Option(
+        min=1, help="GPUs of this machine to train on; > 1 relaunches under torchrun (DDP).")] = 1,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an earlier run in --out (its checkpoints and logs are deleted).")] = False,
     seed: int = 0,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
-    """Train the detector on a DeepLesion-layout dataset (official Train_Val_Test split)."""
+    """Train the detector on a DeepLesion-layout dataset (official Train_Val_Test split).
+
+    Several GPUs: `ctlesion train --gpus N ...` on one machine, or `torchrun --nproc-per-node N
+    [--nnodes ...] -m ctlesion train ...` for several machines; --batch-size is the global batch.
+    """
     from ctlesion.networks.detector import DetectorConfig  # noqa: PLC0415
     from ctlesion.train import TrainOptions, read_run_options, train as train_run  # noqa: PLC0415
 
     _setup_logging(verbose)
+    if gpus > 1:
+        raise typer.Exit(_launch_torchrun(gpus))
     if resume:
         options = _run(read_run_options, out)
     else:
@@ -142,24 +180,53 @@ def train(
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
-                               pretrained=pretrained)
-    last = _run(train_run, options, resume=resume, device=_run(_device, device))
+                               pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision,
+                               grad_checkpoint=grad_checkpoint)
+    last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
 
 
+def _launch_torchrun(gpus: int) -> int:
+    """Run this same `train` command under torchrun with one process per GPU; returns its exit code."""
+    import subprocess  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    if torch.cuda.device_count() < gpus:
+        _error(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return 2
+    args, skip = [], False
+    for arg in sys.argv[sys.argv.index("train") + 1 :]:
+        if skip or arg == "--gpus" or arg.startswith("--gpus="):
+            skip = arg == "--gpus"
+            continue
+        args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "ctlesion", "train", *args]
+    log.info("launching %s", " ".join(command))
+    return subprocess.run(command, check=False).returncode
+
+
 def _print_summary(summary: dict, title: str) -> None:
-    table = Table(title=title)
+    """Sensitivity % per image subset (with the 95 % interval of avg[0.5-4] when bootstrapped), then the gap."""
+    labels = {"all": "all", "thin_le_2mm": "thin", "thick_5mm": "thick", "thick_gt_2mm": ">2mm"}
+    table = Table(title=title, caption="thin: slice interval <= 2 mm; thick: 5 mm")
     table.add_column("subset")
     for fp in summary["fps_per_image"]:
         table.add_column(f"@{fp:g}", justify="right")
-    table.add_column("avg[0.5-4]", justify="right")
+    table.add_column("avg", justify="right")
+    table.add_column("95% CI", justify="right", no_wrap=True)
     table.add_column("images", justify="right")
     table.add_column("lesions", justify="right")
     for name, row in summary.items():
         if isinstance(row, dict):
-            table.add_row(name, *(f"{100 * s:.2f}" for s in row["sensitivity"]), f"{100 * row['avg_0.5_4']:.2f}",
-                          str(row["num_images"]), str(row["num_lesions"]))
+            bounds = (row.get("ci95") or {}).get("avg_0.5_4")
+            ci = f"{100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}" if bounds and bounds[0] is not None else "-"
+            table.add_row(labels.get(name, name), *(f"{100 * s:.1f}" for s in row["sensitivity"]),
+                          f"{100 * row['avg_0.5_4']:.1f}", ci, str(row["num_images"]), str(row["num_lesions"]))
     stdout.print(table)
+    if "thin_minus_thick_avg_0.5_4" in summary:
+        stdout.print(f"thin minus thick, avg[0.5-4]: {100 * summary['thin_minus_thick_avg_0.5_4']:+.1f} points")
 
 
 def _load_model(weights: Optional[Path], device: str, context: Optional[str] = None, slices: Optional[int] = None):
@@ -186,31 +253,55 @@ ModelSlices = Annotated[Optional[int], typer.Option(
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout.")],
+    data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv; Images_png to run a model).")],
     split: Annotated[str, typer.Option(help="train, val or test (Train_Val_Test column).")] = "test",
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
-    out: Annotated[Path, typer.Option(help="JSON file for the figures and predictions.")] = Path("evaluation.json"),
+    predictions: Annotated[Optional[Path], typer.Option(
+        help="Score saved predictions (JSON, see the README) instead of running a model.")] = None,
+    key_slices: Annotated[Optional[Path], typer.Option(
+        help="Restrict to these key slices: one File_name per line, or a CSV with a File_name column.")] = None,
+    out: Annotated[Path, typer.Option(
+        help="Folder for evaluation.json, evaluation.md, froc.png (and predictions.json).")] = Path("evaluation"),
+    criterion: Annotated[str, typer.Option(
+        help="iou (DeepLesion) or iobb (intersection over the detected box's area).")] = "iou",
+    iou_threshold: Annotated[float, typer.Option(help="Minimum overlap for a hit, for either criterion.")] = 0.5,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for 95 % intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    context: ModelContext = None,
+    slices: ModelSlices = None,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
-    """Score the detector by the DeepLesion FROC protocol (sensitivity at 0.5-16 FP per image)."""
-    from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415
-    from ctlesion.atomic import atomic_write_text  # noqa: PLC0415
+    """Score a detector by the DeepLesion FROC protocol (sensitivity at 0.5-16 FP per image); write a report."""
+    from ctlesion.evaluate.run import EvaluateOptions, run_evaluation  # noqa: PLC0415
 
     _setup_logging(verbose)
-    if split not in ("train", "val", "test"):
-        _error(f"--split must be train, val or test, got {split!r}")
+    options = EvaluateOptions(split=split, key_list=key_slices, criterion=criterion, iou_threshold=iou_threshold,
+                              resamples=bootstrap, seed=seed)
+    try:
+        options.validate()
+    except (ValueError, CtlesionError) as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    if predictions is not None and weights is not None:
+        _error("--predictions and --weights exclude each other")
         raise typer.Exit(2)
-    dev = _run(_device, device)
-    model, info = _load_model(weights, dev)
-    result = _run(evaluate_model, model, data, split, device=dev)
-    if result is None:
-        _error(f"{data}: split {split!r} holds no key slices with lesions")
-        raise typer.Exit(1)
-    result = {"version": __version__, "weights": info["weights"], "data": str(data), **result}
-    _run(atomic_write_text, out, json.dumps(result, indent=1) + "\n")
-    _print_summary(result["summary"], f"DeepLesion FROC, {split} split, sensitivity %")
-    stdout.print(f"wrote {out}")
+    if out.suffix.lower() == ".json" or out.is_file():
+        _error(f"--out takes a folder (evaluation.json, evaluation.md and froc.png go into it), got {out}")
+        raise typer.Exit(2)
+    if predictions is not None:
+        evaluation = _run(run_evaluation, data, out, options, predictions_path=predictions)
+    else:
+        from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
+
+        dev = _run(_device, device)
+        model, info = _load_model(weights, dev, context, slices)
+        evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=weights or DEFAULT_WEIGHTS,
+                          model_info=info, device=dev)
+    _print_summary(evaluation["summary"], f"DeepLesion FROC, {split} split: sensitivity % at FP/image, avg[0.5-4]")
+    if evaluation.get("model_note"):
+        stderr.print(f"note: {evaluation['model_note']}", highlight=False)
+    stdout.print(f"wrote {out}/")
 
 
 @app.command()

@@ -101,6 +101,11 @@ class AlignShiftDenseNet(nn.Module):
         self.num_slices = num_slices
         self.out_channels = fpn_channels
 
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute dense layers in the backward pass (less memory for the 7-slice model)."""
+        for block in (self.block1, self.block2, self.block3):
+            block.gradient_checkpointing = enabled
+
     def stages(self, images: Tensor, slice_interval_mm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """3D outputs of dense blocks 1-3: (B, 256, D, H/4, W/4), (B, 512, D, H/8, W/8), (B, 1024, D, H/16, W/16)."""
         c2 = self.block1(self.stem(images), slice_interval_mm)
@@ -141,6 +146,12 @@ class DenseNet25d(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
         self.num_slices = num_slices
         self.out_channels = fpn_channels
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute dense layers in the backward pass (torchvision's ``memory_efficient``)."""
+        for block in (self.block1, self.block2, self.block3):
+            for layer in block.values():
+                layer.memory_efficient = enabled
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor | None = None) -> Tensor:
         """images: (B, 1, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""

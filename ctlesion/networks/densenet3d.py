@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.models import DenseNet
 from torchvision.models.densenet import _DenseBlock, _DenseLayer
 
@@ -45,17 +46,25 @@ class DenseLayer3d(nn.Module):
 
 
 class DenseBlock3d(nn.Module):
-    """A dense block: each layer sees the concatenation of the input and all earlier outputs."""
+    """A dense block: each layer sees the concatenation of the input and all earlier outputs.
+
+    With ``gradient_checkpointing`` set, each layer's activations are recomputed in the
+    backward pass instead of stored (``torch.utils.checkpoint``): less memory, more compute.
+    """
 
     def __init__(self, block_2d: _DenseBlock, **shift_kwargs):
         super().__init__()
         self.layers = nn.ModuleList(DenseLayer3d(layer, **shift_kwargs) for layer in block_2d.values())
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor, slice_interval_mm: Tensor | float | None = None) -> Tensor:
         """(B, C, D, H, W) -> (B, C + L * growth_rate, D, H, W) for L layers."""
         features = [x]
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            features.append(layer(torch.cat(features, 1), slice_interval_mm))
+            inputs = torch.cat(features, 1)
+            features.append(checkpoint(layer, inputs, slice_interval_mm, use_reentrant=False) if recompute
+                            else layer(inputs, slice_interval_mm))
         return torch.cat(features, 1)
 
 

@@ -4,7 +4,8 @@ Assembly (SPEC section 6, released configuration of the AlignShift paper):
 
 * backbone: :class:`~ctlesion.networks.backbone.AlignShiftDenseNet` -> one map at stride 4;
 * RPN: anchors of side 16, 24, 32, 48, 96, 192 px for a 512-px input (scales 4, 6, 8, 12, 24,
-  48 x base 4; scaled with the input size, :func:`anchor_sizes_px`) and ratios 0.5 / 1 / 2; IoU 0.7 / 0.3; 32 anchors per image at 50 % positive; 2000 (train) /
+  48 x base 4; scaled with the input size, :func:`anchor_sizes_px`) and ratios 0.5 / 1 / 2;
+  IoU 0.7 / 0.3; 32 anchors per image at 50 % positive; 2000 (train) /
   300 (test) proposals after NMS 0.7;
 * box head: RoIAlign 7 x 7, two FC layers, 2 classes (background, lesion); 64 RoIs per image
   at 25 % positive (IoU 0.5); test score >= 0.001, NMS 0.5, at most 50 detections per image;
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
@@ -116,18 +118,52 @@ def anchor_sizes_px(image_size_px: int) -> tuple[int, ...]:
     return tuple(max(2, round(size * image_size_px / 512)) for size in ANCHOR_SIZES_PX)
 
 
-def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
-    """Mean soft Dice loss 1 - (2|P.T| + eps) / (|P| + |T| + eps) over RoIs.
+def dice_loss(mask_logits: Tensor, targets: Tensor, eps: float = 1.0, reduction: str = "mean") -> Tensor:
+    """Soft Dice loss 1 - (2|P.T| + eps) / (|P| + |T| + eps) per RoI, averaged unless ``reduction="none"``.
 
     Args:
         mask_logits: (N, M, M) logits of the lesion class.
         targets: (N, M, M) float targets in [0, 1].
+        eps: smoothing term.
+        reduction: "mean" (scalar) or "none" ((N,) losses).
     """
     probs = torch.sigmoid(mask_logits).flatten(1)
     targets = targets.flatten(1)
     numerator = 2.0 * (probs * targets).sum(1) + eps
     denominator = probs.sum(1) + targets.sum(1) + eps
-    return (1.0 - numerator / denominator).mean()
+    losses = 1.0 - numerator / denominator
+    return losses if reduction == "none" else losses.mean()
+
+
+class SeededSampler(BalancedPositiveNegativeSampler):
+    """torchvision's balanced positive/negative sampler, optionally drawing from one generator per image.
+
+    With ``generators`` set (one ``torch.Generator`` per image, for the duration of a forward
+    pass, by :class:`AlignShiftDetector`), an image's sample depends only on its own seed, so a
+    global batch split across processes samples exactly what one process would. Otherwise it
+    draws from torch's global generator like torchvision's. Same rule as torchvision: at most
+    ``batch_size_per_image * positive_fraction`` positives, negatives fill the rest.
+    """
+
+    generators: list[torch.Generator] | None = None
+
+    def __call__(self, matched_idxs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        if self.generators is None:
+            return super().__call__(matched_idxs)
+        pos_masks, neg_masks = [], []
+        for matched, generator in zip(matched_idxs, self.generators, strict=True):
+            positive = torch.where(matched >= 1)[0]
+            negative = torch.where(matched == 0)[0]
+            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
+            pos = positive[torch.randperm(positive.numel(), generator=generator)[:num_pos].to(positive.device)]
+            neg = negative[torch.randperm(negative.numel(), generator=generator)[:num_neg].to(negative.device)]
+            pos_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            neg_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            pos_mask[pos], neg_mask[neg] = 1, 1
+            pos_masks.append(pos_mask)
+            neg_masks.append(neg_mask)
+        return pos_masks, neg_masks
 
 
 class LesionRoIHeads(RoIHeads):
@@ -162,13 +198,20 @@ class LesionRoIHeads(RoIHeads):
 
     @staticmethod
     def _mask_loss(mask_logits: Tensor, boxes, targets, matched_idxs) -> Tensor:
+        """Dice loss averaged over each image's positive RoIs, then over the images that have any.
+
+        Per-image averaging makes the loss of a global batch the mean of its images' losses, so
+        it does not depend on how the batch is split across processes (DDP averages gradients).
+        """
         if mask_logits.numel() == 0:
             return mask_logits.sum() * 0.0
         size = mask_logits.shape[-1]
         mask_targets = torch.cat([
             project_masks_on_boxes(t["masks"], b, i, size) for t, b, i in zip(targets, boxes, matched_idxs)
         ])
-        return dice_loss(mask_logits[:, 1], mask_targets)
+        per_roi = dice_loss(mask_logits[:, 1], mask_targets, reduction="none")
+        per_image = [chunk.mean() for chunk in per_roi.split([len(b) for b in boxes]) if chunk.numel()]
+        return torch.stack(per_image).mean()
 
 
 class AlignShiftDetector(nn.Module):
@@ -180,7 +223,10 @@ class AlignShiftDetector(nn.Module):
       ``config.image_size_px``; the middle slice is the key slice;
     * slice_interval_mm: (B,) float32, the interval the network sees (>= 2 mm, SPEC section 4);
     * targets (training): per image ``{"boxes": (N, 4) float px (x1, y1, x2, y2) on the key slice,
-      "labels": (N,) int64 ones, "masks": (N, S, S) uint8}``; N may be 0.
+      "labels": (N,) int64 ones, "masks": (N, S, S) uint8}``; N may be 0. An optional int
+      ``"sample_seed"`` on every target makes the RPN / RoI sampling of each image depend only
+      on it (:class:`SeededSampler`): training then gives the same result however the batch
+      is split across processes.
 
     Returns the loss dict in training mode; otherwise one dict per image with ``boxes`` (K, 4),
     ``scores`` (K,), ``labels`` (K,) and ``masks`` (K, 1, S, S) probabilities in [0, 1].
@@ -212,6 +258,17 @@ class AlignShiftDetector(nn.Module):
             mask_head=MaskRCNNHeads(channels, [256, 256, 256, 256], 1),
             mask_predictor=MaskRCNNPredictor(256, 256, 2),
         )
+        self.rpn.fg_bg_sampler = SeededSampler(32, 0.5)
+        self.roi_heads.fg_bg_sampler = SeededSampler(64, 0.25)
+
+    def _seed_samplers(self, targets: list[dict] | None) -> None:
+        """Per-image generators for the RPN and RoI samplers when every target has a ``sample_seed``."""
+        seeds = [t.get("sample_seed") for t in targets] if self.training and targets else [None]
+        if any(seed is None for seed in seeds):
+            self.rpn.fg_bg_sampler.generators = self.roi_heads.fg_bg_sampler.generators = None
+            return
+        self.rpn.fg_bg_sampler.generators = [torch.Generator().manual_seed(2 * int(s)) for s in seeds]
+        self.roi_heads.fg_bg_sampler.generators = [torch.Generator().manual_seed(2 * int(s) + 1) for s in seeds]
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor, targets: list[dict] | None = None):
         if self.training and targets is None:
@@ -220,8 +277,12 @@ class AlignShiftDetector(nn.Module):
         features = {"0": self.backbone(images, slice_interval_mm)}
         image_sizes = [tuple(size)] * images.shape[0]
         image_list = ImageList(images[:, 0, self.config.num_slices // 2 : self.config.num_slices // 2 + 1], image_sizes)
-        proposals, rpn_losses = self.rpn(image_list, features, targets)
-        detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+        self._seed_samplers(targets)
+        try:
+            proposals, rpn_losses = self.rpn(image_list, features, targets)
+            detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+        finally:
+            self._seed_samplers(None)
         if self.training:
             return {**rpn_losses, **head_losses}
         for det in detections:

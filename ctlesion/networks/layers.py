@@ -70,7 +70,8 @@ def pool2d_to_3d(pool: nn.Module) -> nn.Module:
         return nn.AdaptiveAvgPool3d(size) if isinstance(pool, nn.AdaptiveAvgPool2d) else nn.AdaptiveMaxPool3d(size)
     kernel, stride, padding = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
     if isinstance(pool, nn.MaxPool2d):
-        return nn.MaxPool3d((1, *kernel), (1, *stride), (0, *padding), (1, *_pair(pool.dilation)), ceil_mode=pool.ceil_mode)
+        return nn.MaxPool3d((1, *kernel), (1, *stride), (0, *padding), (1, *_pair(pool.dilation)),
+                            ceil_mode=pool.ceil_mode)
     return nn.AvgPool3d((1, *kernel), (1, *stride), (0, *padding), ceil_mode=pool.ceil_mode,
                         count_include_pad=pool.count_include_pad)
 

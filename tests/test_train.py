@@ -1,0 +1,160 @@
+"""Training at scale on simulated data: kill/resume equality, two-process DDP equivalence, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ctlesion.train as train_module
+from ctlesion.cli.app import app
+from ctlesion.errors import CtlesionError
+from ctlesion.networks.detector import DetectorConfig
+from ctlesion.train import TrainOptions, read_run_options, train
+
+TINY = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
+CLI_TINY = ["--slices", "3", "--image-size", "64", "--fpn-channels", "32", "--fc-channels", "64"]
+STEPS = ["--epochs", "1", "--max-iters-per-epoch", "4", "--workers", "0", "--warmup-iters", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "data"
+    result = CliRunner().invoke(app, ["simulate", "--out", str(out), "--num-series", "8", "--image-size", "64",
+                                      "--seed", "11"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _options(dataset: Path, out: Path, **kwargs) -> TrainOptions:
+    base = dict(data_dir=dataset, out_dir=out, detector=TINY, epochs=1, batch_size=2, warmup_iters=2,
+                num_workers=0, max_iters_per_epoch=4, checkpoint_every=1)
+    return TrainOptions(**{**base, **kwargs})
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "state.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst <= atol, f"largest weight difference {worst:g}"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ctlesion", "train", *args]
+
+
+def _step_lines(metrics: Path) -> int:
+    if not metrics.exists():
+        return 0
+    return sum('"step"' in line for line in metrics.read_text().splitlines())
+
+
+@pytest.fixture(scope="module")
+def reference_run(dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train(_options(dataset, run), device="cpu", progress=False)
+    return run
+
+
+def test_killed_run_resumes_exactly(dataset, reference_run, tmp_path):
+    run = tmp_path / "killed"
+    args = ["--data", str(dataset), "--out", str(run), "--batch-size", "2", "--checkpoint-every", "1", *STEPS,
+            *CLI_TINY]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _step_lines(run / "metrics.jsonl") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
+    assert state["run"]["epoch"] == 0 and 1 <= state["run"]["step"] < 4, "the kill must land mid-epoch"
+    train(read_run_options(run), resume=True, device="cpu", progress=False)
+    _assert_same_weights(_weights(run), _weights(reference_run), atol=1e-6)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]  # lines logged after the checkpoint were dropped
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
+def test_two_processes_equal_one_with_the_same_global_batch(dataset, tmp_path):
+    """gloo on CPU, global batch 2 = 2 processes x 1 image vs 1 process x 2 images.
+
+    Equal up to float round-off (the gradient sums run in another order); compared after two
+    steps, because later on round-off can flip which proposals survive NMS and the runs part,
+    exactly as two single-process runs with different reduction orders would.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(_options(dataset, one, max_iters_per_epoch=2), device="cpu", progress=False)
+    steps = [*STEPS]
+    steps[steps.index("--max-iters-per-epoch") + 1] = "2"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "ctlesion",
+               "train", "--data", str(dataset), "--out", str(two), "--batch-size", "2", *steps, *CLI_TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _assert_same_weights(_weights(two), _weights(one), atol=2e-5)
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+               if '"step"' in line] for run in (one, two)]
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert (two / "epoch_001.safetensors").is_file() and not list(two.glob(".*.tmp"))
+
+
+def test_disk_full_keeps_the_previous_checkpoint(dataset, tmp_path, monkeypatch):
+    run = tmp_path / "full"
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch, "save", failing_save)
+    with pytest.raises(CtlesionError, match="No space left on device.*intact"):
+        train(_options(dataset, run), device="cpu", progress=False)
+    monkeypatch.undo()
+    state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
+    assert state["run"]["step"] == 1 and not list(run.glob(".*.tmp"))
+    train(read_run_options(run), resume=True, device="cpu", progress=False)  # and the run goes on from it
+    assert torch.load(run / "state.pt", map_location="cpu", weights_only=True)["run"]["epoch"] == 1
+
+
+def test_best_checkpoint_overwrite_and_refusal(dataset, reference_run, tmp_path):
+    assert (reference_run / "best.safetensors").is_file()
+    best = json.loads((reference_run / "best.json").read_text())
+    assert best["training"]["epoch"] == 1 and "all" in best["metrics"]
+    run = tmp_path / "again"
+    options = _options(dataset, run, max_iters_per_epoch=1)
+    train(options, device="cpu", progress=False)
+    with pytest.raises(CtlesionError, match="--overwrite"):
+        train(options, device="cpu", progress=False)
+    (run / "notes.txt").write_text("mine")
+    train(options, overwrite=True, device="cpu", progress=False)
+    assert (run / "notes.txt").read_text() == "mine"
+    assert _step_lines(run / "metrics.jsonl") == 1
+
+
+def test_global_batch_must_split_evenly():
+    options = TrainOptions(data_dir=Path("."), out_dir=Path("."), batch_size=3)
+    ctx = train_module.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(CtlesionError, match="divisible"):
+        train_module._train(options, ctx, resume=False, overwrite=False, progress=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_step_on_cuda(dataset, tmp_path, precision):
+    run = tmp_path / precision
+    train(_options(dataset, run, precision=precision, max_iters_per_epoch=2), device="cuda", progress=False)
+    assert all(torch.isfinite(v).all() for v in _weights(run).values() if v.is_floating_point())
