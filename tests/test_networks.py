@@ -186,3 +186,20 @@ def test_2_5d_backbone_is_the_2d_densenet_on_slices_as_channels():
     assert out.shape == (1, 16, 16, 16)
     # The interval is not an input of the 2.5D network.
     torch.testing.assert_close(backbone(images, torch.tensor([5.0], dtype=torch.float64)), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("context", ["alignshift", "2.5d"])
+def test_gradient_checkpointing_gives_the_same_gradients(context):
+    torch.manual_seed(0)
+    config = DetectorConfig(context=context, num_slices=3, image_size_px=64, fpn_channels=16, fc_channels=32)
+    backbone = AlignShiftDetector(config).backbone.double().train()
+    images = torch.rand(2, 1, 3, 64, 64, dtype=torch.float64)
+    intervals = torch.tensor([1.0, 5.0], dtype=torch.float64)
+    grads = []
+    for enabled in (False, True):
+        backbone.set_gradient_checkpointing(enabled)
+        backbone.zero_grad()
+        backbone(images, intervals).square().mean().backward()
+        grads.append([p.grad.clone() for p in backbone.parameters()])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, rtol=1e-9, atol=1e-12)
