@@ -66,16 +66,18 @@ def test_train_writes_checkpoint_metrics_and_resumes(run_dir):
 
 
 def test_evaluate_scores_the_test_split(dataset, run_dir, tmp_path):
-    out = tmp_path / "eval.json"
+    out = tmp_path / "evaluation"
     result = invoke("evaluate", "--data", dataset, "--split", "test", "--weights", run_dir / "epoch_001.safetensors",
-                    "--out", out)
+                    "--out", out, "--bootstrap", 20)
     assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    report = json.loads((out / "evaluation.json").read_text())
     summary = report["summary"]
     assert summary["fps_per_image"] == [0.5, 1, 2, 4, 8, 16]
     assert len(summary["all"]["sensitivity"]) == 6
     assert all(0.0 <= s <= 1.0 for s in summary["all"]["sensitivity"])
-    assert summary["all"]["num_images"] == len(report["predictions"])
+    predictions = json.loads((out / "predictions.json").read_text())["predictions"]
+    assert summary["all"]["num_images"] == len(predictions)
+    assert (out / "evaluation.md").is_file() and (out / "froc.png").is_file()
 
 
 def test_detect_writes_results_label_map_and_overlays(run_dir, tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,10 +214,11 @@ def test_dataset_errors(sim_root: Path, tmp_path: Path) -> None:
         DeepLesionDataset(sim_root, "training")
 
 
-def test_real_sample(shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_real_sample(shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = shared_data / "deeplesion_sample"
+    cache = tmp_path / "masks"  # never write into the shared data
     for split in ("test", "val"):
-        dataset = DeepLesionDataset(root, split, num_slices=3, image_size_px=512)
+        dataset = DeepLesionDataset(root, split, num_slices=3, image_size_px=512, mask_cache_dir=cache)
         keys = read_dl_info(root / "DL_info.csv", split=split)
         assert len(dataset) == len(keys) > 0
         warned = 0
@@ -244,5 +248,80 @@ def test_real_sample(shared_data: Path, caplog: pytest.LogCaptureFixture) -> Non
         assert warned >= len(keys) // 2
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ctlesion.data.dataset"):
-        assert len(DeepLesionDataset(root, "train")) == 0
+        assert len(DeepLesionDataset(root, "train", mask_cache_dir=cache)) == 0
     assert "no annotated key slice in split 'train'" in caplog.text
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _copy_dataset(sim_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(sim_root, root, ignore=shutil.ignore_patterns("ctlesion_cache"))
+    return root
+
+
+def test_missing_key_slice_pngs_are_skipped_with_one_warning(
+    sim_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _copy_dataset(sim_root, tmp_path)
+    keys = read_dl_info(root / "DL_info.csv", split="train")
+    missing = keys[1].png_path(root / "Images_png")
+    missing.unlink()
+    with caplog.at_level(logging.WARNING, logger="ctlesion.data.dataset"):
+        dataset = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, with_masks=False)
+    assert [k.file_name for k in dataset.keys] == [k.file_name for k in keys if k is not keys[1]]
+    assert len(caplog.records) == 1
+    assert f"skipped 1 of {len(keys)} key slice(s) whose PNG is missing" in caplog.text and str(missing) in caplog.text
+    with pytest.raises(CtlesionError, match=f"{missing}: key slice PNG not found"):
+        DeepLesionDataset(root, "train", with_masks=False, skip_unreadable=False)
+
+
+def test_corrupt_png_mid_epoch_is_replaced_by_the_next_key_slice(
+    sim_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _copy_dataset(sim_root, tmp_path)
+    dataset = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, mask_cache_dir=tmp_path / "masks")
+    assert len(dataset) >= 3
+    expected = dataset[2]
+    bad = dataset.keys[1].png_path(root / "Images_png")
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated after construction, as if corrupted on disk
+    with caplog.at_level(logging.WARNING, logger="ctlesion.data.dataset"):
+        image, interval_mm, target = dataset[1]
+    assert f"{bad}: cannot decode PNG slice" in caplog.text
+    assert target["key"] == dataset.keys[2].file_name == expected[2]["key"]
+    assert torch.equal(image, expected[0]) and interval_mm == expected[1]
+    assert torch.equal(target["masks"], expected[2]["masks"])
+    # The other items are untouched; a full pass does not stop.
+    assert dataset[0][2]["key"] == dataset.keys[0].file_name
+    assert len([dataset[i] for i in range(len(dataset))]) == len(dataset)
+    strict = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, with_masks=False,
+                               skip_unreadable=False)
+    with pytest.raises(CtlesionError, match="cannot decode PNG slice"):
+        strict[1]
+
+
+def test_dl_info_without_a_column(sim_root: Path, tmp_path: Path) -> None:
+    root = _copy_dataset(sim_root, tmp_path)
+    table = root / "DL_info.csv"
+    lines = table.read_text().splitlines()
+    header = lines[0].split(",")
+    column = header.index("Spacing_mm_px_")
+    # Drop the column from the header and every row (values are quoted "a, b, c" fields).
+    rows = list(csv.reader(lines))
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([row[:column] + row[column + 1:] for row in rows])
+    with pytest.raises(CtlesionError, match=r"DL_info.csv: missing DL_info column\(s\) Spacing_mm_px_"):
+        DeepLesionDataset(root, "train", with_masks=False)
+
+
+def test_nothing_accumulates_per_item(sim_root: Path) -> None:
+    dataset = DeepLesionDataset(sim_root, "train", num_slices=3, image_size_px=64)
+    dataset[0]
+    before = len(pickle.dumps(dataset))
+    for index in range(len(dataset)):
+        dataset[index]
+    assert len(pickle.dumps(dataset)) == before
+    # Plain iteration ends (IndexError past the end, not a wrap-around to the first item).
+    assert [target["key"] for _, _, target in dataset] == [key.file_name for key in dataset.keys]
+    assert dataset[-1][2]["key"] == dataset.keys[-1].file_name

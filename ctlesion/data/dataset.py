@@ -2,9 +2,13 @@
 
 One item is one annotated key slice of a DeepLesion-layout folder (``DL_info.csv`` +
 ``Images_png/``, the real dataset or :mod:`ctlesion.data.simulate`'s): the window of the key
-slice and its neighbours (``load_key_slice_window``, SPEC section 4), normalised to [0, 1]
-and fitted into the network's square input (``fit_in_plane``), with its lesions' boxes in
-network pixels and their GrabCut pseudo-masks (SPEC section 7).
+slice and its neighbours (``load_key_slice_window``, SPEC section 4), normalised to [0, 1],
+optionally augmented (:mod:`ctlesion.data.augment`) and fitted into the network's square
+input (``fit_in_plane``), with its lesions' boxes in network pixels and their GrabCut
+pseudo-masks (SPEC section 7) from the disk cache of :mod:`ctlesion.data.mask_cache`.
+
+An item holds only its own arrays: nothing accumulates per item in the dataset object, so
+DataLoader workers stay at constant memory over an epoch.
 """
 
 from __future__ import annotations
@@ -17,22 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ctlesion.data.masks import recist_pseudo_mask
+from ctlesion.data.augment import AugmentConfig, augment_item, draw_augmentation, flip_boxes_x
+from ctlesion.data.mask_cache import PseudoMaskCache, open_mask_cache_dir
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import KeySlice, load_key_slice_window, read_dl_info, split_code
 from ctlesion.preprocess import HU_MAX, HU_MIN, InPlaneTransform, fit_in_plane, normalize_hu
 
 logger = logging.getLogger(__name__)
 
-
-def flip_boxes_x(boxes_px: np.ndarray, width_px: float) -> np.ndarray:
-    """Mirror (N, 4) boxes (x1, y1, x2, y2) left-right in an image ``width_px`` wide.
-
-    With pixel i covering [i, i+1), column i goes to width - 1 - i, so x -> width - x.
-    """
-    boxes = np.asarray(boxes_px, dtype=np.float64).copy()
-    boxes[:, [0, 2]] = width_px - boxes[:, [2, 0]]
-    return boxes
+__all__ = ["DeepLesionDataset", "collate_detection", "fit_masks_in_plane", "flip_boxes_x"]
 
 
 def fit_masks_in_plane(masks: np.ndarray, transform: InPlaneTransform) -> np.ndarray:
@@ -66,21 +63,38 @@ class DeepLesionDataset(Dataset):
 
     ``dataset[i]`` returns ``(image, slice_interval_mm, target)``:
 
-    * ``image``: float32 tensor (1, D, S, S), HU clipped to [-1024, 2050] and scaled to
+    * ``image``: float32 tensor (1, D, S, S), HU clipped to ``hu_window`` and scaled to
       [0, 1], resized keeping aspect and zero-padded at the bottom/right to S x S;
     * ``slice_interval_mm``: the interval the network sees (2 mm for thin series, else s);
     * ``target``: ``boxes`` float32 (N, 4) network pixels (x1, y1, x2, y2); ``labels`` int64
       ones (N,); ``masks`` uint8 (N, S, S) GrabCut pseudo-masks (only with ``with_masks``);
       ``key`` the file name; ``scale`` network px per source px; ``boxes_src_px`` float64
-      (N, 4) source pixels; ``slice_interval_src_mm`` the series' own interval.
+      (N, 4) source pixels (after augmentation, if any: ``boxes / scale``);
+      ``slice_interval_src_mm`` the series' own interval.
 
     Lesions marked Possibly_noisy are dropped (``drop_noisy``), and key slices left without
-    lesions are skipped. Pseudo-masks are computed once per key slice (on the key slice at
-    source resolution) and kept in memory. With ``flip_p`` > 0 the item is mirrored
-    left-right (image, boxes, masks and ``boxes_src_px`` together) with that probability,
-    decided by a generator seeded from (seed, index, epoch), the same for any number of
-    DataLoader workers; call :meth:`set_epoch` before each epoch, or every epoch repeats the
-    same flips.
+    lesions are skipped.
+
+    Pseudo-masks are computed on the key slice at source resolution and kept in a disk cache
+    (:class:`~ctlesion.data.mask_cache.PseudoMaskCache`) in ``mask_cache_dir``, by default
+    ``<root>/ctlesion_cache/pseudo_masks``; fill it beforehand with ``ctlesion prepare``, or
+    it fills on first use (safe with many workers and processes).
+
+    Augmentation (``augment``, training only) is applied to the normalised window at source
+    resolution, before ``fit_in_plane``, with its boxes and masks
+    (:func:`~ctlesion.data.augment.augment_item`); lesions moved out of the image are dropped
+    (if all are, the item keeps only its flip). The draw comes from a generator seeded with
+    (seed, index, epoch): the same for any number of DataLoader workers; call
+    :meth:`set_epoch` before each epoch, or every epoch repeats the same draws. ``flip_p`` > 0
+    without ``augment`` is the older flip-only augmentation
+    (``AugmentConfig.flip_only(flip_p)``).
+
+    Unreadable data (``skip_unreadable``): key slices whose PNG is missing are dropped at
+    construction with one warning giving their count; an item whose PNGs turn out corrupt or
+    missing mid-epoch is replaced, with a warning naming the file, by the next readable key
+    slice (index + 1, + 2, ... cyclically), so an epoch never stops on a bad file. With
+    ``skip_unreadable=False`` both raise :class:`~ctlesion.errors.CtlesionError` instead
+    (evaluation should score every image of a split, or fail).
 
     Args:
         root: folder holding ``DL_info.csv`` and ``Images_png/``.
@@ -88,17 +102,22 @@ class DeepLesionDataset(Dataset):
         num_slices: window depth D (odd; paper: 3 or 7).
         image_size_px: network input side S.
         drop_noisy: drop Possibly_noisy lesions (SPEC section 7).
-        with_masks: compute pseudo-masks.
-        flip_p: probability of a horizontal flip.
-        seed: seed of the flip decisions.
+        with_masks: provide pseudo-masks.
+        flip_p: probability of a horizontal flip when ``augment`` is None (older interface).
+        seed: seed of the augmentation draws.
         hu_window: HU mapped to [0, 1].
         resample_thick: neighbours 2 mm apart for thick series too (TSM / 2.5D).
+        augment: training augmentation; None for none (evaluation).
+        mask_cache_dir: pseudo-mask cache folder; None for ``<root>/ctlesion_cache/pseudo_masks``.
+        skip_unreadable: skip missing / corrupt PNGs instead of raising.
 
     An empty split gives an empty dataset (with a logged warning).
 
     Raises:
-        CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png``, or the split name
-            is unknown.
+        CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png``, the table lacks a
+            column, the split name is unknown, the mask cache folder cannot be written (with
+            ``with_masks``), or a key slice PNG is missing and ``skip_unreadable`` is False.
+        ValueError: if both ``augment`` and ``flip_p`` > 0 are given.
     """
 
     def __init__(
@@ -114,28 +133,35 @@ class DeepLesionDataset(Dataset):
         seed: int = 0,
         hu_window: tuple[float, float] = (HU_MIN, HU_MAX),
         resample_thick: bool = False,
+        augment: AugmentConfig | None = None,
+        mask_cache_dir: Path | None = None,
+        skip_unreadable: bool = True,
     ) -> None:
+        if augment is not None and flip_p > 0.0:
+            raise ValueError("give the flip probability inside AugmentConfig(flip_p=...), not as flip_p too")
         self.root = Path(root)
         self.images_dir = self.root / "Images_png"
         if not self.images_dir.is_dir():
             raise CtlesionError("not a DeepLesion folder: Images_png/ is missing", self.root)
-        self.keys: list[KeySlice] = [
+        keys = [
             key
             for key in read_dl_info(self.root / "DL_info.csv", split=split_code(split), drop_noisy=drop_noisy)
             if key.num_lesions > 0
         ]
+        self.skip_unreadable = bool(skip_unreadable)
+        self.keys: list[KeySlice] = self._present(keys)
         if not self.keys:
             logger.warning("%s: no annotated key slice in split %r", self.root / "DL_info.csv", split)
         self.split = split
         self.num_slices = num_slices
         self.image_size_px = image_size_px
         self.with_masks = with_masks
-        self.flip_p = flip_p
+        self.augment = AugmentConfig.flip_only(flip_p) if augment is None and flip_p > 0.0 else augment
         self.seed = seed
         self.hu_window = tuple(hu_window)
         self.resample_thick = bool(resample_thick)
         self.epoch = 0
-        self._mask_cache: dict[int, np.ndarray] = {}
+        self.mask_cache = PseudoMaskCache(open_mask_cache_dir(self.root, mask_cache_dir)) if with_masks else None
 
     @classmethod
     def for_detector(cls, root: Path, split: str, config, **kwargs) -> "DeepLesionDataset":
@@ -144,47 +170,70 @@ class DeepLesionDataset(Dataset):
         return cls(root, split, num_slices=config.num_slices, image_size_px=config.image_size_px,
                    hu_window=config.hu_window, resample_thick=config.resample_thick, **kwargs)
 
+    def _present(self, keys: list[KeySlice]) -> list[KeySlice]:
+        """The key slices whose PNG exists (one stat each); the others are dropped with one
+        warning, or raise a CtlesionError without ``skip_unreadable``."""
+        missing = [key for key in keys if not key.png_path(self.images_dir).is_file()]
+        if not missing:
+            return keys
+        first = missing[0].png_path(self.images_dir)
+        if not self.skip_unreadable:
+            raise CtlesionError(f"key slice PNG not found ({len(missing)} of {len(keys)} missing)", first)
+        logger.warning("%s: skipped %d of %d key slice(s) whose PNG is missing (first: %s)",
+                       self.root / "DL_info.csv", len(missing), len(keys), first)
+        absent = {id(key) for key in missing}
+        return [key for key in keys if id(key) not in absent]
+
     def __len__(self) -> int:
         return len(self.keys)
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with the seed and the index, decides the random flips."""
+        """Set the epoch that, with the seed and the index, decides the random augmentation."""
         self.epoch = int(epoch)
 
     def pseudo_masks(self, index: int, key_slice_hu: np.ndarray) -> np.ndarray:
-        """(N, Y, X) bool GrabCut pseudo-masks of key slice ``index`` (cached in memory, bit-packed)."""
-        if index not in self._mask_cache:
-            key = self.keys[index]
-            masks = np.stack(
-                [recist_pseudo_mask(key_slice_hu, box, recist) for box, recist in zip(key.boxes_px, key.recist_px)]
-            )
-            self._mask_cache[index] = np.packbits(masks, axis=-1)
-        width = key_slice_hu.shape[-1]
-        return np.unpackbits(self._mask_cache[index], axis=-1, count=width).astype(bool)
+        """(N, Y, X) bool GrabCut pseudo-masks of key slice ``index`` (from the disk cache, else computed).
 
-    def _flip(self, index: int) -> bool:
-        if self.flip_p <= 0.0:
-            return False
-        rng = np.random.default_rng([self.seed, index, self.epoch])
-        return bool(rng.random() < self.flip_p)
+        Raises:
+            CtlesionError: if the dataset was made with ``with_masks=False``.
+        """
+        if self.mask_cache is None:
+            raise CtlesionError("this dataset was made without masks (with_masks=False)", self.root)
+        return self.mask_cache.get(self.keys[index], key_slice_hu)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, float, dict]:
+        if not -len(self.keys) <= index < len(self.keys):
+            raise IndexError(f"key slice index {index} out of range for {len(self.keys)} key slices")
+        index %= len(self.keys)
+        if not self.skip_unreadable:
+            return self._item(index)
+        for step in range(len(self.keys)):
+            current = (index + step) % len(self.keys)
+            try:
+                return self._item(current)
+            except CtlesionError as exc:
+                logger.warning("%s; skipping key slice %s", exc, self.keys[current].file_name)
+        raise CtlesionError("no readable key slice left in the split", self.root)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, float, dict]:
+        """Item ``index``, raising CtlesionError for unreadable PNGs."""
         key = self.keys[index]
         window_hu, interval_mm = load_key_slice_window(self.images_dir, key, self.num_slices,
                                                        resample_thick=self.resample_thick)
-        boxes_src = key.boxes_px.astype(np.float64)
         masks_src = self.pseudo_masks(index, window_hu[self.num_slices // 2]) if self.with_masks else None
-        if self._flip(index):
-            window_hu = window_hu[:, :, ::-1]
-            boxes_src = flip_boxes_x(boxes_src, window_hu.shape[2])
-            masks_src = None if masks_src is None else masks_src[:, :, ::-1]
-        image, transform = fit_in_plane(normalize_hu(window_hu, self.hu_window), self.image_size_px)
+        window = normalize_hu(window_hu, self.hu_window)
+        boxes_src = key.boxes_px.astype(np.float64)
+        if self.augment is not None:
+            draw = draw_augmentation(self.augment, np.random.default_rng([self.seed, index, self.epoch]))
+            item = augment_item(window, boxes_src, draw, recist_px=key.recist_px, masks=masks_src)
+            window, boxes_src, masks_src = item.window, item.boxes_px, item.masks
+        image, transform = fit_in_plane(window, self.image_size_px)
         target = {
-            "boxes": torch.from_numpy((boxes_src * transform.scale).astype(np.float32)),
+            "boxes": torch.from_numpy((boxes_src * transform.scale).astype(np.float32).reshape(-1, 4)),
             "labels": torch.ones(len(boxes_src), dtype=torch.int64),
             "key": key.file_name,
             "scale": float(transform.scale),
-            "boxes_src_px": torch.from_numpy(boxes_src),
+            "boxes_src_px": torch.from_numpy(boxes_src.reshape(-1, 4)),
             "slice_interval_src_mm": float(key.slice_interval_mm),
         }
         if masks_src is not None:

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: Display window of DeepLesion (``DICOM_windows`` "-175, 275").
 DEFAULT_WINDOW_HU = (-175.0, 275.0)
+#: GrabCut iterations of the released recipe (SPEC section 7).
+GRABCUT_ITERATIONS = 3
 #: Fixed-point bits for sub-pixel polygon and ellipse drawing in OpenCV.
 _SHIFT_BITS = 4
 
@@ -126,14 +128,17 @@ def recist_pseudo_mask(
     recist_px: np.ndarray,
     *,
     window_hu: tuple[float, float] = DEFAULT_WINDOW_HU,
-    iterations: int = 3,
+    iterations: int = GRABCUT_ITERATIONS,
+    rng_seed: int = 0,
 ) -> np.ndarray:
     """GrabCut pseudo-mask of one lesion from its box and RECIST diameters (SPEC section 7).
 
     GrabCut runs on a crop around the box (margin: half the box size, at least 16 px) of the
     windowed uint8 image replicated to 3 channels; outside the box is definite background,
-    the box probable foreground and the RECIST quadrilateral definite foreground. OpenCV's
-    RNG is seeded (``cv2.setRNGSeed(0)``) so the result is deterministic.
+    the box probable foreground and the RECIST quadrilateral definite foreground. GrabCut
+    initialises its colour models with k-means++ drawn from OpenCV's (thread-local) RNG, so the
+    RNG is seeded with ``cv2.setRNGSeed(rng_seed)`` right before the call: the same inputs
+    and seed give the same mask, whatever ran before in the thread.
 
     Args:
         image_hu: (Y, X) key slice in HU, any real dtype.
@@ -141,6 +146,8 @@ def recist_pseudo_mask(
         recist_px: (8,) RECIST endpoints: long axis (x, y, x, y) then short axis, pixels.
         window_hu: (low, high) HU window for the uint8 image.
         iterations: GrabCut iterations (paper recipe: 3).
+        rng_seed: seed of OpenCV's RNG for this mask (the disk cache derives it from the
+            lesion, :func:`ctlesion.data.mask_cache.lesion_rng_seed`).
 
     Returns:
         (Y, X) bool mask within the box (pixel centres inside), non-empty whenever the box
@@ -183,7 +190,7 @@ def recist_pseudo_mask(
         bgd_model = np.zeros((1, 65), dtype=np.float64)
         fgd_model = np.zeros((1, 65), dtype=np.float64)
         try:
-            cv2.setRNGSeed(0)
+            cv2.setRNGSeed(int(rng_seed))
             cv2.grabCut(image_bgr, gc_mask, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
             result = (gc_mask == cv2.GC_FGD) | (gc_mask == cv2.GC_PR_FGD)
         except cv2.error as exc:

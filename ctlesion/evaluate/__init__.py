@@ -1,5 +1,27 @@
-"""Evaluation: the DeepLesion FROC protocol (sensitivity at false positives per image)."""
+"""Evaluation: the DeepLesion FROC protocol (sensitivity at false positives per image), reports and plots."""
 
-from ctlesion.evaluate.froc import DEFAULT_FPS_PER_IMAGE, froc_curve, inclusive_iou, sensitivity_at_fps
+from ctlesion.evaluate.froc import (
+    CRITERIA,
+    DEFAULT_FPS_PER_IMAGE,
+    Matching,
+    curve_from_matching,
+    froc_curve,
+    inclusive_iobb,
+    inclusive_iou,
+    match_detections,
+    sensitivity_at_fps,
+    weighted_sensitivity,
+)
 
-__all__ = ["DEFAULT_FPS_PER_IMAGE", "froc_curve", "inclusive_iou", "sensitivity_at_fps"]
+__all__ = [
+    "CRITERIA",
+    "DEFAULT_FPS_PER_IMAGE",
+    "Matching",
+    "curve_from_matching",
+    "froc_curve",
+    "inclusive_iobb",
+    "inclusive_iou",
+    "match_detections",
+    "sensitivity_at_fps",
+    "weighted_sensitivity",
+]

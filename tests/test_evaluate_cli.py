@@ -1,0 +1,196 @@
+"""`ctlesion evaluate` end to end: saved predictions, a model on real DeepLesion key slices, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_evaluate import HAND_PREDICTIONS, A, B, D, write_hand_split
+from typer.testing import CliRunner
+
+from ctlesion.checkpoint import save_checkpoint
+from ctlesion.cli.app import app
+from ctlesion.io.deeplesion import read_dl_info
+from ctlesion.networks.detector import DetectorConfig, build_detector
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def write_predictions_file(path: Path, predictions: dict, version: object = 1) -> Path:
+    entries = [{"key": key, "detections": rows} for key, rows in predictions.items()]
+    path.write_text(json.dumps({"version": version, "predictions": entries}))
+    return path
+
+
+@pytest.fixture
+def hand_split(tmp_path) -> Path:
+    return write_hand_split(tmp_path / "data")
+
+
+def test_scores_saved_predictions_into_a_report_folder(hand_split, tmp_path):
+    predictions = write_predictions_file(tmp_path / "p.json", HAND_PREDICTIONS)
+    out = tmp_path / "report"
+    result = invoke("evaluate", "--data", hand_split, "--split", "test", "--predictions", predictions, "--out", out,
+                    "--bootstrap", 100)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "evaluation.md", "froc.png"]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    summary = evaluation["summary"]
+    np.testing.assert_allclose(summary["all"]["sensitivity"], [0.4, 0.6, 0.6, 0.6, 0.6, 0.6], atol=1e-15)
+    assert summary["thin_minus_thick_avg_0.5_4"] == pytest.approx(0.875 - 1 / 3, abs=1e-15)
+    assert evaluation["protocol"]["num_images"] == 4 and evaluation["protocol"]["num_lesions"] == 5
+    assert evaluation["bootstrap"]["resamples"] == 100 and "ci95" in summary["all"]
+    assert evaluation["weights"] is None and evaluation["predictions_file"] == str(predictions)
+    report = (out / "evaluation.md").read_text()
+    assert "| **this evaluation** | 40.0 [" in report and "| AlignShift x7 (paper) |" in report
+    # Same seed, same figures; the summary is printed.
+    again = invoke("evaluate", "--data", hand_split, "--predictions", predictions, "--out", tmp_path / "again",
+                   "--bootstrap", 100)
+    assert json.loads((tmp_path / "again" / "evaluation.json").read_text())["summary"] == summary
+    assert "thin minus thick, avg[0.5-4]: +54.2 points" in again.output
+
+
+def test_missing_key_slices_count_as_images_without_detections(hand_split, tmp_path):
+    predictions = write_predictions_file(tmp_path / "p.json", {k: v for k, v in HAND_PREDICTIONS.items() if k != D})
+    result = invoke("evaluate", "--data", hand_split, "--predictions", predictions, "--out", tmp_path / "r",
+                    "--bootstrap", 0, "--criterion", "iobb", "--iou-threshold", 0.3)
+    assert result.exit_code == 0, result.output
+    assert "no predictions for 1 of 4 key slices" in " ".join(result.output.split())  # log lines wrap
+    evaluation = json.loads((tmp_path / "r" / "evaluation.json").read_text())
+    # Without D's false positive at .95: ranked A-hit, C-hit, B-FP, dup, A-FP, C-FP, B-hit; 2 FPs allowed at 0.5.
+    np.testing.assert_allclose(evaluation["summary"]["all"]["sensitivity"][:2], [0.4, 0.6], atol=1e-15)
+    assert evaluation["protocol"]["criterion"] == "iobb" and evaluation["protocol"]["images_without_predictions"] == 1
+    assert "IoBB >= 0.3, not IoU >= 0.5" in (tmp_path / "r" / "evaluation.md").read_text()
+
+
+def test_key_slice_list_restricts_the_images(hand_split, tmp_path):
+    predictions = write_predictions_file(tmp_path / "p.json", HAND_PREDICTIONS)
+    (tmp_path / "keys.txt").write_text(f"{A}\n{B}\n")
+    result = invoke("evaluate", "--data", hand_split, "--predictions", predictions, "--key-slices",
+                    tmp_path / "keys.txt", "--out", tmp_path / "r", "--bootstrap", 0)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "r" / "evaluation.json").read_text())["summary"]
+    np.testing.assert_allclose(summary["all"]["sensitivity"], [0.5, 1, 1, 1, 1, 1], atol=1e-15)  # thin A and B
+    assert "thick_5mm" not in summary
+
+
+BAD_ENTRY = [[5, 0, 1, 1, 0.5]]
+
+
+@pytest.mark.parametrize(
+    ("predictions", "split", "message"),
+    [
+        ({A: HAND_PREDICTIONS[A], "000009_01_01_090.png": []}, "test",
+         r"p.json: predictions\[1\]: key 000009_01_01_090.png is not a key slice with lesions in the test split"),
+        ({A: BAD_ENTRY}, "test", rf"p.json: predictions\[0\] \(key {A}\), detection 0: box has x2 < x1"),
+        ({A: [[0, 0, 1, 1, "NaN"]]}, "test", r"detection 0: expected \[x1, y1, x2, y2, score\] numbers"),
+        ({A: []}, "train", r"DL_info.csv: split 'train' holds no lesions"),
+    ],
+)
+def test_bad_input_is_one_line_exit_1_and_leaves_nothing(hand_split, tmp_path, predictions, split, message):
+    path = write_predictions_file(tmp_path / "p.json", predictions)
+    out = tmp_path / "report"
+    result = invoke("evaluate", "--data", hand_split, "--split", split, "--predictions", path, "--out", out)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert re.search(message, errors[0]), errors[0]
+    assert not out.exists()
+
+
+def test_nan_score_is_refused(hand_split, tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"version": 1, "predictions": [{"key": A, "detections": [[0, 0, 1, 1, float("nan")]]}]}))
+    result = invoke("evaluate", "--data", hand_split, "--predictions", path, "--out", tmp_path / "r")
+    assert result.exit_code == 1 and f"(key {A}), detection 0: score must be a finite number" in result.output
+
+
+def test_missing_column_is_refused(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "DL_info.csv").write_text("File_name,Bounding_boxes\n000001_01_01_010.png,\"1, 2, 3, 4\"\n")
+    path = write_predictions_file(tmp_path / "p.json", {})
+    result = invoke("evaluate", "--data", folder, "--predictions", path, "--out", tmp_path / "r")
+    assert result.exit_code == 1 and "DL_info.csv: missing DL_info column(s) Measurement_coordinates" in result.output
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--split", "dev"],
+        ["--criterion", "dice"],
+        ["--iou-threshold", "0"],
+        ["--weights", "w.safetensors"],  # together with --predictions
+    ],
+)
+def test_usage_errors_exit_2(hand_split, tmp_path, options):
+    path = write_predictions_file(tmp_path / "p.json", HAND_PREDICTIONS)
+    result = invoke("evaluate", "--data", hand_split, "--predictions", path, "--out", tmp_path / "r", *options)
+    assert result.exit_code == 2, result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """An untrained tiny detector (64 px input): real code path, seconds on the CPU."""
+    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
+    model = build_detector(config)
+    return save_checkpoint(model, tmp_path_factory.mktemp("tiny") / "tiny.safetensors",
+                           training={"description": "untrained test model"})
+
+
+def test_model_on_real_deeplesion_key_slices_then_rescored_from_its_predictions(shared_data, tiny_weights, tmp_path):
+    data = shared_data / "deeplesion_sample"
+    # Four thin and four thick key slices of the test split keep the CPU time down (the slow test below runs all).
+    test_keys = read_dl_info(data / "DL_info.csv", split="test")
+    chosen = ([k.file_name for k in test_keys if k.slice_interval_mm == 1.0][:4]
+              + [k.file_name for k in test_keys if k.slice_interval_mm == 5.0][:4])
+    (tmp_path / "keys.txt").write_text("\n".join(chosen) + "\n")
+    out = tmp_path / "evaluation"
+    result = invoke("evaluate", "--data", data, "--split", "test", "--weights", tiny_weights, "--out", out,
+                    "--key-slices", tmp_path / "keys.txt", "--device", "cpu", "--bootstrap", 50)
+    assert result.exit_code == 0, result.output
+    assert "single-slice context: neighbours replicated" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "evaluation.md", "froc.png",
+                                                     "predictions.json"]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert evaluation["weights"] == "tiny.safetensors" and evaluation["model_note"] is None
+    assert sorted(entry["key"] for entry in predictions["predictions"]) == sorted(chosen)
+    summary = evaluation["summary"]
+    assert summary["all"]["num_images"] == 8 and summary["thin_le_2mm"]["num_images"] == 4
+    assert summary["thick_5mm"]["num_lesions"] == 4
+    assert all(len(entry["detections"]) > 0 for entry in predictions["predictions"])
+    # The saved predictions score to the same figures without the model.
+    rescored = invoke("evaluate", "--data", data, "--predictions", out / "predictions.json", "--key-slices",
+                      tmp_path / "keys.txt", "--out", tmp_path / "again", "--bootstrap", 50)
+    assert rescored.exit_code == 0, rescored.output
+    again = json.loads((tmp_path / "again" / "evaluation.json").read_text())
+    for part in ("summary", "lesion_types", "lesion_sizes"):
+        assert again[part] == evaluation[part]
+
+
+@pytest.mark.slow
+def test_shipped_model_on_real_deeplesion_key_slices(shared_data, tmp_path):
+    """The issue's command as written: the shipped demo model (minutes on 2 CPU cores)."""
+    out = tmp_path / "evaluation"
+    result = invoke("evaluate", "--data", shared_data / "deeplesion_sample", "--split", "test", "--out", out,
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "single-slice context: neighbours replicated" in result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["summary"]["all"]["num_images"] == 18 and evaluation["summary"]["thin_le_2mm"]["num_images"] == 9
+    assert len(json.loads((out / "predictions.json").read_text())["predictions"]) == 18
+    assert evaluation["weights"] == "ctlesion_demo_sim.safetensors" and "demo model" in evaluation["model_note"]
+    assert "demo model shipped with ctlesion" in (out / "evaluation.md").read_text()
+
+
+def test_out_must_be_a_folder(hand_split, tmp_path):
+    path = write_predictions_file(tmp_path / "p.json", HAND_PREDICTIONS)
+    result = invoke("evaluate", "--data", hand_split, "--predictions", path, "--out", tmp_path / "evaluation.json")
+    assert result.exit_code == 2 and "--out takes a folder" in result.output
+    assert not (tmp_path / "evaluation.json").exists()
