@@ -41,6 +41,7 @@ from torchvision.models import densenet121
 
 from ctlesion import __version__
 from ctlesion.checkpoint import save_checkpoint
+from ctlesion.data.augment import AugmentConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
 from ctlesion.distributed import (
     DistContext,
@@ -77,7 +78,8 @@ class TrainOptions:
     weight_decay: float = 1e-4
     clip_norm: float = 35.0
     warmup_iters: int = 500
-    flip_p: float = 0.5
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # SPEC 7 recipe; None: none
+    mask_cache_dir: Path | None = None  # pseudo-mask cache; None: DATA/ctlesion_cache/pseudo_masks
     num_workers: int = 2
     seed: int = 0
     max_iters_per_epoch: int | None = None
@@ -100,7 +102,8 @@ class TrainOptions:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data.update(data_dir=str(self.data_dir), out_dir=str(self.out_dir), detector=self.detector.to_dict())
+        data.update(data_dir=str(self.data_dir), out_dir=str(self.out_dir), detector=self.detector.to_dict(),
+                    mask_cache_dir=None if self.mask_cache_dir is None else str(self.mask_cache_dir))
         return data
 
 
@@ -342,8 +345,8 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
         prepare_run_dir(options, resume, overwrite)
     barrier(ctx)
     seed_everything(options.seed)
-    dataset = DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, flip_p=options.flip_p,
-                                             seed=options.seed)
+    dataset = DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, augment=options.augment,
+                                             mask_cache_dir=options.mask_cache_dir, seed=options.seed)
     if len(dataset) == 0:
         raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
     iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)
@@ -464,5 +467,12 @@ def read_run_options(run_dir: Path) -> TrainOptions:
     if data.get("lr_drop_epochs") is not None:
         data["lr_drop_epochs"] = tuple(data["lr_drop_epochs"])
     data["data_dir"], data["out_dir"] = Path(data["data_dir"]), Path(data["out_dir"])
+    flip_p = data.pop("flip_p", None)  # runs made before the full augmentation flipped only
+    if flip_p is not None and "augment" not in data:
+        data["augment"] = AugmentConfig.flip_only(flip_p)
+    if isinstance(data.get("augment"), dict):
+        data["augment"] = AugmentConfig(**data["augment"])
+    if data.get("mask_cache_dir") is not None:
+        data["mask_cache_dir"] = Path(data["mask_cache_dir"])
     return TrainOptions(**data)
 

@@ -24,4 +24,4 @@ training = dict(info["training"], source_checkpoint=last.name,
 save_checkpoint(model, Path("models/ctlesion_demo_sim.safetensors"), training=training, half=True)
 PY
 ctlesion evaluate --data "$work/sim" --split test --weights models/ctlesion_demo_sim.safetensors \
-  --out models/ctlesion_demo_sim_test.json --device cpu
+  --out models/ctlesion_demo_sim_eval --device cpu

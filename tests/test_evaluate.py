@@ -23,7 +23,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -352,16 +351,14 @@ def test_froc_png_is_a_figure_of_the_configured_size(tmp_path):
 
 
 @pytest.mark.slow
-def test_bootstrap_of_5000_images_x_50_detections_is_fast():
+def test_bootstrap_intervals_bracket_the_estimate_at_scale():
+    """5,000 images x 50 detections (the speed benchmark's split; its timings are in benchmarks/froc_speed.py)."""
     spec = importlib.util.spec_from_file_location("froc_speed", REPO / "benchmarks" / "froc_speed.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     evaluation_set, detections = benchmark.synthetic_split(5000, 50, seed=0)
-    start = time.perf_counter()
-    sensitivity_at_fps(detections, evaluation_set.ground_truth)
-    assert time.perf_counter() - start < 2.0
-    start = time.perf_counter()
     report = score_split(evaluation_set, detections, resamples=1000).report
-    assert time.perf_counter() - start < 30.0
+    np.testing.assert_allclose(report["summary"]["all"]["sensitivity"],
+                               sensitivity_at_fps(detections, evaluation_set.ground_truth), atol=1e-12)
     lo, hi = report["summary"]["all"]["ci95"]["avg_0.5_4"]
     assert lo < report["summary"]["all"]["avg_0.5_4"] < hi

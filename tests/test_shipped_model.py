@@ -1,7 +1,7 @@
 """The shipped demo model: it loads, and its model card's FROC figures are reproduced.
 
-The card's figures (models/ctlesion_demo_sim_test.json, written by `ctlesion evaluate` in
-models/train_demo.sh) are recomputed here: the simulated dataset is regenerated with the
+The card's figures (models/ctlesion_demo_sim_eval/evaluation.json, written by `ctlesion evaluate`
+in models/train_demo.sh) are recomputed here: the simulated dataset is regenerated with the
 card's command (deterministic for its seed) and the test split is scored again.
 """
 
@@ -18,7 +18,7 @@ from ctlesion.detect import DEFAULT_WEIGHTS
 from ctlesion.evaluate.run import evaluate_model
 
 REPO = Path(__file__).resolve().parents[1]
-CARD_FIGURES = REPO / "models" / "ctlesion_demo_sim_test.json"
+CARD_FIGURES = REPO / "models" / "ctlesion_demo_sim_eval" / "evaluation.json"
 
 
 @pytest.fixture(scope="module")

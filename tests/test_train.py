@@ -161,3 +161,33 @@ def test_mixed_precision_step_on_cuda(dataset, tmp_path, precision):
     run = tmp_path / precision
     train(_options(dataset, run, precision=precision, max_iters_per_epoch=2), device="cuda", progress=False)
     assert all(torch.isfinite(v).all() for v in _weights(run).values() if v.is_floating_point())
+
+
+def test_augmentation_and_mask_cache_options_round_trip(dataset, tmp_path):
+    """The paper's augmentation is the default; config.json records it, and older runs (flip_p) read back."""
+    from ctlesion.data.augment import AugmentConfig
+    from ctlesion.train import prepare_run_dir
+
+    cache = tmp_path / "masks"
+    options = _options(dataset, tmp_path / "run", mask_cache_dir=cache)
+    assert options.augment == AugmentConfig(shift_frac=0.04, scale_frac=0.2, rotate_deg=15.0, p_affine=0.8, flip_p=0.5)
+    prepare_run_dir(options, resume=False)
+    back = read_run_options(tmp_path / "run")
+    assert back.augment == options.augment and back.mask_cache_dir == cache
+    old = json.loads((tmp_path / "run" / "config.json").read_text())
+    del old["augment"], old["mask_cache_dir"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**old, "flip_p": 0.25}))
+    assert read_run_options(tmp_path / "run").augment == AugmentConfig.flip_only(0.25)
+
+
+def test_training_fills_the_named_mask_cache_and_refuses_a_bad_augment_choice(dataset, tmp_path):
+    cache = tmp_path / "masks"
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(run), "--batch-size", "2",
+                                      "--mask-cache", str(cache), "--augment", "none", *STEPS[:3], "1",
+                                      *STEPS[4:], *CLI_TINY])
+    assert result.exit_code == 0, result.output
+    assert list(cache.rglob("*.npz"))  # the masks went to the named cache
+    assert read_run_options(run).augment is None
+    bad = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "--augment", "x"])
+    assert bad.exit_code == 2 and "--augment must be one of paper, flip, none" in bad.output

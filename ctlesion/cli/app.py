@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich import box
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
@@ -134,6 +135,10 @@ def train(
         help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
     max_iters_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap iterations per epoch.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes (per training process).")] = 2,
+    augment: Annotated[str, typer.Option(
+        help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), flip (flips only) or none.")] = "paper",
+    mask_cache: Annotated[Optional[Path], typer.Option(
+        help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks; see `ctlesion prepare`).")] = None,
     checkpoint_every: Annotated[int, typer.Option(
         min=0, help="Steps between mid-epoch checkpoints (state.pt) for --resume; 0: epoch ends only.")] = 500,
     precision: Annotated[str, typer.Option(
@@ -153,6 +158,7 @@ def train(
     Several GPUs: `ctlesion train --gpus N ...` on one machine, or `torchrun --nproc-per-node N
     [--nnodes ...] -m ctlesion train ...` for several machines; --batch-size is the global batch.
     """
+    from ctlesion.data.augment import AugmentConfig  # noqa: PLC0415
     from ctlesion.networks.detector import DetectorConfig  # noqa: PLC0415
     from ctlesion.train import TrainOptions, read_run_options, train as train_run  # noqa: PLC0415
 
@@ -173,6 +179,10 @@ def train(
         except ValueError as exc:
             _error(f"{exc}")
             raise typer.Exit(2) from None
+        augmentations = {"paper": AugmentConfig(), "flip": AugmentConfig.flip_only(0.5), "none": None}
+        if augment not in augmentations:
+            _error(f"--augment must be one of {', '.join(augmentations)}, got {augment!r}")
+            raise typer.Exit(2)
         if not (data / "DL_info.csv").is_file():
             _error(f"{data}: no DL_info.csv (not a DeepLesion-layout dataset)")
             raise typer.Exit(1)
@@ -180,6 +190,7 @@ def train(
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
+                               augment=augmentations[augment], mask_cache_dir=mask_cache,
                                pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision,
                                grad_checkpoint=grad_checkpoint)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
@@ -210,8 +221,9 @@ def _launch_torchrun(gpus: int) -> int:
 def _print_summary(summary: dict, title: str) -> None:
     """Sensitivity % per image subset (with the 95 % interval of avg[0.5-4] when bootstrapped), then the gap."""
     labels = {"all": "all", "thin_le_2mm": "thin", "thick_5mm": "thick", "thick_gt_2mm": ">2mm"}
-    table = Table(title=title, caption="thin: slice interval <= 2 mm; thick: 5 mm")
-    table.add_column("subset")
+    table = Table(title=title, caption="thin: slice interval <= 2 mm; thick: 5 mm", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    table.add_column("subset", no_wrap=True)
     for fp in summary["fps_per_image"]:
         table.add_column(f"@{fp:g}", justify="right")
     table.add_column("avg", justify="right")
