@@ -191,3 +191,28 @@ def test_training_fills_the_named_mask_cache_and_refuses_a_bad_augment_choice(da
     assert read_run_options(run).augment is None
     bad = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "--augment", "x"])
     assert bad.exit_code == 2 and "--augment must be one of paper, flip, none" in bad.output
+
+
+def test_channels_last_gives_the_same_features_and_trains(dataset, tmp_path):
+    from ctlesion.checkpoint import load_detector
+    from ctlesion.networks.detector import build_detector, to_channels_last
+
+    torch.manual_seed(0)
+    plain = build_detector(TINY).eval()
+    last = build_detector(TINY).eval()
+    last.load_state_dict(plain.state_dict())
+    to_channels_last(last)
+    convs = [m for m in last.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    assert {m.weight.dim() for m in convs} == {4, 5}
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last_3d if m.weight.dim() == 5
+                                      else torch.channels_last) for m in convs)
+    assert not all(m.weight.is_contiguous() for m in convs)
+    images, intervals = torch.rand(2, 1, 3, 64, 64), torch.tensor([1.0, 5.0])
+    with torch.no_grad():
+        expected = plain.backbone(images, intervals)
+        got = last.backbone(images.contiguous(memory_format=torch.channels_last_3d), intervals)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    run = tmp_path / "cl"
+    train(_options(dataset, run, channels_last=True, max_iters_per_epoch=2), device="cpu", progress=False)
+    model, info = load_detector(run / "epoch_001.safetensors")
+    assert info["training"]["channels_last"] is True

@@ -145,6 +145,9 @@ def train(
         help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler) or fp32.")] = "auto",
     grad_checkpoint: Annotated[bool, typer.Option(
         "--grad-checkpoint", help="Recompute dense layers in backward: less GPU memory, slower.")] = False,
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last", help="Channels-last weights and inputs (NDHWC convolutions, meant for CUDA with bf16/fp16; "
+             "not yet measured on a GPU; about 5 % slower on CPU).")] = False,
     gpus: Annotated[int, typer.Option(
         min=1, help="GPUs of this machine to train on; > 1 relaunches under torchrun (DDP).")] = 1,
     overwrite: Annotated[bool, typer.Option(
@@ -192,7 +195,7 @@ def train(
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
                                augment=augmentations[augment], mask_cache_dir=mask_cache,
                                pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision,
-                               grad_checkpoint=grad_checkpoint)
+                               grad_checkpoint=grad_checkpoint, channels_last=channels_last)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
 

@@ -290,6 +290,25 @@ class AlignShiftDetector(nn.Module):
         return detections
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Lay out every convolution weight channels-last, in place: 5-D (Conv3d) weights as
+    ``torch.channels_last_3d``, 4-D (Conv2d) weights as ``torch.channels_last``.
+
+    Convolutions then produce channels-last outputs from channels-last inputs (cuDNN's NHWC /
+    NDHWC kernels, which tensor cores prefer under bf16 / fp16); the values are those of the
+    contiguous model up to float round-off. Parameters keep their identity, so call it before
+    the optimizer is built or after: ``load_state_dict`` keeps the layout.
+
+    Returns:
+        ``model``.
+    """
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)) and module.weight.dim() in formats:
+            module.weight.data = module.weight.data.contiguous(memory_format=formats[module.weight.dim()])
+    return model
+
+
 def build_detector(config: DetectorConfig) -> AlignShiftDetector:
     """Build a randomly initialised detector from its configuration."""
     return AlignShiftDetector(config)
