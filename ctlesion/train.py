@@ -80,6 +80,7 @@ class TrainOptions:
     warmup_iters: int = 500
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # SPEC 7 recipe; None: none
     mask_cache_dir: Path | None = None  # pseudo-mask cache; None: DATA/ctlesion_cache/pseudo_masks
+    keep_noisy: bool = False  # train on lesions marked Possibly_noisy too (the paper drops them)
     num_workers: int = 2
     seed: int = 0
     max_iters_per_epoch: int | None = None
@@ -241,6 +242,17 @@ def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
     return model
 
 
+def train_dataset(options: TrainOptions) -> DeepLesionDataset:
+    """The training split (``Train_Val_Test`` = 1) as the run sees it: augmented, with pseudo-masks.
+
+    Raises:
+        CtlesionError: as :class:`~ctlesion.data.dataset.DeepLesionDataset`.
+    """
+    return DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, augment=options.augment,
+                                          mask_cache_dir=options.mask_cache_dir, drop_noisy=not options.keep_noisy,
+                                          seed=options.seed)
+
+
 def _precision(options: TrainOptions, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
     if options.precision not in PRECISIONS:
         raise CtlesionError(f"precision must be one of {PRECISIONS}, got {options.precision!r}", options.out_dir)
@@ -348,8 +360,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
         prepare_run_dir(options, resume, overwrite)
     barrier(ctx)
     seed_everything(options.seed)
-    dataset = DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, augment=options.augment,
-                                             mask_cache_dir=options.mask_cache_dir, seed=options.seed)
+    dataset = train_dataset(options)
     if len(dataset) == 0:
         raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
     iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)

@@ -216,3 +216,24 @@ def test_channels_last_gives_the_same_features_and_trains(dataset, tmp_path):
     train(_options(dataset, run, channels_last=True, max_iters_per_epoch=2), device="cpu", progress=False)
     model, info = load_detector(run / "epoch_001.safetensors")
     assert info["training"]["channels_last"] is True
+
+
+def test_possibly_noisy_lesions_are_dropped_unless_kept(dataset, tmp_path):
+    import csv
+    import shutil
+
+    from ctlesion.train import train_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset / "Images_png", data / "Images_png")
+    with (dataset / "DL_info.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    train_rows = [r for r in rows if r["Train_Val_Test"] == "1"]
+    train_rows[0]["Possibly_noisy"] = "1"
+    with (data / "DL_info.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lesions = {keep: sum(k.num_lesions for k in train_dataset(_options(data, tmp_path / "r", keep_noisy=keep)).keys)
+               for keep in (False, True)}
+    assert lesions[True] == len(train_rows) and lesions[False] == len(train_rows) - 1

@@ -139,6 +139,8 @@ def train(
         help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), flip (flips only) or none.")] = "paper",
     mask_cache: Annotated[Optional[Path], typer.Option(
         help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks; see `ctlesion prepare`).")] = None,
+    keep_noisy: Annotated[bool, typer.Option(
+        "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
     checkpoint_every: Annotated[int, typer.Option(
         min=0, help="Steps between mid-epoch checkpoints (state.pt) for --resume; 0: epoch ends only.")] = 500,
     precision: Annotated[str, typer.Option(
@@ -193,7 +195,7 @@ def train(
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
-                               augment=augmentations[augment], mask_cache_dir=mask_cache,
+                               augment=augmentations[augment], mask_cache_dir=mask_cache, keep_noisy=keep_noisy,
                                pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision,
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
