@@ -35,9 +35,14 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run") / "run"
+    prepared = invoke("prepare", "--data", dataset, "--workers", 0)  # the pipeline: prepare, train, resume, evaluate
+    assert prepared.exit_code == 0 and " 0 already cached, 0 failed" in prepared.output, prepared.output
+    cache = sorted((dataset / "ctlesion_cache" / "pseudo_masks").rglob("*.npz"))
+    stamps = [p.stat().st_mtime_ns for p in cache]
     result = invoke("train", "--data", dataset, "--out", run, "--epochs", 1, "--batch-size", 2,
                     "--max-iters-per-epoch", 2, "--workers", 0, "--warmup-iters", 2, *TINY_MODEL)
     assert result.exit_code == 0, result.output
+    assert [p.stat().st_mtime_ns for p in cache] == stamps  # training read the prepared masks
     return run
 
 
