@@ -141,7 +141,7 @@ def test_corrupt_entry_is_recomputed(
 def test_unwritable_cache_folder(sim_root: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(CtlesionError, match="cannot create the pseudo-mask cache folder"):
+    with pytest.raises(CtlesionError, match="cannot create the pseudo-mask cache folder.*--mask-cache DIR"):
         open_mask_cache_dir(sim_root, blocker / "cache")
     with pytest.raises(CtlesionError, match="a_file"):
         DeepLesionDataset(sim_root, "train", mask_cache_dir=blocker / "cache")
@@ -181,7 +181,7 @@ def test_concurrent_writers_leave_a_valid_file(sim_root: Path, keys: list[KeySli
 
 def test_prepare_fills_the_cache_reproducibly(sim_root: Path, keys: list[KeySlice], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    result = invoke("prepare", "--data", sim_root, "--cache", cache_dir, "--workers", 2)
+    result = invoke("prepare", "--data", sim_root, "--mask-cache", cache_dir, "--workers", 2)
     assert result.exit_code == 0, result.output
     assert f"{len(keys)} computed, 0 already cached, 0 failed" in result.output
     # Masks made in the spawned workers (one OpenCV thread each) equal masks made here,

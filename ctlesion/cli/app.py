@@ -93,7 +93,7 @@ def simulate(
 def prepare(
     data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv + Images_png).")],
     cache: Annotated[Optional[Path], typer.Option(
-        help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks).")] = None,
+        "--mask-cache", "--cache", help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks).")] = None,
     workers: Annotated[Optional[int], typer.Option(
         min=0, help="Worker processes (default: one per CPU; 0: in this process).")] = None,
     split: Annotated[str, typer.Option(help="Key slices to prepare: all, train, val or test.")] = "all",

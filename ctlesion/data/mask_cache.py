@@ -85,9 +85,10 @@ def open_mask_cache_dir(data_dir: Path, cache_dir: Path | None = None) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CtlesionError(f"cannot create the pseudo-mask cache folder ({exc.strerror}); "
-                            "pass a writable cache folder", folder) from None
+                            "name a writable one with --mask-cache DIR", folder) from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise CtlesionError("pseudo-mask cache folder is not writable; pass a writable cache folder", folder)
+        raise CtlesionError("pseudo-mask cache folder is not writable; name a writable one with --mask-cache DIR",
+                            folder)
     return folder
 
 
