@@ -9,11 +9,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ctlesion.evaluate.scoring import IMAGE_SUBSETS
+
 #: Curves drawn: image subset name -> (label, colour).
 PLOTTED_SUBSETS: dict[str, tuple[str, str]] = {
-    "all": ("all", "black"),
-    "thin_le_2mm": ("thin (<= 2 mm)", "tab:blue"),
-    "thick_5mm": ("thick (5 mm)", "tab:orange"),
+    name: (IMAGE_SUBSETS[name], colour)
+    for name, colour in (("all", "black"), ("thin_le_2mm", "tab:blue"), ("thick_5mm", "tab:orange"))
 }
 
 

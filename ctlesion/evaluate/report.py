@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ctlesion.evaluate.scoring import IMAGE_SUBSETS, SIZE_BANDS
+
 #: AlignShift paper, Table 2: method -> sensitivity % at 0.5, 1, 2, 4, 8, 16 FP/image and avg[0.5-4].
 PAPER_TABLE_2: dict[str, tuple[float, ...]] = {
     "2.5D x3": (71.27, 79.82, 86.30, 90.61, 93.75, 95.70, 82.00),
@@ -22,8 +24,7 @@ PAPER_THIN_MINUS_THICK: dict[str, float] = {"2.5D x7": 4.10, "TSM x7": 3.54, "Al
 
 PAPER_FPS_PER_IMAGE = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
-_SUBSET_LABELS = {"all": "all", "thin_le_2mm": "thin (<= 2 mm)", "thick_5mm": "thick (5 mm)", "thick_gt_2mm": "> 2 mm"}
-_GROUP_LABELS = {"soft_tissue": "soft tissue", "lt_10mm": "< 10 mm", "10_30mm": "10-30 mm", "gt_30mm": "> 30 mm"}
+_GROUP_LABELS = {"soft_tissue": "soft tissue", **SIZE_BANDS}
 
 
 def _pct(value: float | None) -> str:
@@ -131,8 +132,8 @@ def render_markdown(evaluation: dict, plot_name: str | None = "froc.png") -> str
     lines += ["", "## Thin vs thick slices", "",
               ("Each subset is scored on its own images: its false positives per image are counted over its "
               "own images (as in Table 3 of the paper)."), ""]
-    subset_rows = [[_SUBSET_LABELS[name], f"{summary[name]['num_images']:,}", f"{summary[name]['num_lesions']:,}",
-                    *_cells(summary[name], ci_everywhere=False)] for name in _SUBSET_LABELS if name in summary]
+    subset_rows = [[IMAGE_SUBSETS[name], f"{summary[name]['num_images']:,}", f"{summary[name]['num_lesions']:,}",
+                    *_cells(summary[name], ci_everywhere=False)] for name in IMAGE_SUBSETS if name in summary]
     lines += _table(["slice interval", "images", "lesions", *rates, "avg[0.5-4]"], subset_rows)
     if "thin_minus_thick_avg_0.5_4" in summary:
         gap = summary["thin_minus_thick_avg_0.5_4"]
