@@ -194,3 +194,32 @@ def test_out_must_be_a_folder(hand_split, tmp_path):
     result = invoke("evaluate", "--data", hand_split, "--predictions", path, "--out", tmp_path / "evaluation.json")
     assert result.exit_code == 2 and "--out takes a folder" in result.output
     assert not (tmp_path / "evaluation.json").exists()
+
+
+def test_unreadable_key_slice_fails_evaluation_but_not_training_validation(shared_data, tiny_weights, tmp_path):
+    """`evaluate` scores every image or fails (one line); the per-epoch validation leaves the image out."""
+    import shutil
+
+    from ctlesion.checkpoint import load_detector
+    from ctlesion.evaluate.run import evaluate_model
+
+    data = tmp_path / "data"
+    keys = read_dl_info(shared_data / "deeplesion_sample" / "DL_info.csv", split="test")[:3]
+    rows = (shared_data / "deeplesion_sample" / "DL_info.csv").read_text().splitlines()
+    data.mkdir()
+    (data / "DL_info.csv").write_text("\n".join([rows[0], *(r for r in rows[1:] if r.split(",")[0] in
+                                                           {k.file_name for k in keys})]) + "\n")
+    for key in keys[1:]:  # the first key slice's PNG is missing
+        target = key.png_path(data / "Images_png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(key.png_path(shared_data / "deeplesion_sample" / "Images_png"), target)
+    out = tmp_path / "evaluation"
+    result = invoke("evaluate", "--data", data, "--split", "test", "--weights", tiny_weights, "--out", out,
+                    "--device", "cpu", "--bootstrap", 0)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert keys[0].series_dir in errors[0] and "PNG not found" in errors[0] and not out.exists()
+    model, _ = load_detector(tiny_weights)
+    validation = evaluate_model(model, data, "test", progress=False)
+    assert validation["summary"]["all"]["num_images"] == 2
+    assert sorted(p["key"] for p in validation["predictions"]) == sorted(k.file_name for k in keys[1:])

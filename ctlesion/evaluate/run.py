@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +51,13 @@ PREDICTIONS_JSON = "predictions.json"
 
 @torch.no_grad()
 def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, device: torch.device | str = "cpu",
-                  progress: bool = True, num_workers: int = 0, keys: Collection[str] | None = None) -> list[dict] | None:
+                  progress: bool = True, num_workers: int = 0, keys: Collection[str] | None = None,
+                  skip_unreadable: bool = False) -> list[dict] | None:
     """Detections on every key slice of a split (or those named in ``keys``), in source pixels.
+
+    An unreadable (missing or corrupt) PNG raises a CtlesionError, so that an evaluation scores
+    every image or fails; with ``skip_unreadable`` such key slices are left out (logged) instead,
+    which the validation after each training epoch uses so that a bad file cannot stop a run.
 
     Neighbour slices come from the series folder (``load_key_slice_window``); where the folder
     holds only the key slice, it is replicated with a warning (single-slice context).
@@ -65,7 +70,8 @@ def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, devi
     from ctlesion.progress import make_progress
 
     config = model.config
-    dataset = DeepLesionDataset.for_detector(data_dir, split, config, with_masks=False)
+    dataset = DeepLesionDataset.for_detector(data_dir, split, config, with_masks=False,
+                                             skip_unreadable=skip_unreadable)
     if keys is not None:
         wanted = set(keys)
         dataset = Subset(dataset, [i for i, key in enumerate(dataset.keys) if key.file_name in wanted])
@@ -107,14 +113,20 @@ def evaluate_model(model: AlignShiftDetector, data_dir: Path, split: str, *, dev
         :func:`ctlesion.evaluate.scoring.score_split`; predictions as the ``predictions`` list
         of a predictions file), or None when the split holds no key slice with lesions.
 
+    Key slices whose PNGs cannot be read are left out of the scoring (with a warning).
+
     Raises:
         CtlesionError: if the dataset is missing or malformed.
     """
-    predictions = predict_split(model, data_dir, split, device=device, progress=progress)
+    predictions = predict_split(model, data_dir, split, device=device, progress=progress, skip_unreadable=True)
     if predictions is None:
         return None
-    evaluation_set = load_evaluation_set(data_dir, split)
     by_key = _detections_by_key(predictions)
+    evaluation_set = load_evaluation_set(data_dir, split)
+    readable = tuple(key for key in evaluation_set.key_slices if key.file_name in by_key)
+    if not readable:
+        return None
+    evaluation_set = replace(evaluation_set, key_slices=readable)
     scores = score_split(evaluation_set, [by_key[key] for key in evaluation_set.keys], resamples=0)
     return {"split": split, **scores.report,
             "predictions": [{"key": key, "detections": dets.tolist()} for key, dets in by_key.items()]}
