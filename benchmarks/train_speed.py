@@ -4,8 +4,9 @@ Usage: python benchmarks/train_speed.py [--device cpu|cuda] [--context alignshif
        [--image-size 512] [--batch-size 4] [--repeats 5] [--fpn-channels 512] [--fc-channels 2048]
        [--variants fp32,bf16,bf16-cl,bf16-ckpt] [--key-slices 22484]
 
-One step is what ``ctlesion train`` does per batch: forward with losses, backward, gradient
-clipping (L2 35) and an SGD step (lr 0.02 x batch / 4, momentum 0.9, weight decay 1e-4), on a
+One step is what ``ctlesion train`` does per batch (its ``build_model``, ``build_optimizer``,
+``mixed_precision`` and ``optimisation_step``): forward with losses, backward, gradient clipping (L2 35) and an
+SGD step (lr 0.02 x batch / 4, momentum 0.9, weight decay 1e-4 on weights), on a
 fixed random batch of windows with 1-3 boxes and masks per image (``sample_seed`` set, so the
 RPN / RoI sampling is the same in every step). Variants, all built from the same initial
 weights in this one process and timed in alternating repeats (median reported):
@@ -31,10 +32,12 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, to_channels_last
+from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+from ctlesion.train import TrainOptions, build_model, build_optimizer, mixed_precision, optimisation_step
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -67,37 +70,27 @@ class Variant:
             raise SystemExit(f"unknown variant {name!r}: use fp32|bf16|fp16 with optional -cl and -ckpt suffixes")
         self.name = name
         self.device = device
-        self.model = AlignShiftDetector(config)
-        self.model.load_state_dict(state)
+        options = TrainOptions(data_dir=Path("."), out_dir=Path("."), detector=config, batch_size=batch[0].shape[0],
+                               precision=precision, warmup_iters=0, grad_checkpoint="ckpt" in flags,
+                               channels_last="cl" in flags)
+        self.model = build_model(options, resume=False)  # as `train` builds it (checkpointing, layout)
+        self.model.load_state_dict(state)  # the same initial weights for every variant; keeps the layout
         self.model.to(device).train()
-        if "ckpt" in flags:
-            self.model.backbone.set_gradient_checkpointing(True)
-        layout = torch.channels_last_3d if "cl" in flags else torch.contiguous_format
-        if "cl" in flags:
-            to_channels_last(self.model)
         images, intervals, targets = batch
+        layout = torch.channels_last_3d if options.channels_last else torch.contiguous_format
         self.images = images.to(device, memory_format=layout)
         self.intervals = intervals.to(device)
         self.targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        lr = 0.02 * images.shape[0] / 4
-        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=0.9, weight_decay=1e-4)
-        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-        self.autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled=precision != "fp32")
-        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")
+        self.params, self.optimizer, _ = build_optimizer(self.model, options, iters_per_epoch=1)
+        self.autocast, self.scaler = mixed_precision(options, torch.device(device))
+        self.clip_norm = options.clip_norm
 
     def step_s(self) -> float:
         """Seconds of one training step (synchronised on CUDA)."""
         start = time.perf_counter()
         with self.autocast:
             losses = self.model(self.images, self.intervals, self.targets)
-        loss = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, 35.0)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        optimisation_step(sum(losses.values()), self.optimizer, self.scaler, self.params, self.clip_norm)
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -253,7 +253,15 @@ def train_dataset(options: TrainOptions) -> DeepLesionDataset:
                                           seed=options.seed)
 
 
-def _precision(options: TrainOptions, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
+def mixed_precision(options: TrainOptions, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
+    """The autocast context and gradient scaler of ``options.precision`` on ``device``.
+
+    ``auto`` is bf16 on CUDA and fp32 elsewhere; fp16 enables the scaler, the others leave it a
+    pass-through.
+
+    Raises:
+        CtlesionError: for an unknown precision.
+    """
     if options.precision not in PRECISIONS:
         raise CtlesionError(f"precision must be one of {PRECISIONS}, got {options.precision!r}", options.out_dir)
     mode = options.precision if options.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -324,7 +332,13 @@ def _tensorboard(out_dir: Path, enabled: bool):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def _optimizer(model: AlignShiftDetector, options: TrainOptions, iters_per_epoch: int):
+def build_optimizer(model: torch.nn.Module, options: TrainOptions, iters_per_epoch: int):
+    """SGD of the recipe (SPEC section 7): weight decay on weights only, lr scaled with the batch.
+
+    Returns:
+        ``(params, optimizer, scheduler)``: the trainable parameters, the SGD optimizer and the
+        per-iteration LambdaLR schedule of :func:`lr_factor` (warmup, step decay).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() > 1]
     no_decay = [p for p in params if p.dim() <= 1]
@@ -332,6 +346,17 @@ def _optimizer(model: AlignShiftDetector, options: TrainOptions, iters_per_epoch
                                  {"params": no_decay, "weight_decay": 0.0}], lr=options.lr, momentum=options.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters_per_epoch, options))
     return params, optimizer, scheduler
+
+
+def optimisation_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                      params: list[torch.Tensor], clip_norm: float) -> None:
+    """Backward of ``loss`` (scaled), gradient clipping to L2 norm ``clip_norm``, optimizer and scaler steps."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def train(options: TrainOptions, *, resume: bool = False, overwrite: bool = False, device: str | None = None,
@@ -365,8 +390,8 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
         raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
     iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)
     model = synchronise_batchnorm(build_model(options, resume).to(ctx.device), ctx)
-    params, optimizer, scheduler = _optimizer(model, options, iters_per_epoch)
-    autocast, scaler = _precision(options, ctx.device)
+    params, optimizer, scheduler = build_optimizer(model, options, iters_per_epoch)
+    autocast, scaler = mixed_precision(options, ctx.device)
     state_path = options.out_dir / "state.pt"
     run = _restore(state_path, model, optimizer, scheduler, scaler) if resume else RunState()
     metrics_path = options.out_dir / "metrics.jsonl"
@@ -401,12 +426,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
                 if not torch.isfinite(loss):
                     raise CtlesionError(f"training diverged at epoch {epoch + 1} step {step + 1} "
                                         f"(loss {loss.item()})", options.out_dir)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, options.clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
+                optimisation_step(loss, optimizer, scaler, params, options.clip_norm)
                 scheduler.step()
                 seen += images.shape[0] * ctx.world_size
                 values = mean_over_processes({"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}, ctx)
