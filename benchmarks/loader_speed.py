@@ -1,6 +1,6 @@
 """Key-slice windows per second of the training data loader alone (no model), by worker count.
 
-Usage: python benchmarks/loader_speed.py [--data DIR] [--cache DIR] [--split train]
+Usage: python benchmarks/loader_speed.py [--data DIR] [--mask-cache DIR]
        [--workers 0,1,2] [--slices 7] [--size 512] [--batch-size 4] [--min-windows 240]
        [--num-series 32] [--keep DIR]
 
@@ -10,11 +10,11 @@ Without ``--data`` a DeepLesion-layout dataset is simulated into a temporary fol
 pseudo-mask cache is filled first (``prepare_mask_cache``, the work of ``ctlesion prepare``,
 timed separately), so the loader reads masks from disk as in training.
 
-For each worker count, in this one process, a ``DataLoader`` is built as the training loop
-builds it (shuffle, ``collate_detection``, fresh workers every epoch) over
-``DeepLesionDataset(..., augment=AugmentConfig())`` (shift / scale / rotate + flip, SPEC
-section 7) with pseudo-masks, and whole epochs are iterated (``set_epoch`` each time) until at
-least ``--min-windows`` windows have come out. Reported per worker count:
+For each worker count, in this one process, the training split is loaded exactly as
+``ctlesion train`` loads it in one process: ``train_dataset`` (the paper's augmentation,
+shift / scale / rotate + flip, SPEC section 7, with pseudo-masks) and one ``make_train_loader``
+per epoch (its shuffled batches, fresh workers every epoch), until at least ``--min-windows``
+windows have come out. Reported per worker count:
 
 * steady windows/s: windows after each epoch's first batch over the time after it (what a
   full 32,120-key-slice pass sees, where worker start-up is negligible);
@@ -32,17 +32,19 @@ import platform
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from ctlesion.data.augment import AugmentConfig
-from ctlesion.data.dataset import DeepLesionDataset, collate_detection
+from ctlesion.data.dataset import DeepLesionDataset
 from ctlesion.data.mask_cache import prepare_mask_cache
 from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset
+from ctlesion.distributed import DistContext
+from ctlesion.networks.detector import DetectorConfig
+from ctlesion.train import TrainOptions, make_train_loader, train_dataset
 
 
 def cpu_name() -> str:
@@ -64,19 +66,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def measure(dataset: DeepLesionDataset, workers: int, batch_size: int, min_windows: int) -> dict:
-    """Iterate whole epochs of a training-style DataLoader; windows/s steady and overall."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        collate_fn=collate_detection, generator=torch.Generator().manual_seed(0),
-                        persistent_workers=False)
+def measure(options: TrainOptions, dataset: DeepLesionDataset, min_windows: int) -> dict:
+    """Iterate whole epochs of the training loader; windows/s steady and overall."""
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     windows = steady_windows = 0
     steady_s = 0.0
     epoch = 0
     started = time.perf_counter()
     while windows < min_windows:
-        dataset.set_epoch(epoch)
         first_batch_at = None
-        for images, _, _ in loader:
+        for images, _, _ in make_train_loader(dataset, options, ctx, epoch, start_step=0):
             windows += images.shape[0]
             if first_batch_at is None:
                 first_batch_at = time.perf_counter()
@@ -88,7 +87,7 @@ def measure(dataset: DeepLesionDataset, workers: int, batch_size: int, min_windo
         if first_batch_at is None:  # empty split
             break
     total_s = time.perf_counter() - started
-    return {"workers": workers, "epochs": epoch, "windows": windows,
+    return {"workers": options.num_workers, "epochs": epoch, "windows": windows,
             "steady": steady_windows / steady_s if steady_s > 0 else float("nan"),
             "overall": windows / total_s}
 
@@ -96,8 +95,7 @@ def measure(dataset: DeepLesionDataset, workers: int, batch_size: int, min_windo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="DeepLesion-layout dataset (default: simulate one)")
-    parser.add_argument("--cache", type=Path, help="pseudo-mask cache folder (default: DATA/ctlesion_cache/...)")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--mask-cache", type=Path, help="pseudo-mask cache folder (default: DATA/ctlesion_cache/...)")
     parser.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
     parser.add_argument("--slices", type=int, default=7)
     parser.add_argument("--size", type=int, default=512, help="network input side, px")
@@ -122,19 +120,20 @@ def main() -> None:
         print(f"simulated {args.num_series} series (512 px) in {time.perf_counter() - started:.1f} s: {data}")
     try:
         started = time.perf_counter()
-        report = prepare_mask_cache(data, cache_dir=args.cache, split=args.split,
+        report = prepare_mask_cache(data, cache_dir=args.mask_cache, split="train",
                                     workers=min(usable_cpus(), 8), progress=False)
         print(f"pseudo-mask cache warmed in {time.perf_counter() - started:.1f} s: {report.computed} computed, "
               f"{report.cached} already cached, {report.failed} failed ({report.cache_dir})")
-        dataset = DeepLesionDataset(data, args.split, num_slices=args.slices, image_size_px=args.size,
-                                    augment=AugmentConfig(), seed=0, mask_cache_dir=args.cache)
+        base = TrainOptions(data_dir=data, out_dir=data, batch_size=args.batch_size, mask_cache_dir=args.mask_cache,
+                            detector=DetectorConfig(num_slices=args.slices, image_size_px=args.size))
+        dataset = train_dataset(base)
         thin = sum(k.slice_interval_mm < 2.0 for k in dataset.keys)
-        print(f"{args.split} split: {len(dataset)} key slices ({thin} thin, {len(dataset) - thin} thick); "
+        print(f"train split: {len(dataset)} key slices ({thin} thin, {len(dataset) - thin} thick); "
               f"windows of {args.slices} slices at {args.size} px, batch {args.batch_size}, augmentation on, masks on")
         print()
         print(f"{'workers':>7}  {'epochs':>6}  {'windows':>7}  {'steady win/s':>12}  {'overall win/s':>13}")
         for workers in worker_counts:
-            row = measure(dataset, workers, args.batch_size, args.min_windows)
+            row = measure(replace(base, num_workers=workers), dataset, args.min_windows)
             print(f"{row['workers']:>7}  {row['epochs']:>6}  {row['windows']:>7}  {row['steady']:>12.1f}  "
                   f"{row['overall']:>13.1f}", flush=True)
     finally:
