@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctlesion.data.augment import AugmentConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection, flip_boxes_x
 from ctlesion.data.masks import recist_polygon_mask, recist_pseudo_mask, window_to_uint8
 from ctlesion.data.simulate import simulate_from_volumes
@@ -165,7 +166,7 @@ def test_masks_follow_the_lesions(sim_root: Path) -> None:
 
 def test_flip_moves_boxes_and_masks(sim_root: Path) -> None:
     plain = DeepLesionDataset(sim_root, "train", num_slices=3, image_size_px=96)
-    flipped = DeepLesionDataset(sim_root, "train", num_slices=3, image_size_px=96, flip_p=1.0)
+    flipped = DeepLesionDataset(sim_root, "train", num_slices=3, image_size_px=96, augment=AugmentConfig.flip_only(1.0))
     for index in range(len(plain)):
         image, _, target = plain[index]
         image_f, _, target_f = flipped[index]
@@ -180,7 +181,8 @@ def test_flip_moves_boxes_and_masks(sim_root: Path) -> None:
             assert box[0] - 1 <= xs.min() and xs.max() + 0.5 <= box[2] + 1
         assert target_f["masks"].sum() == pytest.approx(float(target["masks"].sum()), rel=0.1)
     # Half-probability flips are seeded by (seed, index, epoch): repeatable, varying by epoch.
-    half = DeepLesionDataset(sim_root, "train", num_slices=1, image_size_px=96, flip_p=0.5, with_masks=False)
+    half = DeepLesionDataset(sim_root, "train", num_slices=1, image_size_px=96, augment=AugmentConfig.flip_only(0.5),
+                             with_masks=False)
     draws = []
     for epoch in range(6):
         half.set_epoch(epoch)

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_io_dicom import (  # the synthetic-series writers shared with the reader tests
+from synthetic_dicom import (
     TILT_DEG,
     stored_pattern,
     write_series,

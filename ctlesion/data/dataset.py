@@ -85,9 +85,8 @@ class DeepLesionDataset(Dataset):
     (:func:`~ctlesion.data.augment.augment_item`); lesions moved out of the image are dropped
     (if all are, the item keeps only its flip). The draw comes from a generator seeded with
     (seed, index, epoch): the same for any number of DataLoader workers; call
-    :meth:`set_epoch` before each epoch, or every epoch repeats the same draws. ``flip_p`` > 0
-    without ``augment`` is the older flip-only augmentation
-    (``AugmentConfig.flip_only(flip_p)``).
+    :meth:`set_epoch` before each epoch, or every epoch repeats the same draws; flips alone
+    are ``AugmentConfig.flip_only(p)``.
 
     Unreadable data (``skip_unreadable``): key slices whose PNG is missing are dropped at
     construction with one warning giving their count; an item whose PNGs turn out corrupt or
@@ -103,7 +102,6 @@ class DeepLesionDataset(Dataset):
         image_size_px: network input side S.
         drop_noisy: drop Possibly_noisy lesions (SPEC section 7).
         with_masks: provide pseudo-masks.
-        flip_p: probability of a horizontal flip when ``augment`` is None (older interface).
         seed: seed of the augmentation draws.
         hu_window: HU mapped to [0, 1].
         resample_thick: neighbours 2 mm apart for thick series too (TSM / 2.5D).
@@ -117,7 +115,6 @@ class DeepLesionDataset(Dataset):
         CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png``, the table lacks a
             column, the split name is unknown, the mask cache folder cannot be written (with
             ``with_masks``), or a key slice PNG is missing and ``skip_unreadable`` is False.
-        ValueError: if both ``augment`` and ``flip_p`` > 0 are given.
     """
 
     def __init__(
@@ -129,7 +126,6 @@ class DeepLesionDataset(Dataset):
         image_size_px: int = 512,
         drop_noisy: bool = True,
         with_masks: bool = True,
-        flip_p: float = 0.0,
         seed: int = 0,
         hu_window: tuple[float, float] = (HU_MIN, HU_MAX),
         resample_thick: bool = False,
@@ -137,8 +133,6 @@ class DeepLesionDataset(Dataset):
         mask_cache_dir: Path | None = None,
         skip_unreadable: bool = True,
     ) -> None:
-        if augment is not None and flip_p > 0.0:
-            raise ValueError("give the flip probability inside AugmentConfig(flip_p=...), not as flip_p too")
         self.root = Path(root)
         self.images_dir = self.root / "Images_png"
         if not self.images_dir.is_dir():
@@ -156,7 +150,7 @@ class DeepLesionDataset(Dataset):
         self.num_slices = num_slices
         self.image_size_px = image_size_px
         self.with_masks = with_masks
-        self.augment = AugmentConfig.flip_only(flip_p) if augment is None and flip_p > 0.0 else augment
+        self.augment = augment
         self.seed = seed
         self.hu_window = tuple(hu_window)
         self.resample_thick = bool(resample_thick)
