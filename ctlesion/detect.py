@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ctlesion import __version__
-from ctlesion.io import read_volumes
+from ctlesion.io import PendingVolume, pending_volumes
 from ctlesion.io.nifti import write_nifti
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
@@ -137,9 +137,9 @@ def study_name(path: Path, taken: set[str], suffix: str = "") -> str:
     return name
 
 
-def _series_tag(volume: Volume, position: int) -> str:
-    """SeriesNumber of a volume, or its 1-based position among its folder's series when it has none."""
-    number = volume.meta.get("series_number")
+def _series_tag(pending: PendingVolume, position: int) -> str:
+    """SeriesNumber of a pending volume, or its 1-based position among its folder's series when it has none."""
+    number = pending.info.series_number
     return str(number if number is not None else position + 1)
 
 
@@ -148,8 +148,10 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
                progress=None) -> dict:
     """Detect lesions in each input and write results.json, label maps and overlays beside it.
 
-    Every input is read before anything runs, so a bad input fails fast; all output files are
-    staged in a temporary folder and moved into place only when every study succeeded.
+    Every input is found and checked from its headers before anything runs, so a missing path,
+    an unmatched ``--series`` or a refused tilt fails fast; volumes are then decoded one at a
+    time (one volume in memory, however many series ``--all-series`` finds). All output files
+    are staged in a temporary folder and moved into place only when every study succeeded.
 
     Args:
         inputs: DICOM series folders and/or NIfTI files. A folder gives one study per series read
@@ -167,17 +169,17 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
     Raises:
         CtlesionError: unreadable input (nothing is written then).
     """
-    per_input = [read_volumes(Path(p), series=options.series, all_series=options.all_series,
-                              allow_non_ct=options.allow_non_ct, tilt=options.tilt) for p in inputs]
+    per_input = [pending_volumes(Path(p), series=options.series, all_series=options.all_series,
+                                 allow_non_ct=options.allow_non_ct, tilt=options.tilt) for p in inputs]
     taken: set[str] = set()
-    names = [study_name(Path(p), taken, "" if len(vols) == 1 else f"_s{_series_tag(v, k)}")
-             for p, vols in zip(inputs, per_input) for k, v in enumerate(vols)]
-    paths = [p for p, vols in zip(inputs, per_input) for _ in vols]
-    volumes = [v for vols in per_input for v in vols]
+    names = [study_name(Path(p), taken, "" if len(found) == 1 else f"_s{_series_tag(v, k)}")
+             for p, found in zip(inputs, per_input) for k, v in enumerate(found)]
+    pending = [v for found in per_input for v in found]
     out_dir = Path(results_path).parent
     studies = []
     with staged_outputs(out_dir) as stage:
-        for path, name, volume in zip(paths, names, volumes):
+        for name, item in zip(names, pending):
+            volume = item.read()
             task = None
             if progress is not None:
                 num_windows = num_resampled_slices(volume, model.config.ref_interval_mm)
@@ -192,7 +194,7 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
                 overlay_name = f"{name}_lesion{label:02d}.png"
                 write_overlay(volume, lesion, label, Path(stage) / overlay_name)
                 overlays.append(overlay_name)
-            studies.append(study_record(volume, lesions, input_path=str(path), detector_interval_mm=network_interval,
+            studies.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,
                                         label_map_file=map_name, overlay_files=overlays))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", "")}

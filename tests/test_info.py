@@ -256,6 +256,36 @@ def test_detect_all_series_names_studies_by_series_number(tiny_weights, two_seri
     assert all((out.parent / s["label_map"]).is_file() for s in studies)
 
 
+def test_detect_checks_every_input_first_then_decodes_one_volume_at_a_time(
+        tiny_weights, two_series, tmp_path, monkeypatch):
+    import ctlesion.detect
+    import ctlesion.io.dicom
+
+    events = []
+    decode = ctlesion.io.dicom._load_hu
+    monkeypatch.setattr(ctlesion.io.dicom, "_load_hu", lambda slices, *a: events.append("decode") or decode(slices, *a))
+    monkeypatch.setattr(ctlesion.detect, "detect_volume", lambda model, volume, **kw: events.append("detect") or (
+        [], max(volume.slice_interval_mm, model.config.ref_interval_mm)))
+    out = tmp_path / "out" / "results.json"
+    assert detect(two_series, "--all-series", "--out", out, "--weights", tiny_weights).exit_code == 0
+    assert events == ["decode", "detect", "decode", "detect"]
+    # A tilted series after a good one is refused from its headers, before anything is decoded.
+    tilted = tmp_path / "tilted"
+    write_tilted_series(tilted, [0.0, 3.0], rows=32, columns=32)
+    events.clear()
+    out_2 = tmp_path / "out_2" / "results.json"
+    assert_one_error_line(detect(two_series, tilted, "--all-series", "--out", out_2, "--weights", tiny_weights),
+                          "gantry tilt of 15.00 deg")
+    assert events == [] and not out_2.parent.exists()
+    # A data block that turns out corrupt after a study was processed: an error, and nothing written.
+    corrupt = tmp_path / "corrupt.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((32, 32, 2), -1000, np.int16), np.diag([-1, -1, 5.0, 1])), corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:-40])
+    assert_one_error_line(detect(two_series, corrupt, "--out", out_2, "--weights", tiny_weights),
+                          str(corrupt), "cannot read the NIfTI data")
+    assert events == ["decode", "detect"] and not out_2.parent.exists()
+
+
 def test_detect_series_by_description(tiny_weights, two_series, tmp_path):
     out = tmp_path / "out" / "results.json"
     result = detect(two_series, "--series", "SERIES 2", "--out", out, "--weights", tiny_weights)

@@ -37,7 +37,7 @@ from synthetic_dicom import (
 )
 
 from ctlesion.errors import CtlesionError
-from ctlesion.io import discover, read_volume, read_volumes
+from ctlesion.io import discover, pending_volumes, read_volume, read_volumes
 from ctlesion.io.dicom import read_dicom_folder, read_dicom_series
 from ctlesion.io.nifti import read_nifti, write_nifti
 from ctlesion.io.series import discover_series, select_series
@@ -465,6 +465,26 @@ def test_read_volume_dispatch(tmp_path):
     with pytest.raises(CtlesionError, match="modality MR is not CT"):
         read_volume(tmp_path / "mr")
     assert read_volume(tmp_path / "mr", allow_non_ct=True).meta["modality"] == "MR"
+
+
+def test_pending_volumes_check_headers_and_read_like_read_volumes(tmp_path):
+    folder = tmp_path / "study"
+    write_series(folder / "a", z_positions([0, 5]), series_uid="1.2", series_number=2, description="thick")
+    write_series(folder / "b", z_positions(range(7)), series_uid="1.3", series_number=3, description="thin")
+    pending = pending_volumes(folder, all_series=True)
+    assert [(p.path, p.info.series_number) for p in pending] == [(folder, 2), (folder, 3)]
+    for item, volume in zip(pending, read_volumes(folder, all_series=True)):
+        again = item.read()
+        np.testing.assert_array_equal(again.hu, volume.hu)
+        assert again.slice_interval_mm == volume.slice_interval_mm and again.meta == volume.meta
+    (chosen,) = pending_volumes(folder)  # the rule's choice: the longer series
+    assert chosen.info.series_number == 3
+    nii = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((3, 4, 5), np.int16), np.eye(4)), nii)
+    (one,) = pending_volumes(nii, all_series=True)  # one volume; --all-series does not apply
+    assert one.info.num_slices == 5 and one.read().shape_zyx == (5, 4, 3)
+    with pytest.raises(CtlesionError, match="no series matches '9'"):
+        pending_volumes(folder, series="9")
 
 
 # --------------------------------------------------------------------------- real data

@@ -355,8 +355,12 @@ def detect(
     model, info = _load_model(weights, dev, context, slices)
     options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
                             series=series, all_series=all_series, tilt=tilt)
-    with make_progress() as progress:
-        results = _run(run_detect, inputs, out, model, info, options=options, device=dev, progress=progress)
+
+    def detect_with_progress():  # the bar closes before an error line is printed
+        with make_progress() as progress:
+            return run_detect(inputs, out, model, info, options=options, device=dev, progress=progress)
+
+    results = _run(detect_with_progress)
     for study in results["studies"]:
         stdout.print(f"{study['input']}: {len(study['lesions'])} lesion(s), slice interval "
                      f"{study['slice_interval_mm']:.2f} mm, {study['shape_zyx']} voxels")

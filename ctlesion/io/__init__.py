@@ -1,12 +1,14 @@
 """Readers and writers between files (DICOM, NIfTI, DeepLesion PNG series) and :class:`~ctlesion.volume.Volume`.
 
-Entry points by path: :func:`discover` (what is there, headers only), :func:`read_volumes` (the
-volumes ``detect`` processes) and :func:`read_volume` (exactly one volume).
+Entry points by path: :func:`discover` (what is there, headers only), :func:`pending_volumes`
+(the volumes ``detect`` processes, checked from headers and decoded one at a time),
+:func:`read_volumes` (the same, decoded at once) and :func:`read_volume` (exactly one volume).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom.misc
@@ -17,7 +19,13 @@ from ctlesion.io.deeplesion_series import (
     is_deeplesion_series,
     read_deeplesion_series,
 )
-from ctlesion.io.dicom import TILT_CHOICES, read_dicom_folder, read_dicom_series
+from ctlesion.io.dicom import (
+    TILT_CHOICES,
+    check_discovered,
+    read_dicom_folder,
+    read_dicom_series,
+    read_discovered,
+)
 from ctlesion.io.nifti import describe_nifti, is_nifti_path, read_nifti, write_nifti
 from ctlesion.io.series import (
     SELECTION_RULE,
@@ -32,9 +40,11 @@ __all__ = [
     "SELECTION_RULE",
     "TILT_CHOICES",
     "Discovery",
+    "PendingVolume",
     "SeriesInfo",
     "discover",
     "discover_series",
+    "pending_volumes",
     "read_deeplesion_series",
     "read_dicom_folder",
     "read_dicom_series",
@@ -63,11 +73,87 @@ def discover(path: Path, *, allow_non_ct: bool = False) -> Discovery:
         CtlesionError: as :func:`read_volume`'s path checks, and the describers' own errors.
     """
     path = _check_path(path)
-    if path.is_dir() and is_deeplesion_series(path):
-        return describe_deeplesion_series(path)
-    if path.is_dir():
+    if _is_dicom_folder(path):
         return discover_series(path, allow_non_ct=allow_non_ct)
+    if path.is_dir():
+        return describe_deeplesion_series(path)
     return describe_nifti(path)
+
+
+@dataclass(frozen=True)
+class PendingVolume:
+    """One volume an input path stands for, found and checked from headers, not yet decoded.
+
+    Attributes:
+        path: the input (DICOM folder, NIfTI file or DeepLesion PNG series folder).
+        discovery: what :func:`discover` found there.
+        info: the series to read (one of ``discovery.series``).
+        tilt: "refuse" or "resample" (DICOM gantry tilt).
+    """
+
+    path: Path
+    discovery: Discovery
+    info: SeriesInfo
+    tilt: str = "refuse"
+
+    def read(self) -> Volume:
+        """Decode the volume (HU (Z, Y, X), LPS geometry), see the readers.
+
+        Raises:
+            CtlesionError: what only the pixel data show (truncated or corrupt files, too few
+                decodable slices), naming the input.
+        """
+        if _is_dicom_folder(self.path):
+            return read_discovered(self.discovery, self.info, tilt=self.tilt)
+        if self.path.is_dir():
+            return read_deeplesion_series(self.path)
+        return read_nifti(self.path)
+
+
+def pending_volumes(
+    path: Path,
+    *,
+    series: str | None = None,
+    all_series: bool = False,
+    allow_non_ct: bool = False,
+    tilt: str = "refuse",
+) -> list[PendingVolume]:
+    """The volume(s) one input path stands for, checked from headers, to be decoded one at a time.
+
+    A DICOM folder gives the series chosen by :data:`~ctlesion.io.series.SELECTION_RULE`, every
+    series matching ``series`` (number, UID or description), or every readable series with
+    ``all_series``; each is checked before any is decoded (readable, not tilted unless
+    ``tilt="resample"``, a decoder installed: :func:`~ctlesion.io.dicom.check_discovered`). A
+    NIfTI file or DeepLesion PNG series gives its one volume (``series`` and ``all_series`` do
+    not apply and are ignored). Holding the list costs headers only; ``detect`` decodes and
+    drops one volume at a time.
+
+    Args:
+        path: DICOM folder, NIfTI file or DeepLesion PNG series folder.
+        series: series selector for DICOM folders, or None.
+        all_series: every readable series of a DICOM folder.
+        allow_non_ct: select non-CT DICOM series (NIfTI carries no modality and is always read).
+        tilt: "refuse" or "resample": what to do with a gantry-tilted DICOM series.
+
+    Returns:
+        One or more :class:`PendingVolume`, folder order.
+
+    Raises:
+        CtlesionError: see :func:`read_volume` and :func:`~ctlesion.io.series.select_series`
+            (errors visible in headers only; the rest come from :meth:`PendingVolume.read`).
+        ValueError: both ``series`` and ``all_series``; ``tilt`` not in :data:`TILT_CHOICES`.
+    """
+    path = _check_path(path)
+    if not _is_dicom_folder(path):
+        if series is not None or all_series:
+            logger.info("%s: holds one volume; --series / --all-series do not apply to it", path)
+        discovery = discover(path)
+        return [PendingVolume(path, discovery, discovery.series[0], tilt)]
+    discovery = discover_series(path, allow_non_ct=allow_non_ct)
+    chosen = select_series(discovery, series, all_series=all_series)
+    for info in chosen:
+        check_discovered(discovery, info, tilt=tilt)
+    return [PendingVolume(path, discovery, info, tilt) for info in chosen]
 
 
 def read_volumes(
@@ -78,19 +164,10 @@ def read_volumes(
     allow_non_ct: bool = False,
     tilt: str = "refuse",
 ) -> list[Volume]:
-    """Read the volume(s) one input path stands for.
-
-    A DICOM folder gives the series chosen by :data:`~ctlesion.io.series.SELECTION_RULE`, every
-    series matching ``series`` (number, UID or description), or every readable series with
-    ``all_series`` (:func:`~ctlesion.io.dicom.read_dicom_folder`). A NIfTI file gives its one
-    volume (``series`` and ``all_series`` do not apply to it and are ignored).
+    """Read the volume(s) one input path stands for: :func:`pending_volumes`, all decoded.
 
     Args:
-        path: DICOM folder or NIfTI file.
-        series: series selector for DICOM folders, or None.
-        all_series: read every readable series of a DICOM folder.
-        allow_non_ct: read non-CT DICOM series (NIfTI carries no modality and is always read).
-        tilt: "refuse" or "resample": what to do with a gantry-tilted DICOM series.
+        path, series, all_series, allow_non_ct, tilt: as :func:`pending_volumes`.
 
     Returns:
         One or more Volumes (HU (Z, Y, X), LPS geometry), see the readers.
@@ -99,14 +176,8 @@ def read_volumes(
         CtlesionError: see :func:`read_volume`.
         ValueError: both ``series`` and ``all_series``; ``tilt`` not in :data:`TILT_CHOICES`.
     """
-    path = _check_path(path)
-    if path.is_dir() and is_deeplesion_series(path):
-        return [read_deeplesion_series(path)]
-    if path.is_dir():
-        return read_dicom_folder(path, series=series, all_series=all_series, allow_non_ct=allow_non_ct, tilt=tilt)
-    if series is not None or all_series:
-        logger.info("%s: a NIfTI file holds one volume; --series / --all-series do not apply to it", path)
-    return [read_nifti(path)]
+    return [pending.read() for pending in pending_volumes(path, series=series, all_series=all_series,
+                                                          allow_non_ct=allow_non_ct, tilt=tilt)]
 
 
 def read_volume(path: Path, *, allow_non_ct: bool = False, series: str | None = None, tilt: str = "refuse") -> Volume:
@@ -132,10 +203,10 @@ def read_volume(path: Path, *, allow_non_ct: bool = False, series: str | None = 
             own errors.
     """
     path = _check_path(path)
-    if path.is_dir() and is_deeplesion_series(path):
-        return read_deeplesion_series(path)
-    if path.is_dir():
+    if _is_dicom_folder(path):
         return read_dicom_series(path, series=series, allow_non_ct=allow_non_ct, tilt=tilt)
+    if path.is_dir():
+        return read_deeplesion_series(path)
     return read_nifti(path)
 
 
@@ -151,6 +222,11 @@ def _check_path(path: Path) -> Path:
             "is a single DICOM file; pass the folder that holds all the slices of the series", path
         )
     raise CtlesionError("not a DICOM folder or NIfTI file (.nii / .nii.gz)", path)
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    """A folder read as DICOM: any folder but a DeepLesion PNG series."""
+    return path.is_dir() and not is_deeplesion_series(path)
 
 
 def _is_dicom_file(path: Path) -> bool:

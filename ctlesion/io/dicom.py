@@ -165,20 +165,11 @@ def read_discovered(discovery: Discovery, info: SeriesInfo, *, tilt: str = "refu
         CtlesionError: as :func:`read_dicom_series`.
         ValueError: bad ``tilt``.
     """
-    if tilt not in TILT_CHOICES:
-        raise ValueError(f"tilt must be one of {TILT_CHOICES}, got {tilt!r}")
+    check_discovered(discovery, info, tilt=tilt)
     folder = Path(discovery.path)
-    if not discovery.images:
-        raise ValueError(f"{folder} was not discovered as a DICOM folder (no images to decode)")
-    if info.unreadable:
-        raise CtlesionError(f"{info.label}: {info.unreadable}", folder)
-    slices = discovery.images_of(info)
     warnings, skipped = list(discovery.warnings), list(discovery.skipped)
     skipped += [{"path": s.folder, "reason": f"{s.label} not read: {s.selection}"} for s in discovery.series if s is not info]
-    _refuse_tilt(slices, info, tilt, folder)
-    _check_decodable(slices, folder)
-
-    slices, hu = _load_hu(slices, folder, warnings, skipped)
+    slices, hu = _load_hu(discovery.images_of(info), folder, warnings, skipped)
     if len(slices) < 2:
         where = slices[0].label if slices else "none"
         raise CtlesionError(
@@ -190,6 +181,32 @@ def read_discovered(discovery: Discovery, info: SeriesInfo, *, tilt: str = "refu
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def check_discovered(discovery: Discovery, info: SeriesInfo, *, tilt: str = "refuse") -> None:
+    """The checks :func:`read_discovered` makes before decoding, from headers only: the series is
+    readable, not tilted (unless ``tilt="resample"``) and its transfer syntax has a decoder.
+
+    Args:
+        discovery: the folder's discovery; info: one of ``discovery.series``.
+        tilt: "refuse" or "resample".
+
+    Raises:
+        CtlesionError: (naming the folder) the series cannot be read (single slice, one
+            position), is gantry-tilted with ``tilt="refuse"``, or no decoder is installed for
+            its pixel data.
+        ValueError: bad ``tilt``; a discovery without images (not a DICOM folder).
+    """
+    if tilt not in TILT_CHOICES:
+        raise ValueError(f"tilt must be one of {TILT_CHOICES}, got {tilt!r}")
+    folder = Path(discovery.path)
+    if not discovery.images:
+        raise ValueError(f"{folder} was not discovered as a DICOM folder (no images to decode)")
+    if info.unreadable:
+        raise CtlesionError(f"{info.label}: {info.unreadable}", folder)
+    slices = discovery.images_of(info)
+    _refuse_tilt(slices, info, tilt, folder)
+    _check_decodable(slices, folder)
 
 
 def _refuse_tilt(slices: list[SliceHeader], info: SeriesInfo, tilt: str, folder: Path) -> None:
