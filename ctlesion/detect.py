@@ -17,19 +17,20 @@ import numpy as np
 import torch
 
 from ctlesion import __version__
+from ctlesion.atomic import staged_outputs
 from ctlesion.io import PendingVolume, pending_volumes
 from ctlesion.io.nifti import write_nifti
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
 from ctlesion.preprocess import (
     fit_in_plane,
-    normalize_hu,
     network_interval_mm,
+    normalize_hu,
     num_resampled_slices,
     resample_to_reference,
     volume_window,
 )
-from ctlesion.atomic import staged_outputs
+from ctlesion.report.dicom_seg import seg_source_problem, write_lesion_seg
 from ctlesion.report.overlays import write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
 from ctlesion.volume import Volume
@@ -50,6 +51,8 @@ class DetectOptions:
             selection rule's choice (see :func:`ctlesion.io.read_volumes`).
         all_series: read every readable series of each DICOM folder.
         tilt: gantry-tilted series: "refuse" or "resample" (onto an orthogonal grid).
+        dicom_seg: also write each DICOM study's lesions as a DICOM SEG
+            (:mod:`ctlesion.report.dicom_seg`).
     """
 
     score_threshold: float = 0.5
@@ -58,6 +61,7 @@ class DetectOptions:
     series: str | None = None
     all_series: bool = False
     tilt: str = "refuse"
+    dicom_seg: bool = False
 
 
 def _slice_detections(output: dict, transform, slice_index: int, score_threshold: float) -> SliceDetections:
@@ -143,6 +147,28 @@ def _series_tag(pending: PendingVolume, position: int) -> str:
     return str(number if number is not None else position + 1)
 
 
+def _write_seg(stage: Path, name: str, item: PendingVolume, volume: Volume, labels: np.ndarray,
+               lesions: list[Lesion], model_info: dict) -> str | None:
+    """Write ``<name>_lesions.seg.dcm`` into the staging folder; None (logged) when there is no
+    lesion or the input cannot carry a SEG (not DICOM, UIDs missing)."""
+    if not lesions:
+        log.info("%s: no lesions found, so no DICOM SEG", item.path)
+        return None
+    sources = item.source_images()
+    problem = seg_source_problem(sources)
+    if problem:
+        log.warning("%s: no DICOM SEG written: %s", item.path, problem)
+        return None
+    seg_name = f"{name}_lesions.seg.dcm"
+    try:
+        write_lesion_seg(stage / seg_name, volume, labels, lesions, sources, version=__version__,
+                         model_name=Path(model_info.get("weights", "")).name)
+    except (ValueError, AttributeError, KeyError) as error:  # highdicom refusing these source headers
+        log.warning("%s: no DICOM SEG written: highdicom refused the source headers (%s)", item.path, error)
+        return None
+    return seg_name
+
+
 def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
                options: DetectOptions = DetectOptions(), device: torch.device | str = "cpu",
                progress=None) -> dict:
@@ -157,8 +183,9 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
         inputs: DICOM series folders and/or NIfTI files. A folder gives one study per series read
             (``options.series`` / ``options.all_series``); several series of one folder are named
             ``<folder>_s<SeriesNumber>``.
-        results_path: the results.json to write; label maps ``<study>_lesions.nii.gz`` and
-            overlays ``<study>_lesionNN.png`` go into the same folder.
+        results_path: the results.json to write; label maps ``<study>_lesions.nii.gz``,
+            overlays ``<study>_lesionNN.png`` and (``options.dicom_seg``) DICOM SEGs
+            ``<study>_lesions.seg.dcm`` go into the same folder.
         model: detector in eval mode; model_info: its checkpoint sidecar dict.
         options: inference options; device: torch device.
         progress: optional rich Progress to report windows on.
@@ -188,14 +215,17 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
                 model, volume, options=options, device=device,
                 on_batch=None if task is None else (lambda n, t=task: progress.update(t, advance=n)))
             map_name = f"{name}_lesions.nii.gz"
-            write_nifti(label_map(volume, lesions), volume, Path(stage) / map_name)
+            labels = label_map(volume, lesions)
+            write_nifti(labels, volume, Path(stage) / map_name)
+            seg_name = (_write_seg(Path(stage), name, item, volume, labels, lesions, model_info)
+                        if options.dicom_seg else None)
             overlays = []
             for label, lesion in enumerate(lesions, start=1):
                 overlay_name = f"{name}_lesion{label:02d}.png"
                 write_overlay(volume, lesion, label, Path(stage) / overlay_name)
                 overlays.append(overlay_name)
             studies.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,
-                                        label_map_file=map_name, overlay_files=overlays))
+                                        label_map_file=map_name, overlay_files=overlays, dicom_seg_file=seg_name))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", "")}
         write_results_json(Path(stage) / Path(results_path).name, studies, model=model_record, version=__version__)

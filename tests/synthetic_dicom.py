@@ -38,6 +38,8 @@ def write_slice(
     *,
     orientation=AXIAL,
     series_uid: str = "",
+    study_uid: str = "",
+    frame_uid: str | None = None,
     modality: str = "CT",
     image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
     instance_number: int = 1,
@@ -62,7 +64,9 @@ def write_slice(
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
-    ds.StudyInstanceUID = ""
+    ds.StudyInstanceUID = study_uid
+    if frame_uid is not None:
+        ds.FrameOfReferenceUID = frame_uid
     ds.SeriesDescription = description
     if series_number is not None:
         ds.SeriesNumber = series_number

@@ -334,12 +334,14 @@ def detect(
              "(every match is read). Default: the one `ctlesion info` marks.")] = None,
     all_series: Annotated[bool, typer.Option("--all-series", help="Read every axial CT series of each DICOM folder.")] = False,
     tilt: Annotated[str, typer.Option(help="Gantry-tilted series: refuse, or resample onto an orthogonal grid.")] = "refuse",
+    dicom_seg: Annotated[bool, typer.Option(
+        "--dicom-seg", help="Also write each DICOM study's lesions as a DICOM SEG (<study>_lesions.seg.dcm).")] = False,
     context: ModelContext = None,
     slices: ModelSlices = None,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
-    """Find lesions in CT studies; write results.json, a NIfTI label map and overlay PNGs."""
+    """Find lesions in CT studies; write results.json, a NIfTI label map and overlay PNGs (and DICOM SEGs)."""
     from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
     from ctlesion.io import TILT_CHOICES  # noqa: PLC0415
     from ctlesion.progress import make_progress  # noqa: PLC0415
@@ -354,7 +356,7 @@ def detect(
     dev = _run(_device, device)
     model, info = _load_model(weights, dev, context, slices)
     options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
-                            series=series, all_series=all_series, tilt=tilt)
+                            series=series, all_series=all_series, tilt=tilt, dicom_seg=dicom_seg)
 
     def detect_with_progress():  # the bar closes before an error line is printed
         with make_progress() as progress:

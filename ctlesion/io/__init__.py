@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom.misc
+from pydicom.dataset import Dataset
 
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion_series import (
@@ -108,6 +109,14 @@ class PendingVolume:
         if self.path.is_dir():
             return read_deeplesion_series(self.path)
         return read_nifti(self.path)
+
+    def source_images(self) -> list[Dataset]:
+        """The DICOM headers (no pixel data) of the series, one per file in slice order (a
+        multi-frame file once); empty for a NIfTI file or DeepLesion PNG series."""
+        if not _is_dicom_folder(self.path):
+            return []
+        unique = {s.path: s.header for s in self.discovery.images_of(self.info)}
+        return list(unique.values())
 
 
 def pending_volumes(

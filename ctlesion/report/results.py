@@ -66,6 +66,7 @@ def study_record(
     detector_interval_mm: float,
     label_map_file: str | None = None,
     overlay_files: Sequence[str | None] | None = None,
+    dicom_seg_file: str | None = None,
 ) -> dict[str, Any]:
     """One entry of ``studies`` in results.json.
 
@@ -78,11 +79,12 @@ def study_record(
             ``resampled_to_mm`` when it differs from the input's interval.
         label_map_file: label map file name relative to results.json, or None if not written.
         overlay_files: one overlay file name (relative) or None per lesion.
+        dicom_seg_file: DICOM SEG file name relative to results.json, or None if not written.
 
     Returns:
         A JSON-ready dict: ``input``, ``slice_interval_mm``, ``slice_thickness_mm``,
         ``shape_zyx``, ``spacing_zyx_mm``, ``series`` (``uid``, ``description``, ``warnings``,
-        ``skipped``), ``resampled_to_mm``, ``label_map`` and ``lesions`` (each with ``label``,
+        ``skipped``), ``resampled_to_mm``, ``label_map``, ``dicom_seg`` and ``lesions`` (each with ``label``,
         ``score``, ``box_vox`` [x1, y1, z1, x2, y2, z2], ``box_lps_mm`` [x, y, z min then max],
         ``key_slice``, ``long_axis_mm``, ``short_axis_mm``, ``volume_ml``, ``overlay``).
 
@@ -104,6 +106,7 @@ def study_record(
         "series": _series_record(volume.meta),
         "resampled_to_mm": float(detector_interval_mm) if resampled else None,
         "label_map": label_map_file,
+        "dicom_seg": dicom_seg_file,
         "lesions": [
             {
                 "label": i + 1,

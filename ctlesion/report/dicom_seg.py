@@ -1,0 +1,166 @@
+"""Lesions as a DICOM Segmentation (SEG) object beside the source CT series, with highdicom.
+
+One segment per lesion (segment number = the lesion's ``label`` in results.json and the NIfTI
+label map), BINARY type, coded as SNOMED CT "Morphologically abnormal structure" (49755003) /
+"Lesion" (52988006), AUTOMATIC, with the algorithm identification (AI family, CID 7162). The
+frames follow the geometry of the volume ``detect`` reconstructed (:class:`~ctlesion.volume.Volume`,
+LPS), which may differ from the source slices (a regular grid over a missing slice, a tilt
+correction); highdicom references a source instance wherever a frame lies on one (DICOM PS3.3
+A.51, C.8.20). The SEG joins the source study (same Study Instance UID and Frame of
+Reference), in a new series, so viewers (3D Slicer, OHIF) show it over the CT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ctlesion.atomic import atomic_write_bytes
+from ctlesion.postprocess import Lesion
+from ctlesion.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: Attributes every source image must carry for a SEG that refers to it (DICOM type 1 there).
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+
+#: SeriesNumber of the SEG: the source series' number plus this (or this when it has none).
+SERIES_NUMBER_OFFSET = 1000
+
+
+def seg_source_problem(source_images: Sequence[Dataset]) -> str | None:
+    """Why a SEG cannot refer to these source images, or None when it can.
+
+    A SEG must share the source's Study Instance UID and Frame of Reference UID and name each
+    source instance, so anonymised series with those UIDs emptied cannot carry one.
+
+    Args:
+        source_images: the series' headers (pixel data not needed).
+
+    Returns:
+        A short reason naming the missing attribute, or None.
+    """
+    if not source_images:
+        return "the input is not a DICOM series (a SEG refers to DICOM source images)"
+    for keyword in REQUIRED_UIDS:
+        if any(not str(image.get(keyword, "") or "") for image in source_images):
+            return f"the source images have no {keyword} (anonymised?), which a SEG must refer to"
+    return None
+
+
+#: Type 2 attributes of the Patient and General Study modules (DICOM PS3.3 C.7.1.1, C.7.2.1):
+#: present but possibly empty in a conforming image; highdicom copies them into the SEG.
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def _completed(image: Dataset, slice_thickness_mm: float) -> Dataset:
+    """The image, or a shallow copy completed where anonymisers leave gaps: SOPClassUID from the
+    file meta when blank, absent type 2 patient/study attributes added empty, an absent or empty
+    SliceThickness set to ``slice_thickness_mm`` (the SEG frames' pixel measures need one)."""
+    missing = [keyword for keyword in TYPE2_PATIENT_STUDY if keyword not in image]
+    blank_class = not str(image.get("SOPClassUID", "") or "")
+    no_thickness = image.get("SliceThickness") in (None, "")
+    if not missing and not blank_class and not no_thickness:
+        return image
+    copy = Dataset(image)
+    copy.file_meta = image.file_meta
+    if blank_class:
+        copy.SOPClassUID = image.file_meta.MediaStorageSOPClassUID
+    for keyword in missing:
+        setattr(copy, keyword, "")
+    if no_thickness:
+        copy.SliceThickness = slice_thickness_mm
+    return copy
+
+
+def highdicom_affine(volume: Volume) -> np.ndarray:
+    """(4, 4) float64 map from (slice, row, column) = (z, y, x) indices to LPS mm (highdicom's
+    convention), from the volume's (x, y, z) affine with its axes reordered."""
+    xyz = volume.affine_lps
+    affine = xyz.copy()
+    affine[:3, :3] = xyz[:3, [2, 1, 0]]
+    return affine
+
+
+def lesion_segmentation(
+    volume: Volume,
+    labels_zyx: np.ndarray,
+    lesions: Sequence[Lesion],
+    source_images: Sequence[Dataset],
+    *,
+    version: str,
+    model_name: str = "",
+):
+    """Build the DICOM SEG of a study's lesions.
+
+    Args:
+        volume: the volume ``detect`` ran on (its grid and LPS geometry are the SEG's).
+        labels_zyx: (Z, Y, X) unsigned integer label map of the volume (label i = lesion i), as
+            :func:`~ctlesion.report.results.label_map` makes it.
+        lesions: the lesions, label order (scores go into the segment labels).
+        source_images: headers of the source series (single-frame images, or one multi-frame
+            image), see :func:`seg_source_problem`.
+        version: ctlesion version (SoftwareVersions, algorithm version).
+        model_name: the checkpoint's file name, recorded as an algorithm parameter.
+
+    Returns:
+        ``highdicom.seg.Segmentation`` (a pydicom Dataset).
+
+    Raises:
+        ValueError: no lesions (a SEG needs one segment), a label map of another shape than
+            the volume, or source images a SEG cannot refer to (see :func:`seg_source_problem`).
+    """
+    import highdicom as hd  # noqa: PLC0415 (only when a SEG is asked for)
+    from pydicom.sr.codedict import codes  # noqa: PLC0415
+
+    if not lesions:
+        raise ValueError("no lesions: a DICOM SEG needs at least one segment")
+    if tuple(labels_zyx.shape) != volume.shape_zyx:
+        raise ValueError(f"label map shape {labels_zyx.shape} differs from the volume's {volume.shape_zyx}")
+    problem = seg_source_problem(source_images)
+    if problem:
+        raise ValueError(problem)
+    thickness_mm = float(volume.meta.get("slice_thickness_mm") or volume.slice_interval_mm)
+    sources = [_completed(image, thickness_mm) for image in source_images]
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="ctlesion AlignShift", version=version, family=codes.cid7162.ArtificialIntelligence,
+        parameters={"model": model_name} if model_name else None)
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=label, segment_label=f"lesion {label} (score {lesion.score:.2f})",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion, algorithm_type="AUTOMATIC",
+            algorithm_identification=algorithm, tracking_id=f"lesion {label}", tracking_uid=hd.UID())
+        for label, lesion in enumerate(lesions, start=1)
+    ]
+    frame_of_reference = str(sources[0].FrameOfReferenceUID)
+    grid = hd.Volume(np.ascontiguousarray(labels_zyx), highdicom_affine(volume), "PATIENT",
+                     frame_of_reference_uid=frame_of_reference)
+    source_number = sources[0].get("SeriesNumber")
+    series_number = SERIES_NUMBER_OFFSET + (int(source_number) if source_number not in (None, "") else 0)
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=grid, segmentation_type="BINARY", segment_descriptions=segments,
+        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="ctlesion", manufacturer_model_name="AlignShift lesion detector", software_versions=version,
+        device_serial_number="none", content_label="LESIONS", content_description="ctlesion lesion detection",
+        series_description="ctlesion lesions")
+
+
+def write_lesion_seg(path: Path, volume: Volume, labels_zyx: np.ndarray, lesions: Sequence[Lesion],
+                     source_images: Sequence[Dataset], *, version: str, model_name: str = "") -> None:
+    """Write :func:`lesion_segmentation` to ``path`` atomically (DICOM Part 10 file).
+
+    Raises:
+        ValueError: as :func:`lesion_segmentation`.
+    """
+    segmentation = lesion_segmentation(volume, labels_zyx, lesions, source_images, version=version,
+                                       model_name=model_name)
+    buffer = BytesIO()
+    segmentation.save_as(buffer, enforce_file_format=True)
+    atomic_write_bytes(path, buffer.getvalue())
