@@ -38,7 +38,7 @@ from synthetic_dicom import (
 
 from ctlesion.errors import CtlesionError
 from ctlesion.io import discover, pending_volumes, read_volume, read_volumes
-from ctlesion.io.dicom import read_dicom_folder, read_dicom_series
+from ctlesion.io.dicom import read_dicom_series
 from ctlesion.io.nifti import read_nifti, write_nifti
 from ctlesion.io.series import discover_series, select_series
 
@@ -664,7 +664,7 @@ def test_series_named_by_number_uid_or_description(tmp_path):
     assert read_dicom_series(tmp_path, series=" abd 5MM ").meta["series_uid"] == "1.2.5"
     with pytest.raises(CtlesionError, match=r"'Abd 1mm' matches 2 series .*name one by its UID"):
         read_dicom_series(tmp_path, series="Abd 1mm")
-    volumes = read_dicom_folder(tmp_path, series="abd 1mm")
+    volumes = read_volumes(tmp_path, series="abd 1mm")
     assert [v.meta["series_uid"] for v in volumes] == ["1.2.1", "1.2.7"]
     with pytest.raises(CtlesionError, match=r"no series matches '7' \(by number, UID or description\); found: "
                                             r"series #2 'Abd 5mm' uid '1.2.5' \(2 slices\); series #3"):

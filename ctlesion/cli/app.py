@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 bad input (one line naming the file and the problem), 2
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path

@@ -23,7 +23,6 @@ from ctlesion.io.deeplesion_series import (
 from ctlesion.io.dicom import (
     TILT_CHOICES,
     check_discovered,
-    read_dicom_folder,
     read_dicom_series,
     read_discovered,
 )
@@ -47,7 +46,6 @@ __all__ = [
     "discover_series",
     "pending_volumes",
     "read_deeplesion_series",
-    "read_dicom_folder",
     "read_dicom_series",
     "read_nifti",
     "read_volume",

@@ -121,35 +121,6 @@ def read_dicom_series(
     return read_discovered(discovery, chosen[0], tilt=tilt)
 
 
-def read_dicom_folder(
-    folder: Path,
-    *,
-    series: str | None = None,
-    all_series: bool = False,
-    allow_non_ct: bool = False,
-    tilt: str = "refuse",
-) -> list[Volume]:
-    """Read the rule's series, every series named ``series``, or all selectable series of a folder.
-
-    Args:
-        folder: folder of DICOM files (searched recursively).
-        series: number, UID or description; every matching series is read.
-        all_series: read every series that can be read (axial, 2+ positions, CT unless
-            ``allow_non_ct``).
-        allow_non_ct: see :func:`read_dicom_series`.
-        tilt: see :func:`read_dicom_series`.
-
-    Returns:
-        One Volume per series, folder order (see :func:`read_dicom_series`).
-
-    Raises:
-        CtlesionError: as :func:`read_dicom_series` (the folder is scanned once).
-        ValueError: both ``series`` and ``all_series``; bad ``tilt``.
-    """
-    discovery = discover_series(folder, allow_non_ct=allow_non_ct)
-    return [read_discovered(discovery, info, tilt=tilt) for info in select_series(discovery, series, all_series=all_series)]
-
-
 def read_discovered(discovery: Discovery, info: SeriesInfo, *, tilt: str = "refuse") -> Volume:
     """Decode one series found by :func:`~ctlesion.io.series.discover_series` into a Volume.
 
