@@ -30,7 +30,12 @@ from ctlesion.preprocess import (
     resample_to_reference,
     volume_window,
 )
-from ctlesion.report.dicom_seg import seg_source_problem, write_lesion_seg
+from ctlesion.report.dicom_seg import (
+    lesion_segmentation,
+    seg_source_problem,
+    write_dicom_file,
+)
+from ctlesion.report.dicom_sr import lesion_measurement_report
 from ctlesion.report.overlays import write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
 from ctlesion.volume import Volume
@@ -53,6 +58,8 @@ class DetectOptions:
         tilt: gantry-tilted series: "refuse" or "resample" (onto an orthogonal grid).
         dicom_seg: also write each DICOM study's lesions as a DICOM SEG
             (:mod:`ctlesion.report.dicom_seg`).
+        dicom_sr: also write the SEG and a DICOM SR measurement report (TID 1500) referring
+            to it (:mod:`ctlesion.report.dicom_sr`).
     """
 
     score_threshold: float = 0.5
@@ -62,6 +69,7 @@ class DetectOptions:
     all_series: bool = False
     tilt: str = "refuse"
     dicom_seg: bool = False
+    dicom_sr: bool = False
 
 
 def _slice_detections(output: dict, transform, slice_index: int, score_threshold: float) -> SliceDetections:
@@ -147,26 +155,33 @@ def _series_tag(pending: PendingVolume, position: int) -> str:
     return str(number if number is not None else position + 1)
 
 
-def _write_seg(stage: Path, name: str, item: PendingVolume, volume: Volume, labels: np.ndarray,
-               lesions: list[Lesion], model_info: dict) -> str | None:
-    """Write ``<name>_lesions.seg.dcm`` into the staging folder; None (logged) when there is no
-    lesion or the input cannot carry a SEG (not DICOM, UIDs missing)."""
+def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Volume, labels: np.ndarray,
+                         lesions: list[Lesion], model_info: dict, *, with_sr: bool) -> tuple[str | None, str | None]:
+    """Write ``<name>_lesions.seg.dcm`` (and with ``with_sr`` ``<name>_lesions.sr.dcm``) into the
+    staging folder; their names, or None (logged) when there is no lesion or the input cannot
+    carry them (not DICOM, UIDs missing)."""
     if not lesions:
-        log.info("%s: no lesions found, so no DICOM SEG", item.path)
-        return None
+        log.info("%s: no lesions found, so no DICOM SEG or SR", item.path)
+        return None, None
     sources = item.source_images()
     problem = seg_source_problem(sources)
     if problem:
-        log.warning("%s: no DICOM SEG written: %s", item.path, problem)
-        return None
-    seg_name = f"{name}_lesions.seg.dcm"
-    try:
-        write_lesion_seg(stage / seg_name, volume, labels, lesions, sources, version=__version__,
-                         model_name=Path(model_info.get("weights", "")).name)
-    except (ValueError, AttributeError, KeyError) as error:  # highdicom refusing these source headers
-        log.warning("%s: no DICOM SEG written: highdicom refused the source headers (%s)", item.path, error)
-        return None
-    return seg_name
+        log.warning("%s: no DICOM SEG or SR written: %s", item.path, problem)
+        return None, None
+    model_name = Path(model_info.get("weights", "")).name
+    try:  # highdicom may still refuse unusual source headers
+        segmentation = lesion_segmentation(volume, labels, lesions, sources, version=__version__, model_name=model_name)
+        report = (lesion_measurement_report(segmentation, lesions, sources, version=__version__, model_name=model_name)
+                  if with_sr else None)
+    except (ValueError, AttributeError, KeyError) as error:
+        log.warning("%s: no DICOM SEG or SR written: highdicom refused the source headers (%s)", item.path, error)
+        return None, None
+    seg_name, sr_name = f"{name}_lesions.seg.dcm", f"{name}_lesions.sr.dcm"
+    write_dicom_file(stage / seg_name, segmentation)
+    if report is None:
+        return seg_name, None
+    write_dicom_file(stage / sr_name, report)
+    return seg_name, sr_name
 
 
 def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
@@ -184,8 +199,9 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
             (``options.series`` / ``options.all_series``); several series of one folder are named
             ``<folder>_s<SeriesNumber>``.
         results_path: the results.json to write; label maps ``<study>_lesions.nii.gz``,
-            overlays ``<study>_lesionNN.png`` and (``options.dicom_seg``) DICOM SEGs
-            ``<study>_lesions.seg.dcm`` go into the same folder.
+            overlays ``<study>_lesionNN.png`` and (``options.dicom_seg`` / ``dicom_sr``) DICOM
+            SEGs ``<study>_lesions.seg.dcm`` and SRs ``<study>_lesions.sr.dcm`` go into the same
+            folder.
         model: detector in eval mode; model_info: its checkpoint sidecar dict.
         options: inference options; device: torch device.
         progress: optional rich Progress to report windows on.
@@ -217,15 +233,17 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
             map_name = f"{name}_lesions.nii.gz"
             labels = label_map(volume, lesions)
             write_nifti(labels, volume, Path(stage) / map_name)
-            seg_name = (_write_seg(Path(stage), name, item, volume, labels, lesions, model_info)
-                        if options.dicom_seg else None)
+            seg_name, sr_name = (_write_dicom_objects(Path(stage), name, item, volume, labels, lesions, model_info,
+                                                      with_sr=options.dicom_sr)
+                                 if options.dicom_seg or options.dicom_sr else (None, None))
             overlays = []
             for label, lesion in enumerate(lesions, start=1):
                 overlay_name = f"{name}_lesion{label:02d}.png"
                 write_overlay(volume, lesion, label, Path(stage) / overlay_name)
                 overlays.append(overlay_name)
             studies.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,
-                                        label_map_file=map_name, overlay_files=overlays, dicom_seg_file=seg_name))
+                                        label_map_file=map_name, overlay_files=overlays, dicom_seg_file=seg_name,
+                                        dicom_sr_file=sr_name))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", "")}
         write_results_json(Path(stage) / Path(results_path).name, studies, model=model_record, version=__version__)

@@ -106,7 +106,7 @@ def test_study_record_content(lesions):
     )
     assert set(record) == {
         "input", "slice_interval_mm", "slice_thickness_mm", "shape_zyx", "spacing_zyx_mm", "series",
-        "resampled_to_mm", "label_map", "dicom_seg", "lesions",
+        "resampled_to_mm", "label_map", "dicom_seg", "dicom_sr", "lesions",
     }
     assert record["input"] == "/data/study1"
     assert record["slice_interval_mm"] == 2.5 and record["slice_thickness_mm"] == 3.0

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich import box
+from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
@@ -28,9 +28,11 @@ log = logging.getLogger("ctlesion")
 
 
 def _setup_logging(verbose: bool) -> None:
+    """ctlesion's messages from INFO (DEBUG with --verbose); other libraries' from WARNING (all with --verbose)."""
     handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], format="%(message)s",
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], format="%(message)s",
                         force=True)
+    logging.getLogger("ctlesion").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _device(name: Optional[str]) -> str:
@@ -164,7 +166,8 @@ def train(
     """
     from ctlesion.data.augment import AugmentConfig  # noqa: PLC0415
     from ctlesion.networks.detector import DetectorConfig  # noqa: PLC0415
-    from ctlesion.train import TrainOptions, read_run_options, train as train_run  # noqa: PLC0415
+    from ctlesion.train import TrainOptions, read_run_options  # noqa: PLC0415
+    from ctlesion.train import train as train_run
 
     _setup_logging(verbose)
     if gpus > 1:
@@ -335,6 +338,9 @@ def detect(
     tilt: Annotated[str, typer.Option(help="Gantry-tilted series: refuse, or resample onto an orthogonal grid.")] = "refuse",
     dicom_seg: Annotated[bool, typer.Option(
         "--dicom-seg", help="Also write each DICOM study's lesions as a DICOM SEG (<study>_lesions.seg.dcm).")] = False,
+    dicom_sr: Annotated[bool, typer.Option(
+        "--dicom-sr", help="Also write the DICOM SEG and a DICOM SR measurement report (TID 1500) of each DICOM "
+                           "study (<study>_lesions.sr.dcm).")] = False,
     context: ModelContext = None,
     slices: ModelSlices = None,
     device: Device = None,
@@ -355,7 +361,8 @@ def detect(
     dev = _run(_device, device)
     model, info = _load_model(weights, dev, context, slices)
     options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
-                            series=series, all_series=all_series, tilt=tilt, dicom_seg=dicom_seg)
+                            series=series, all_series=all_series, tilt=tilt, dicom_seg=dicom_seg,
+                            dicom_sr=dicom_sr)
 
     def detect_with_progress():  # the bar closes before an error line is printed
         with make_progress() as progress:

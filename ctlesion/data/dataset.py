@@ -21,11 +21,27 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ctlesion.data.augment import AugmentConfig, augment_item, draw_augmentation, flip_boxes_x
+from ctlesion.data.augment import (
+    AugmentConfig,
+    augment_item,
+    draw_augmentation,
+    flip_boxes_x,
+)
 from ctlesion.data.mask_cache import PseudoMaskCache, open_mask_cache_dir
 from ctlesion.errors import CtlesionError
-from ctlesion.io.deeplesion import KeySlice, load_key_slice_window, read_dl_info, split_code
-from ctlesion.preprocess import HU_MAX, HU_MIN, InPlaneTransform, fit_in_plane, normalize_hu
+from ctlesion.io.deeplesion import (
+    KeySlice,
+    load_key_slice_window,
+    read_dl_info,
+    split_code,
+)
+from ctlesion.preprocess import (
+    HU_MAX,
+    HU_MIN,
+    InPlaneTransform,
+    fit_in_plane,
+    normalize_hu,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -79,6 +79,13 @@ def _completed(image: Dataset, slice_thickness_mm: float) -> Dataset:
     return copy
 
 
+def derived_series_number(source_images: Sequence[Dataset], offset: int) -> int:
+    """SeriesNumber of an object derived from the series: its SeriesNumber + ``offset``, or
+    ``offset`` when it has none."""
+    number = source_images[0].get("SeriesNumber") if source_images else None
+    return offset + (int(number) if number not in (None, "") else 0)
+
+
 def highdicom_affine(volume: Volume) -> np.ndarray:
     """(4, 4) float64 map from (slice, row, column) = (z, y, x) indices to LPS mm (highdicom's
     convention), from the volume's (x, y, z) affine with its axes reordered."""
@@ -142,25 +149,17 @@ def lesion_segmentation(
     frame_of_reference = str(sources[0].FrameOfReferenceUID)
     grid = hd.Volume(np.ascontiguousarray(labels_zyx), highdicom_affine(volume), "PATIENT",
                      frame_of_reference_uid=frame_of_reference)
-    source_number = sources[0].get("SeriesNumber")
-    series_number = SERIES_NUMBER_OFFSET + (int(source_number) if source_number not in (None, "") else 0)
     return hd.seg.Segmentation(
         source_images=sources, pixel_array=grid, segmentation_type="BINARY", segment_descriptions=segments,
-        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+        series_instance_uid=hd.UID(), series_number=derived_series_number(sources, SERIES_NUMBER_OFFSET),
+        sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="ctlesion", manufacturer_model_name="AlignShift lesion detector", software_versions=version,
         device_serial_number="none", content_label="LESIONS", content_description="ctlesion lesion detection",
         series_description="ctlesion lesions")
 
 
-def write_lesion_seg(path: Path, volume: Volume, labels_zyx: np.ndarray, lesions: Sequence[Lesion],
-                     source_images: Sequence[Dataset], *, version: str, model_name: str = "") -> None:
-    """Write :func:`lesion_segmentation` to ``path`` atomically (DICOM Part 10 file).
-
-    Raises:
-        ValueError: as :func:`lesion_segmentation`.
-    """
-    segmentation = lesion_segmentation(volume, labels_zyx, lesions, source_images, version=version,
-                                       model_name=model_name)
+def write_dicom_file(path: Path, dataset: Dataset) -> None:
+    """Write a DICOM data set (a SEG, an SR) to ``path`` atomically as a DICOM Part 10 file."""
     buffer = BytesIO()
-    segmentation.save_as(buffer, enforce_file_format=True)
+    dataset.save_as(buffer, enforce_file_format=True)
     atomic_write_bytes(path, buffer.getvalue())

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ctlesion.postprocess import Lesion, box_lps_mm
 from ctlesion.atomic import atomic_write_text
+from ctlesion.postprocess import Lesion, box_lps_mm
 from ctlesion.volume import Volume
 
 #: Decimal places kept for floats in results.json (0.1 micrometre, 1e-4 score or mL).
@@ -67,6 +67,7 @@ def study_record(
     label_map_file: str | None = None,
     overlay_files: Sequence[str | None] | None = None,
     dicom_seg_file: str | None = None,
+    dicom_sr_file: str | None = None,
 ) -> dict[str, Any]:
     """One entry of ``studies`` in results.json.
 
@@ -80,11 +81,12 @@ def study_record(
         label_map_file: label map file name relative to results.json, or None if not written.
         overlay_files: one overlay file name (relative) or None per lesion.
         dicom_seg_file: DICOM SEG file name relative to results.json, or None if not written.
+        dicom_sr_file: DICOM SR (measurement report) file name, likewise.
 
     Returns:
         A JSON-ready dict: ``input``, ``slice_interval_mm``, ``slice_thickness_mm``,
         ``shape_zyx``, ``spacing_zyx_mm``, ``series`` (``uid``, ``description``, ``warnings``,
-        ``skipped``), ``resampled_to_mm``, ``label_map``, ``dicom_seg`` and ``lesions`` (each with ``label``,
+        ``skipped``), ``resampled_to_mm``, ``label_map``, ``dicom_seg``, ``dicom_sr`` and ``lesions`` (each with ``label``,
         ``score``, ``box_vox`` [x1, y1, z1, x2, y2, z2], ``box_lps_mm`` [x, y, z min then max],
         ``key_slice``, ``long_axis_mm``, ``short_axis_mm``, ``volume_ml``, ``overlay``).
 
@@ -107,6 +109,7 @@ def study_record(
         "resampled_to_mm": float(detector_interval_mm) if resampled else None,
         "label_map": label_map_file,
         "dicom_seg": dicom_seg_file,
+        "dicom_sr": dicom_sr_file,
         "lesions": [
             {
                 "label": i + 1,

@@ -1,4 +1,4 @@
-"""DICOM SEG output: geometry and references read back with highdicom, skipped inputs, the CLI."""
+"""DICOM SEG and SR output: geometry, references and measurements read back with highdicom; skipped inputs; the CLI."""
 
 from __future__ import annotations
 
@@ -20,20 +20,23 @@ from ctlesion.postprocess import Lesion
 from ctlesion.report.dicom_seg import (
     lesion_segmentation,
     seg_source_problem,
-    write_lesion_seg,
+    write_dicom_file,
 )
+from ctlesion.report.dicom_sr import lesion_measurement_report
 from ctlesion.report.results import label_map
 
 UIDS = {"series_uid": "1.2.826.0.1.3680043.10.5", "study_uid": "1.2.826.0.1.3680043.10.6",
         "frame_uid": "1.2.826.0.1.3680043.10.7"}
 
 
-def box_lesion(score: float, offset_zyx: tuple[int, int, int], shape_zyx: tuple[int, int, int]) -> Lesion:
-    """A lesion whose mask fills a (dz, dy, dx) box at ``offset_zyx`` (measurements are not used)."""
+def box_lesion(score: float, offset_zyx: tuple[int, int, int], shape_zyx: tuple[int, int, int],
+               axes_mm: tuple[float, float] = (1.0, 1.0), volume_ml: float = 0.0) -> Lesion:
+    """A lesion whose mask fills a (dz, dy, dx) box at ``offset_zyx``, with given measurements."""
     z, y, x = offset_zyx
     dz, dy, dx = shape_zyx
-    return Lesion(score=score, box_vox=(x, y, z, x + dx, y + dy, z + dz - 1), key_slice=z, long_axis_mm=1.0,
-                  short_axis_mm=1.0, volume_ml=0.0, mask_zyx=np.ones(shape_zyx, bool), mask_offset_zyx=offset_zyx)
+    return Lesion(score=score, box_vox=(x, y, z, x + dx, y + dy, z + dz - 1), key_slice=z, long_axis_mm=axes_mm[0],
+                  short_axis_mm=axes_mm[1], volume_ml=volume_ml, mask_zyx=np.ones(shape_zyx, bool),
+                  mask_offset_zyx=offset_zyx)
 
 
 def labelled_lps_mm(positions_lps_mm: np.ndarray, labels: np.ndarray) -> dict[int, set]:
@@ -65,7 +68,8 @@ def test_seg_has_the_lesions_at_their_lps_positions_and_refers_to_the_source(tmp
     lesions = [box_lesion(0.9, (1, 1, 1), (3, 2, 2)), box_lesion(0.6, (4, 3, 0), (1, 2, 3))]
     labels = label_map(volume, lesions)
     out = tmp_path / "ct_lesions.seg.dcm"
-    write_lesion_seg(out, volume, labels, lesions, pending.source_images(), version="9.9", model_name="m.safetensors")
+    write_dicom_file(out, lesion_segmentation(volume, labels, lesions, pending.source_images(), version="9.9",
+                                              model_name="m.safetensors"))
 
     seg = hd.seg.segread(out)
     assert seg.StudyInstanceUID == UIDS["study_uid"] and seg.FrameOfReferenceUID == UIDS["frame_uid"]
@@ -129,6 +133,36 @@ def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
         lesion_segmentation(volume, label_map(volume, []), [], good.source_images(), version="9.9")
 
 
+def test_sr_reports_each_lesion_against_its_segment(tmp_path):
+    folder = tmp_path / "ct"
+    write_series(folder, z_positions([0, 2, 4, 6]), series_number=5, **UIDS)
+    (pending,) = pending_volumes(folder)
+    volume, sources = pending.read(), pending.source_images()
+    lesions = [box_lesion(0.9, (1, 1, 1), (2, 2, 2), (21.4, 15.25), 3.125), box_lesion(0.5, (0, 3, 0), (1, 2, 2), (7.5, 4.0), 0.25)]
+    seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, sources, version="9.9")
+    write_dicom_file(tmp_path / "sr.dcm", lesion_measurement_report(seg, lesions, sources, version="9.9",
+                                                                       model_name="m.safetensors"))
+    sr = hd.sr.srread(tmp_path / "sr.dcm")
+    assert sr.StudyInstanceUID == UIDS["study_uid"] and sr.SeriesNumber == 2005 and sr.Modality == "SR"
+    evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+    assert evidence == {seg.SOPInstanceUID} | {s.SOPInstanceUID for s in sources}
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    for number, (group, lesion) in enumerate(zip(groups, lesions), start=1):
+        segment = seg.get_segment_description(number)
+        assert group.tracking_uid == segment.tracking_uid and group.tracking_identifier == f"lesion {number}"
+        reference = group.referenced_segment
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert list(reference.referenced_segment_numbers) == [number]
+        assert group.finding_type.value == "52988006"
+        values = {(m.name.value, m.unit.value): m.value for m in group.get_measurements()}
+        assert values == {("103339001", "mm"): lesion.long_axis_mm, ("103340004", "mm"): lesion.short_axis_mm,
+                          ("118565006", "ml"): lesion.volume_ml}
+    with pytest.raises(ValueError, match="2 segments for 1 lesions"):
+        lesion_measurement_report(seg, lesions[:1], sources, version="9.9")
+
+
 @pytest.mark.data
 def test_seg_of_an_enhanced_multiframe_ct(shared_data, tmp_path):
     (pending,) = pending_volumes(shared_data / "pydicom_small")
@@ -150,7 +184,7 @@ def tiny_weights(tmp_path_factory) -> Path:
                            training={"description": "random init, for tests"})
 
 
-def test_detect_dicom_seg_writes_one_seg_per_dicom_study(tiny_weights, tmp_path, monkeypatch):
+def test_detect_dicom_seg_and_sr_per_dicom_study(tiny_weights, tmp_path, monkeypatch):
     import ctlesion.detect
 
     def one_lesion(model, volume, **kwargs):  # the network is covered elsewhere: a fixed lesion here
@@ -168,9 +202,17 @@ def test_detect_dicom_seg_writes_one_seg_per_dicom_study(tiny_weights, tmp_path,
     assert result.exit_code == 0, result.output
     studies = json.loads(out.read_text())["studies"]
     assert [s["dicom_seg"] for s in studies] == ["good_lesions.seg.dcm", None, None]
+    assert [s["dicom_sr"] for s in studies] == [None, None, None]
     assert "no StudyInstanceUID" in result.output and "not a DICOM series" in result.output
     seg = hd.seg.segread(out.parent / "good_lesions.seg.dcm")
     assert seg.StudyInstanceUID == UIDS["study_uid"] and seg.number_of_segments == 1
+    with_sr = CliRunner().invoke(app, ["detect", str(good), "--dicom-sr", "--device", "cpu", "--out",
+                                       str(tmp_path / "sr" / "results.json"), "--weights", str(tiny_weights)])
+    assert with_sr.exit_code == 0, with_sr.output
+    (study,) = json.loads((tmp_path / "sr" / "results.json").read_text())["studies"]
+    assert study["dicom_seg"] == "good_lesions.seg.dcm" and study["dicom_sr"] == "good_lesions.sr.dcm"
+    report = hd.sr.srread(tmp_path / "sr" / "good_lesions.sr.dcm")
+    assert len(report.content.get_volumetric_roi_measurement_groups()) == 1
     without = CliRunner().invoke(app, ["detect", str(good), "--device", "cpu", "--out", str(tmp_path / "o2.json"),
                                        "--weights", str(tiny_weights)], catch_exceptions=False)
     assert without.exit_code == 0 and json.loads((tmp_path / "o2.json").read_text())["studies"][0]["dicom_seg"] is None
