@@ -31,6 +31,7 @@ from ctlesion.preprocess import (
     volume_window,
 )
 from ctlesion.report.dicom_seg import (
+    completed_sources,
     lesion_segmentation,
     seg_source_problem,
     write_dicom_file,
@@ -171,7 +172,10 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
     model_name = Path(model_info.get("weights", "")).name
     try:  # highdicom may still refuse unusual source headers
         segmentation = lesion_segmentation(volume, labels, lesions, sources, version=__version__, model_name=model_name)
-        report = (lesion_measurement_report(segmentation, lesions, sources, version=__version__, model_name=model_name)
+        key_images = [item.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, lesion.key_slice])))
+                      for lesion in lesions]
+        report = (lesion_measurement_report(segmentation, lesions, completed_sources(sources, volume),
+                                            version=__version__, model_name=model_name, key_slice_images=key_images)
                   if with_sr else None)
     except (ValueError, AttributeError, KeyError) as error:
         log.warning("%s: no DICOM SEG or SR written: highdicom refused the source headers (%s)", item.path, error)

@@ -111,6 +111,8 @@ def test_seg_over_a_regridded_series_keeps_the_interpolated_slice(tmp_path):
     positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
                        for f in seg.PerFrameFunctionalGroupsSequence)
     assert positions == [6.0, 9.0]
+    on_slice = [pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, z]))) for z in (2, 3)]
+    assert on_slice[0][0].ImagePositionPatient[2] == 6.0 and on_slice[1] is None  # 9 mm was interpolated
     back = seg.get_volume(combine_segments=True)
     assert labelled_lps_mm(seg_lps_mm(back), back.array) == labelled_lps_mm(ours_lps_mm(volume), labels)
 
@@ -140,8 +142,12 @@ def test_sr_reports_each_lesion_against_its_segment(tmp_path):
     volume, sources = pending.read(), pending.source_images()
     lesions = [box_lesion(0.9, (1, 1, 1), (2, 2, 2), (21.4, 15.25), 3.125), box_lesion(0.5, (0, 3, 0), (1, 2, 2), (7.5, 4.0), 0.25)]
     seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, sources, version="9.9")
+    key_images = [pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, les.key_slice]))) for les in lesions]
+    assert [image.ImagePositionPatient[2] for image, frame in key_images] == [2.0, 0.0]
+    assert [frame for image, frame in key_images] == [None, None]  # single-frame files
     write_dicom_file(tmp_path / "sr.dcm", lesion_measurement_report(seg, lesions, sources, version="9.9",
-                                                                       model_name="m.safetensors"))
+                                                                       model_name="m.safetensors",
+                                                                       key_slice_images=key_images))
     sr = hd.sr.srread(tmp_path / "sr.dcm")
     assert sr.StudyInstanceUID == UIDS["study_uid"] and sr.SeriesNumber == 2005 and sr.Modality == "SR"
     evidence = {item.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
@@ -159,6 +165,10 @@ def test_sr_reports_each_lesion_against_its_segment(tmp_path):
         values = {(m.name.value, m.unit.value): m.value for m in group.get_measurements()}
         assert values == {("103339001", "mm"): lesion.long_axis_mm, ("103340004", "mm"): lesion.short_axis_mm,
                           ("118565006", "ml"): lesion.volume_ml}
+        named = {m.name.value: [i.referenced_sop_instance_uid for i in m.referenced_images]
+                 for m in group.get_measurements()}
+        key_uid = key_images[number - 1][0].SOPInstanceUID  # the axes name the key slice's image
+        assert named == {"103339001": [key_uid], "103340004": [key_uid], "118565006": []}
     with pytest.raises(ValueError, match="2 segments for 1 lesions"):
         lesion_measurement_report(seg, lesions[:1], sources, version="9.9")
 
@@ -175,6 +185,8 @@ def test_seg_of_an_enhanced_multiframe_ct(shared_data, tmp_path):
     seg = lesion_segmentation(volume, labels, lesions, pending.source_images(), version="9.9")
     back = seg.get_volume(combine_segments=True)
     assert labelled_lps_mm(seg_lps_mm(back), back.array) == labelled_lps_mm(ours_lps_mm(volume), labels)
+    frames = {pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, z])))[1] for z in (0, 1)}
+    assert frames == {1, 2}  # each slice is one frame of the one file
 
 
 @pytest.fixture(scope="module")

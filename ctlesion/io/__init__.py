@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pydicom.misc
 from pydicom.dataset import Dataset
 
@@ -107,6 +108,25 @@ class PendingVolume:
         if self.path.is_dir():
             return read_deeplesion_series(self.path)
         return read_nifti(self.path)
+
+    def source_slice_at(self, position_lps_mm, tolerance_mm: float = 0.01) -> tuple[Dataset, int | None] | None:
+        """The source image whose first pixel (ImagePositionPatient) lies at ``position_lps_mm``.
+
+        Args:
+            position_lps_mm: (3,) LPS position, mm (e.g. a volume slice's first voxel centre).
+            tolerance_mm: largest distance accepted.
+
+        Returns:
+            (header, 1-based frame number or None for a single-frame file), or None when no source
+            slice lies there (an interpolated slice, a resampled grid, a non-DICOM input).
+        """
+        if not _is_dicom_folder(self.path):
+            return None
+        target = np.asarray(position_lps_mm, dtype=np.float64)
+        for image in self.discovery.images_of(self.info):
+            if float(np.linalg.norm(image.position_lps_mm - target)) <= tolerance_mm:
+                return image.header, None if image.frame_index is None else image.frame_index + 1
+        return None
 
     def source_images(self) -> list[Dataset]:
         """The DICOM headers (no pixel data) of the series, one per file in slice order (a

@@ -86,6 +86,13 @@ def derived_series_number(source_images: Sequence[Dataset], offset: int) -> int:
     return offset + (int(number) if number not in (None, "") else 0)
 
 
+def completed_sources(source_images: Sequence[Dataset], volume: Volume) -> list[Dataset]:
+    """The source headers completed for highdicom (:func:`_completed`), SliceThickness from the
+    volume's metadata (else its slice interval)."""
+    thickness_mm = float(volume.meta.get("slice_thickness_mm") or volume.slice_interval_mm)
+    return [_completed(image, thickness_mm) for image in source_images]
+
+
 def highdicom_affine(volume: Volume) -> np.ndarray:
     """(4, 4) float64 map from (slice, row, column) = (z, y, x) indices to LPS mm (highdicom's
     convention), from the volume's (x, y, z) affine with its axes reordered."""
@@ -133,8 +140,7 @@ def lesion_segmentation(
     problem = seg_source_problem(source_images)
     if problem:
         raise ValueError(problem)
-    thickness_mm = float(volume.meta.get("slice_thickness_mm") or volume.slice_interval_mm)
-    sources = [_completed(image, thickness_mm) for image in source_images]
+    sources = completed_sources(source_images, volume)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="ctlesion AlignShift", version=version, family=codes.cid7162.ArtificialIntelligence,
         parameters={"model": model_name} if model_name else None)

@@ -23,21 +23,27 @@ SR_SERIES_NUMBER_OFFSET = 2000
 
 
 def lesion_measurement_report(segmentation: Dataset, lesions: Sequence[Lesion], source_images: Sequence[Dataset], *,
-                              version: str, model_name: str = ""):
+                              version: str, model_name: str = "",
+                              key_slice_images: Sequence[tuple[Dataset, int | None] | None] | None = None):
     """Build the TID 1500 measurement report of a study's lesions.
 
     Args:
         segmentation: the study's lesion SEG (segment i = lesion i, as
             :func:`~ctlesion.report.dicom_seg.lesion_segmentation` makes it).
         lesions: the lesions, label order (``long_axis_mm``, ``short_axis_mm``, ``volume_ml``).
-        source_images: the source series' headers (evidence).
+        source_images: the source series' headers (evidence), completed as for the SEG
+            (:func:`~ctlesion.report.dicom_seg.completed_sources`).
         version: ctlesion version; model_name: the checkpoint's file name (algorithm parameter).
+        key_slice_images: per lesion, the source image (header, frame number or None) of its key
+            slice, on which the long and short axes were measured
+            (:meth:`~ctlesion.io.PendingVolume.source_slice_at`), or None where the key slice is
+            no source slice; the axis measurements then name that image.
 
     Returns:
         ``highdicom.sr.Comprehensive3DSR`` (a pydicom Dataset).
 
     Raises:
-        ValueError: the SEG's segments do not match ``lesions`` one to one.
+        ValueError: the SEG's segments or ``key_slice_images`` do not match ``lesions`` one to one.
     """
     import highdicom as hd  # noqa: PLC0415 (only when an SR is asked for)
     from pydicom.sr.codedict import codes  # noqa: PLC0415
@@ -45,6 +51,9 @@ def lesion_measurement_report(segmentation: Dataset, lesions: Sequence[Lesion], 
     segments = list(segmentation.SegmentSequence)
     if len(segments) != len(lesions):
         raise ValueError(f"the SEG has {len(segments)} segments for {len(lesions)} lesions")
+    key_slice_images = [None] * len(lesions) if key_slice_images is None else list(key_slice_images)
+    if len(key_slice_images) != len(lesions):
+        raise ValueError(f"{len(key_slice_images)} key slice images for {len(lesions)} lesions")
     millilitre = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
     algorithm = hd.sr.AlgorithmIdentification(name="ctlesion AlignShift", version=version,
                                               parameters=[model_name] if model_name else None)
@@ -52,12 +61,16 @@ def lesion_measurement_report(segmentation: Dataset, lesions: Sequence[Lesion], 
     # ReferencedSegment.from_segmentation misses single-segment SEGs, whose segment is shared).
     source_series = hd.sr.SourceSeriesForSegmentation(str(segmentation.ReferencedSeriesSequence[0].SeriesInstanceUID))
     groups = []
-    for number, (segment, lesion) in enumerate(zip(segments, lesions), start=1):
+    for number, (segment, lesion, key_image) in enumerate(zip(segments, lesions, key_slice_images), start=1):
+        on_key_slice = None if key_image is None else [hd.sr.SourceImageForMeasurement(
+            key_image[0].SOPClassUID, key_image[0].SOPInstanceUID,
+            None if key_image[1] is None else [key_image[1]])]
         measurements = [
-            hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm)
-            for name, value, unit in ((codes.SCT.LongAxis, lesion.long_axis_mm, codes.UCUM.Millimeter),
-                                      (codes.SCT.ShortAxis, lesion.short_axis_mm, codes.UCUM.Millimeter),
-                                      (codes.SCT.Volume, lesion.volume_ml, millilitre))
+            hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm, referenced_images=images)
+            for name, value, unit, images in (
+                (codes.SCT.LongAxis, lesion.long_axis_mm, codes.UCUM.Millimeter, on_key_slice),
+                (codes.SCT.ShortAxis, lesion.short_axis_mm, codes.UCUM.Millimeter, on_key_slice),
+                (codes.SCT.Volume, lesion.volume_ml, millilitre, None))
         ]
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=segment.TrackingID),
