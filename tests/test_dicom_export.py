@@ -8,6 +8,7 @@ from pathlib import Path
 import highdicom as hd
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from synthetic_dicom import write_series, z_positions
 from typer.testing import CliRunner
@@ -94,9 +95,11 @@ def test_seg_has_the_lesions_at_their_lps_positions_and_refers_to_the_source(tmp
 
 
 def pydicom_uid(path: Path) -> str:
-    import pydicom
-
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def pydicom_uid_from_meta(path: Path) -> str:
+    return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
 
 
 def test_seg_over_a_regridded_series_keeps_the_interpolated_slice(tmp_path):
@@ -133,6 +136,20 @@ def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
     volume = good.read()
     with pytest.raises(ValueError, match="at least one segment"):
         lesion_segmentation(volume, label_map(volume, []), [], good.source_images(), version="9.9")
+    # SOP Class / Instance UIDs blanked in the data set are taken from the file meta, as PS3.10 equates them.
+    blanked = tmp_path / "blanked"
+    paths = write_series(blanked, z_positions([0, 2]), **UIDS)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID, ds.SOPClassUID = "", ""
+        ds.save_as(path)
+    (pending,) = pending_volumes(blanked)
+    assert seg_source_problem(pending.source_images()) is None
+    volume = pending.read()
+    lesions = [box_lesion(0.5, (0, 0, 0), (2, 1, 1))]
+    seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, pending.source_images(), version="9.9")
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom_uid_from_meta(path) for path in paths}
 
 
 def test_sr_reports_each_lesion_against_its_segment(tmp_path):

@@ -33,6 +33,20 @@ REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Fra
 SERIES_NUMBER_OFFSET = 1000
 
 
+#: Data set attributes that equal a File Meta Information attribute (DICOM PS3.10 7.1), taken
+#: from there where an anonymiser blanked them in the data set.
+FROM_FILE_META = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+
+
+def _uid(image: Dataset, keyword: str) -> str:
+    """A UID of the image, from its file meta (:data:`FROM_FILE_META`) when blank in the data set."""
+    value = str(image.get(keyword, "") or "")
+    if not value and keyword in FROM_FILE_META:
+        meta = getattr(image, "file_meta", None)
+        value = str(meta.get(FROM_FILE_META[keyword], "") or "") if meta is not None else ""
+    return value
+
+
 def seg_source_problem(source_images: Sequence[Dataset]) -> str | None:
     """Why a SEG cannot refer to these source images, or None when it can.
 
@@ -48,7 +62,7 @@ def seg_source_problem(source_images: Sequence[Dataset]) -> str | None:
     if not source_images:
         return "the input is not a DICOM series (a SEG refers to DICOM source images)"
     for keyword in REQUIRED_UIDS:
-        if any(not str(image.get(keyword, "") or "") for image in source_images):
+        if any(not _uid(image, keyword) for image in source_images):
             return f"the source images have no {keyword} (anonymised?), which a SEG must refer to"
     return None
 
@@ -60,18 +74,19 @@ TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientS
 
 
 def _completed(image: Dataset, slice_thickness_mm: float) -> Dataset:
-    """The image, or a shallow copy completed where anonymisers leave gaps: SOPClassUID from the
-    file meta when blank, absent type 2 patient/study attributes added empty, an absent or empty
-    SliceThickness set to ``slice_thickness_mm`` (the SEG frames' pixel measures need one)."""
+    """The image, or a shallow copy completed where anonymisers leave gaps: SOP Class and
+    Instance UIDs from the file meta when blank, absent type 2 patient/study attributes added
+    empty, an absent or empty SliceThickness set to ``slice_thickness_mm`` (the SEG frames'
+    pixel measures need one)."""
     missing = [keyword for keyword in TYPE2_PATIENT_STUDY if keyword not in image]
-    blank_class = not str(image.get("SOPClassUID", "") or "")
+    blank_uids = [keyword for keyword in FROM_FILE_META if not str(image.get(keyword, "") or "")]
     no_thickness = image.get("SliceThickness") in (None, "")
-    if not missing and not blank_class and not no_thickness:
+    if not missing and not blank_uids and not no_thickness:
         return image
     copy = Dataset(image)
     copy.file_meta = image.file_meta
-    if blank_class:
-        copy.SOPClassUID = image.file_meta.MediaStorageSOPClassUID
+    for keyword in blank_uids:
+        setattr(copy, keyword, _uid(image, keyword))
     for keyword in missing:
         setattr(copy, keyword, "")
     if no_thickness:
