@@ -28,9 +28,17 @@ log = logging.getLogger("ctlesion")
 
 
 def _setup_logging(verbose: bool) -> None:
-    """ctlesion's messages from INFO (DEBUG with --verbose); other libraries' from WARNING (all with --verbose)."""
-    handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], format="%(message)s",
+    """ctlesion's messages from INFO (DEBUG with --verbose); other libraries' from WARNING (all with --verbose).
+
+    On a terminal through rich; otherwise (a log file, CI) as plain ``LEVEL message`` lines, one
+    per message, never wrapped.
+    """
+    if stderr.is_terminal:
+        handler: logging.Handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+        line = "%(message)s"
+    else:
+        handler, line = logging.StreamHandler(sys.stderr), "%(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], format=line,
                         force=True)
     logging.getLogger("ctlesion").setLevel(logging.DEBUG if verbose else logging.INFO)
 
