@@ -20,10 +20,10 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from froc_speed import best_of
 from read_speed import synthesize_series
 
 from ctlesion.io import pending_volumes
@@ -44,15 +44,6 @@ def box_lesions(shape_zyx: tuple[int, int, int], count: int) -> list[Lesion]:
                               long_axis_mm=30.0, short_axis_mm=20.0, volume_ml=5.0,
                               mask_zyx=np.ones((12, 30, 30), bool), mask_offset_zyx=(z, y, x)))
     return lesions
-
-
-def best_of(repeats: int, func) -> float:
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        timings.append(time.perf_counter() - start)
-    return min(timings)
 
 
 def main() -> None:
