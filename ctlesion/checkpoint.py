@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ctlesion import __version__
-from ctlesion.atomic import atomic_write_text
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 FORMAT = "ctlesion-detector"

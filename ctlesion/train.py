@@ -40,7 +40,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models import densenet121
 
 from ctlesion import __version__
-from ctlesion.atomic import atomic_write_text
 from ctlesion.checkpoint import save_checkpoint
 from ctlesion.data.augment import AugmentConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
@@ -55,12 +54,9 @@ from ctlesion.distributed import (
     wrap_ddp,
 )
 from ctlesion.errors import CtlesionError
-from ctlesion.networks.detector import (
-    AlignShiftDetector,
-    DetectorConfig,
-    to_channels_last,
-)
+from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, to_channels_last
 from ctlesion.networks.pretrained import load_pretrained_2d
+from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,7 @@ from torchvision.models import densenet121, resnet18, resnet50, vgg11
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.convert import convert_to_3d
 from ctlesion.networks.layers import ShiftConv3d, adapt_stem_weight
-from ctlesion.networks.pretrained import (
-    imagenet_cache_path,
-    load_pretrained_2d,
-    read_state_dict_2d,
-)
+from ctlesion.networks.pretrained import imagenet_cache_path, load_pretrained_2d, read_state_dict_2d
 
 FAMILIES = {"densenet121": densenet121, "resnet18": resnet18, "resnet50": resnet50}
 

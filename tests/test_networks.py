@@ -7,13 +7,8 @@ import torch
 from torchvision.models import densenet121, resnet18
 
 from ctlesion.networks.backbone import AlignShiftDenseNet, DenseNet25d
-from ctlesion.networks.detector import (
-    AlignShiftDetector,
-    DetectorConfig,
-    anchor_sizes_px,
-    dice_loss,
-)
 from ctlesion.networks.layers import convert_layers
+from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, anchor_sizes_px, dice_loss
 
 
 def _randomise_bn(model):

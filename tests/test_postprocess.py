@@ -7,13 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ctlesion.postprocess import (
-    Lesion,
-    SliceDetections,
-    box_lps_mm,
-    link_detections,
-    recist_axes_mm,
-)
+from ctlesion.postprocess import Lesion, SliceDetections, box_lps_mm, link_detections, recist_axes_mm
 from ctlesion.volume import Volume
 
 SHAPE_YX = (64, 80)

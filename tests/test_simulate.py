@@ -10,18 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctlesion.data.simulate import (
-    SAMPLE_BACKGROUND,
-    simulate_dataset,
-    simulate_from_volumes,
-)
+from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset, simulate_from_volumes
 from ctlesion.errors import CtlesionError
-from ctlesion.io.deeplesion import (
-    DL_INFO_COLUMNS,
-    read_dl_info,
-    read_png_hu,
-    series_slice_indices,
-)
+from ctlesion.io.deeplesion import DL_INFO_COLUMNS, read_dl_info, read_png_hu, series_slice_indices
 from ctlesion.volume import Volume
 
 BASE_HU, SLOPE_HU_PER_MM = -50.0, 3.0

@@ -48,11 +48,7 @@ import cv2
 import numpy as np
 
 from ctlesion.atomic import atomic_write_bytes
-from ctlesion.data.masks import (
-    DEFAULT_WINDOW_HU,
-    GRABCUT_ITERATIONS,
-    recist_pseudo_mask,
-)
+from ctlesion.data.masks import DEFAULT_WINDOW_HU, GRABCUT_ITERATIONS, recist_pseudo_mask
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import KeySlice, read_dl_info, read_png_hu
 
