@@ -22,6 +22,18 @@ def shared_data() -> Path:
     return SHARED_DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Checkpoint of an untrained small detector (3 slices, 64 px input, FPN 32, FC 64): the real
+    code paths of detect and evaluate in seconds on the CPU."""
+    from ctlesion.checkpoint import save_checkpoint  # noqa: PLC0415
+    from ctlesion.networks.detector import DetectorConfig, build_detector  # noqa: PLC0415
+
+    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
+    return save_checkpoint(build_detector(config), tmp_path_factory.mktemp("model") / "tiny.safetensors",
+                           training={"description": "random init, for tests"})
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked ``gpu`` when CUDA is not available (they run wherever it is)."""
     import torch  # noqa: PLC0415

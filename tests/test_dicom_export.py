@@ -13,10 +13,8 @@ import pytest
 from synthetic_dicom import write_series, z_positions
 from typer.testing import CliRunner
 
-from ctlesion.checkpoint import save_checkpoint
 from ctlesion.cli.app import app
 from ctlesion.io import pending_volumes
-from ctlesion.networks.detector import DetectorConfig, build_detector
 from ctlesion.postprocess import Lesion
 from ctlesion.report.dicom_seg import (
     lesion_segmentation,
@@ -206,11 +204,6 @@ def test_seg_of_an_enhanced_multiframe_ct(shared_data, tmp_path):
     assert frames == {1, 2}  # each slice is one frame of the one file
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
-    return save_checkpoint(build_detector(config), tmp_path_factory.mktemp("model") / "tiny.safetensors",
-                           training={"description": "random init, for tests"})
 
 
 def test_detect_dicom_seg_and_sr_per_dicom_study(tiny_weights, tmp_path, monkeypatch):

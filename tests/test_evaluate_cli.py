@@ -11,10 +11,8 @@ import pytest
 from test_evaluate import HAND_PREDICTIONS, A, B, D, write_hand_split
 from typer.testing import CliRunner
 
-from ctlesion.checkpoint import save_checkpoint
 from ctlesion.cli.app import app
 from ctlesion.io.deeplesion import read_dl_info
-from ctlesion.networks.detector import DetectorConfig, build_detector
 
 
 def invoke(*args: object):
@@ -134,13 +132,6 @@ def test_usage_errors_exit_2(hand_split, tmp_path, options):
     assert result.exit_code == 2, result.output
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    """An untrained tiny detector (64 px input): real code path, seconds on the CPU."""
-    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
-    model = build_detector(config)
-    return save_checkpoint(model, tmp_path_factory.mktemp("tiny") / "tiny.safetensors",
-                           training={"description": "untrained test model"})
 
 
 def test_model_on_real_deeplesion_key_slices_then_rescored_from_its_predictions(shared_data, tiny_weights, tmp_path):

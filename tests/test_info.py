@@ -19,9 +19,7 @@ from synthetic_dicom import (
 )
 from typer.testing import CliRunner
 
-from ctlesion.checkpoint import save_checkpoint
 from ctlesion.cli.app import app
-from ctlesion.networks.detector import DetectorConfig, build_detector
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "abdomen_ct_dicom"
@@ -204,13 +202,6 @@ def test_info_bad_input_gives_one_line_and_exit_1(case, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- detect options
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    """A randomly initialised small detector (64 px input, 3 slices): fast on CPU."""
-    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
-    model = build_detector(config)
-    return save_checkpoint(model, tmp_path_factory.mktemp("model") / "tiny.safetensors",
-                           training={"description": "random init, for tests"})
 
 
 @pytest.fixture()
