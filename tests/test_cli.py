@@ -164,3 +164,13 @@ def test_bad_checkpoint_and_usage_errors(tmp_path):
     result = invoke("detect", SAMPLE, "--out", tmp_path / "r.json", "--weights", weights)
     assert result.exit_code == 1 and "sidecar" in result.output
     assert invoke("evaluate", "--data", tmp_path, "--split", "dev").exit_code == 2
+
+
+def test_missing_shipped_model_names_the_way_out(tmp_path, monkeypatch):
+    """An installation without the source checkout's models/ (a plain wheel) says what to do."""
+    import ctlesion.detect
+
+    monkeypatch.setattr(ctlesion.detect, "DEFAULT_WEIGHTS", tmp_path / "models" / "ctlesion_demo_sim.safetensors")
+    result = invoke("detect", SAMPLE, "--out", tmp_path / "r" / "results.json")
+    assert result.exit_code == 1 and "shipped demo model is not part of this installation" in result.output
+    assert "--weights" in result.output and not (tmp_path / "r").exists()

@@ -262,6 +262,10 @@ def _load_model(weights: Optional[Path], device: str, context: Optional[str] = N
     from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
 
     path = weights or DEFAULT_WEIGHTS
+    if weights is None and not path.is_file():
+        _error(f"{path}: the shipped demo model is not part of this installation (it lives in the source "
+               "checkout's models/ folder: `pip install -e .` from a checkout); name a checkpoint with --weights")
+        raise typer.Exit(1)
     model, info = _run(load_detector, path, device)
     config = model.config
     if (context is not None and context != config.context) or (slices is not None and slices != config.num_slices):
