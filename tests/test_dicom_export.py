@@ -17,6 +17,7 @@ from ctlesion.cli.app import app
 from ctlesion.io import pending_volumes
 from ctlesion.postprocess import Lesion
 from ctlesion.report.dicom_seg import (
+    completed_sources,
     lesion_segmentation,
     seg_source_problem,
     write_dicom_file,
@@ -148,6 +149,12 @@ def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
     seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, pending.source_images(), version="9.9")
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom_uid_from_meta(path) for path in paths}
+    assert [image.SOPInstanceUID for image in pending.source_images()] == ["", ""]  # the caller's headers stay as read
+    key = pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, 1.0])))
+    sr = lesion_measurement_report(seg, lesions, completed_sources(pending.source_images(), volume), version="9.9",
+                                   key_slice_images=[key])
+    (group,) = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
+    assert group.get_measurements()[0].referenced_images[0].referenced_sop_instance_uid == pydicom_uid_from_meta(paths[1])
 
 
 def test_sr_reports_each_lesion_against_its_segment(tmp_path):

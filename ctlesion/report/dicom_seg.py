@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from copy import deepcopy
 from io import BytesIO
 from pathlib import Path
 
@@ -38,7 +39,7 @@ SERIES_NUMBER_OFFSET = 1000
 FROM_FILE_META = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
 
 
-def _uid(image: Dataset, keyword: str) -> str:
+def source_uid(image: Dataset, keyword: str) -> str:
     """A UID of the image, from its file meta (:data:`FROM_FILE_META`) when blank in the data set."""
     value = str(image.get(keyword, "") or "")
     if not value and keyword in FROM_FILE_META:
@@ -62,7 +63,7 @@ def seg_source_problem(source_images: Sequence[Dataset]) -> str | None:
     if not source_images:
         return "the input is not a DICOM series (a SEG refers to DICOM source images)"
     for keyword in REQUIRED_UIDS:
-        if any(not _uid(image, keyword) for image in source_images):
+        if any(not source_uid(image, keyword) for image in source_images):
             return f"the source images have no {keyword} (anonymised?), which a SEG must refer to"
     return None
 
@@ -74,7 +75,7 @@ TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientS
 
 
 def _completed(image: Dataset, slice_thickness_mm: float) -> Dataset:
-    """The image, or a shallow copy completed where anonymisers leave gaps: SOP Class and
+    """The image, or a copy completed where anonymisers leave gaps: SOP Class and
     Instance UIDs from the file meta when blank, absent type 2 patient/study attributes added
     empty, an absent or empty SliceThickness set to ``slice_thickness_mm`` (the SEG frames'
     pixel measures need one)."""
@@ -83,10 +84,9 @@ def _completed(image: Dataset, slice_thickness_mm: float) -> Dataset:
     no_thickness = image.get("SliceThickness") in (None, "")
     if not missing and not blank_uids and not no_thickness:
         return image
-    copy = Dataset(image)
-    copy.file_meta = image.file_meta
+    copy = deepcopy(image)  # Dataset(image) would share, and so change, the caller's elements
     for keyword in blank_uids:
-        setattr(copy, keyword, _uid(image, keyword))
+        setattr(copy, keyword, source_uid(image, keyword))
     for keyword in missing:
         setattr(copy, keyword, "")
     if no_thickness:

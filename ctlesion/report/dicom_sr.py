@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from ctlesion.postprocess import Lesion
-from ctlesion.report.dicom_seg import derived_series_number
+from ctlesion.report.dicom_seg import derived_series_number, source_uid
 
 #: SeriesNumber of the SR: the source series' number plus this (or this when it has none).
 SR_SERIES_NUMBER_OFFSET = 2000
@@ -63,7 +63,7 @@ def lesion_measurement_report(segmentation: Dataset, lesions: Sequence[Lesion], 
     groups = []
     for number, (segment, lesion, key_image) in enumerate(zip(segments, lesions, key_slice_images), start=1):
         on_key_slice = None if key_image is None else [hd.sr.SourceImageForMeasurement(
-            key_image[0].SOPClassUID, key_image[0].SOPInstanceUID,
+            source_uid(key_image[0], "SOPClassUID"), source_uid(key_image[0], "SOPInstanceUID"),
             None if key_image[1] is None else [key_image[1]])]
         measurements = [
             hd.sr.Measurement(name=name, value=float(value), unit=unit, algorithm_id=algorithm, referenced_images=images)

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ctlesion.postprocess import Lesion
 from ctlesion.atomic import atomic_write_bytes
+from ctlesion.postprocess import Lesion
 from ctlesion.volume import Volume
 
 #: Soft-tissue display window (width, level) in HU.
