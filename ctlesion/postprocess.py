@@ -7,7 +7,8 @@ thick ones kept, SPEC section 4) and returns boxes, scores and masks per slice. 
   heuristic, not part of the AlignShift paper, which evaluates key slices only);
 * maps each chain back onto the slices of the INPUT volume, giving every input slice the mask
   of the nearest detector slice;
-* measures RECIST-style diameters on the key slice (:func:`recist_axes_mm`) and the volume;
+* measures RECIST-style diameters on the key slice (:func:`recist_axes`: lengths and end
+  points) and the volume;
 * converts voxel boxes to LPS millimetres (:func:`box_lps_mm`).
 
 Coordinates: in-plane boxes are continuous pixel coordinates (x = column): pixel i spans
@@ -66,6 +67,9 @@ class Lesion:
         volume_ml: mask voxel count x input voxel volume / 1000.
         mask_zyx: (dz, dy, dx) bool mask cropped to its bounding box (may be empty).
         mask_offset_zyx: input voxel index (z, y, x) of ``mask_zyx[0, 0, 0]``.
+        long_axis_px, short_axis_px: end points ((x0, y0), (x1, y1)) of the two RECIST axes on
+            the key slice, continuous pixel coordinates of the input slice; None for an empty
+            mask or when not measured.
     """
 
     score: float
@@ -76,6 +80,8 @@ class Lesion:
     volume_ml: float
     mask_zyx: np.ndarray
     mask_offset_zyx: tuple[int, int, int]
+    long_axis_px: tuple[tuple[float, float], tuple[float, float]] | None = None
+    short_axis_px: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     def paint(self, label_map_zyx: np.ndarray, label: int) -> None:
         """Write ``label`` into an input-geometry (Z, Y, X) label map where the mask is on.
@@ -286,7 +292,7 @@ def _chain_to_lesion(
     key = chain[int(np.argmax(scores[chain]))]
     key_z = int(np.clip(np.floor(slice_of[key] * ratio + 0.5), z_in[0], z_in[-1]))
     key_mask = stack[key_z - z_in[0]]
-    long_mm, short_mm = recist_axes_mm(key_mask, spacing_zyx_mm[1:])
+    axes = recist_axes(key_mask, spacing_zyx_mm[1:])
 
     on_y, on_x = np.flatnonzero(stack.any(axis=(0, 2))), np.flatnonzero(stack.any(axis=(0, 1)))
     if len(on_y):
@@ -304,11 +310,13 @@ def _chain_to_lesion(
         score=float(scores[key]),
         box_vox=box_vox,
         key_slice=key_z,
-        long_axis_mm=long_mm,
-        short_axis_mm=short_mm,
+        long_axis_mm=axes.long_mm,
+        short_axis_mm=axes.short_mm,
         volume_ml=float(mask_zyx.sum()) * voxel_ml,
         mask_zyx=mask_zyx,
         mask_offset_zyx=(int(z_in[0]), int(y0), int(x0)),
+        long_axis_px=axes.long_px,
+        short_axis_px=axes.short_px,
     )
 
 
@@ -321,14 +329,16 @@ def _mask_hull_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> np
     return hull * np.array([spacing_yx_mm[1], spacing_yx_mm[0]], dtype=np.float64)
 
 
-def _max_chord(hull_mm: np.ndarray, direction: np.ndarray) -> float:
-    """Longest chord of a convex polygon along a unit direction (mm).
+def _max_chord(hull_mm: np.ndarray, direction: np.ndarray) -> tuple[float, np.ndarray]:
+    """Longest chord of a convex polygon along a unit direction: its length (mm) and its two end
+    points ((2, 2) array of (x, y) mm).
 
     The chord length across a convex polygon is a concave function of the line's offset, so
     its maximum lies on a line through a vertex: evaluate the chord on each vertex's line.
     """
+    perpendicular = np.array([-direction[1], direction[0]])
     along = hull_mm @ direction
-    across = hull_mm @ np.array([-direction[1], direction[0]])
+    across = hull_mm @ perpendicular
     a0, a1 = along, np.roll(along, -1)
     b0, b1 = across, np.roll(across, -1)
     level = across[:, None]  # (levels, 1) against (edges,)
@@ -339,28 +349,47 @@ def _max_chord(hull_mm: np.ndarray, direction: np.ndarray) -> float:
     # Vertices on the level (covers edges parallel to the direction).
     a_vert = np.where(np.isclose(across[None, :], level, rtol=0, atol=1e-9), along[None, :], np.nan)
     a_all = np.concatenate([a_hit, a_vert], axis=1)
-    return float(np.nanmax(np.nanmax(a_all, axis=1) - np.nanmin(a_all, axis=1)))
+    low, high = np.nanmin(a_all, axis=1), np.nanmax(a_all, axis=1)
+    best = int(np.nanargmax(high - low))
+    ends = np.array([low[best], high[best]])[:, None] * direction + across[best] * perpendicular
+    return float(high[best] - low[best]), ends
 
 
-def recist_axes_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[float, float]:
-    """RECIST-style long and short axes of a 2D mask, in mm.
+@dataclass(frozen=True)
+class RecistAxes:
+    """RECIST-style axes of a 2D mask (:func:`recist_axes`).
+
+    Attributes:
+        long_mm, short_mm: the long and short axis lengths, mm.
+        long_px, short_px: their end points ((x0, y0), (x1, y1)), continuous pixel coordinates
+            of the mask (pixel i spans [i, i + 1)); None for an empty mask.
+    """
+
+    long_mm: float
+    short_mm: float
+    long_px: tuple[tuple[float, float], tuple[float, float]] | None
+    short_px: tuple[tuple[float, float], tuple[float, float]] | None
+
+
+def recist_axes(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> RecistAxes:
+    """RECIST-style long and short axes of a 2D mask: lengths in mm and end points in pixels.
 
     The mask is taken as the union of its pixel squares (the ImageJ Feret convention):
     OpenCV's outer contours give the boundary pixels, their corners are scaled to mm and their
     convex hull is formed. Long axis = maximum Feret diameter (largest distance between hull
     vertices). Short axis = longest chord of the hull whose direction is within +/-5 degrees of
     perpendicular to the long axis (RECIST 1.1 practice, Eisenhauer et al. 2009, measures the
-    short axis perpendicular to the long one; the tolerance absorbs pixel discretisation). For
-    non-convex masks the chords run across the hull. A rasterised disc of diameter D measures
-    within about one pixel of D (corners of the boundary pixels stick out by up to half a
-    pixel diagonal).
+    short axis perpendicular to the long one; the tolerance absorbs pixel discretisation),
+    capped at the long axis. For non-convex masks the chords run across the hull. A rasterised
+    disc of diameter D measures within about one pixel of D (corners of the boundary pixels
+    stick out by up to half a pixel diagonal).
 
     Args:
         mask_yx: (Y, X) mask, bool or numeric (non-zero = lesion).
         spacing_yx_mm: (row, column) pixel spacing in mm; anisotropic spacing is handled.
 
     Returns:
-        ``(long_axis_mm, short_axis_mm)``; (0.0, 0.0) for an empty mask.
+        :class:`RecistAxes`; lengths (0.0, 0.0) and no end points for an empty mask.
 
     Raises:
         ValueError: if the mask is not 2-D or a spacing is not positive.
@@ -371,7 +400,7 @@ def recist_axes_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> t
     if not all(np.isfinite(s) and s > 0 for s in spacing_yx_mm):
         raise ValueError(f"spacing_yx_mm must be positive, got {spacing_yx_mm}")
     if not mask.any():
-        return 0.0, 0.0
+        return RecistAxes(0.0, 0.0, None, None)
     hull = _mask_hull_mm(mask != 0, spacing_yx_mm)
     diff = hull[:, None, :] - hull[None, :, :]
     dist = np.hypot(diff[..., 0], diff[..., 1])
@@ -380,8 +409,26 @@ def recist_axes_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> t
     theta = np.arctan2(diff[i, j, 1], diff[i, j, 0]) + np.pi / 2
     tol = np.deg2rad(PERPENDICULAR_TOLERANCE_DEG)
     angles = theta + np.arange(-tol, tol + 1e-12, np.deg2rad(_ANGLE_STEP_DEG))
-    short_mm = max(_max_chord(hull, np.array([np.cos(a), np.sin(a)])) for a in angles)
-    return long_mm, min(short_mm, long_mm)
+    short_mm, short_ends = max((_max_chord(hull, np.array([np.cos(a), np.sin(a)])) for a in angles),
+                               key=lambda chord: chord[0])
+    to_px = 1.0 / np.array([spacing_yx_mm[1], spacing_yx_mm[0]], dtype=np.float64)  # (x, y) mm -> px
+    return RecistAxes(long_mm, min(short_mm, long_mm), _ends(np.stack([hull[j], hull[i]]) * to_px),
+                      _ends(short_ends * to_px))
+
+
+def _ends(points: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((x0, y0), (x1, y1)) Python floats from a (2, 2) array."""
+    return (float(points[0, 0]), float(points[0, 1])), (float(points[1, 0]), float(points[1, 1]))
+
+
+def recist_axes_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> tuple[float, float]:
+    """``(long_axis_mm, short_axis_mm)`` of :func:`recist_axes`; (0.0, 0.0) for an empty mask.
+
+    Raises:
+        ValueError: as :func:`recist_axes`.
+    """
+    axes = recist_axes(mask_yx, spacing_yx_mm)
+    return axes.long_mm, axes.short_mm
 
 
 def box_lps_mm(box_vox: Sequence[float], volume: Volume) -> list[float]:

@@ -31,12 +31,13 @@ UIDS = {"series_uid": "1.2.826.0.1.3680043.10.5", "study_uid": "1.2.826.0.1.3680
 
 def box_lesion(score: float, offset_zyx: tuple[int, int, int], shape_zyx: tuple[int, int, int],
                axes_mm: tuple[float, float] = (1.0, 1.0), volume_ml: float = 0.0) -> Lesion:
-    """A lesion whose mask fills a (dz, dy, dx) box at ``offset_zyx``, with given measurements."""
+    """A lesion whose mask fills a (dz, dy, dx) box at ``offset_zyx``, with given measurements;
+    its long axis end points are the box's diagonal (no short axis end points)."""
     z, y, x = offset_zyx
     dz, dy, dx = shape_zyx
     return Lesion(score=score, box_vox=(x, y, z, x + dx, y + dy, z + dz - 1), key_slice=z, long_axis_mm=axes_mm[0],
                   short_axis_mm=axes_mm[1], volume_ml=volume_ml, mask_zyx=np.ones(shape_zyx, bool),
-                  mask_offset_zyx=offset_zyx)
+                  mask_offset_zyx=offset_zyx, long_axis_px=((float(x), float(y)), (float(x + dx), float(y + dy))))
 
 
 def labelled_lps_mm(positions_lps_mm: np.ndarray, labels: np.ndarray) -> dict[int, set]:

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from ctlesion.postprocess import Lesion, SliceDetections, box_lps_mm, link_detections, recist_axes_mm
+from ctlesion.postprocess import (
+    PERPENDICULAR_TOLERANCE_DEG,
+    Lesion,
+    SliceDetections,
+    box_lps_mm,
+    link_detections,
+    recist_axes,
+    recist_axes_mm,
+)
 from ctlesion.volume import Volume
 
 SHAPE_YX = (64, 80)
@@ -63,6 +71,8 @@ def test_thick_input_links_consecutive_slices_only():
     assert main.volume_ml == pytest.approx(expected.sum() * voxel_ml, rel=1e-12)
     # RECIST on the key slice: a 20 x 20 pixel square at 0.5 (x) by 0.8 (y) mm: 10 x 16 mm.
     assert main.long_axis_mm == pytest.approx(math.hypot(10.0, 16.0), abs=1e-9)
+    # Its end points are opposite corners of the key slice's box, in input pixel coordinates.
+    assert sorted(main.long_axis_px) in ([(11.0, 10.0), (31.0, 30.0)], [(11.0, 30.0), (31.0, 10.0)])
     assert lesions[1].box_vox == (50.0, 40.0, 4.0, 70.0, 60.0, 4.0)
     assert lesions[2].box_vox[2::3] == (7.0, 7.0)
 
@@ -172,8 +182,30 @@ def test_recist_rectangle_exact():
     assert recist_axes_mm(square, (0.7, 0.7)) == pytest.approx((7 * math.sqrt(2), 7 * math.sqrt(2)), abs=1e-9)
 
 
+@pytest.mark.parametrize("spacing_yx_mm", [(1.0, 1.0), (0.5, 0.8), (1.2, 0.6)])
+def test_recist_end_points_measure_the_axes(spacing_yx_mm):
+    shape = (int(80 / spacing_yx_mm[0]), int(80 / spacing_yx_mm[1]))
+    mask = _ellipse_mask(shape, spacing_yx_mm, (40.2, 39.7), (25.0, 9.0), 30.0)
+    axes = recist_axes(mask, spacing_yx_mm)
+    mm = np.array([spacing_yx_mm[1], spacing_yx_mm[0]])  # (x, y) px -> mm
+    long_ends, short_ends = np.array(axes.long_px) * mm, np.array(axes.short_px) * mm
+    assert np.linalg.norm(long_ends[1] - long_ends[0]) == pytest.approx(axes.long_mm, abs=1e-9)
+    assert np.linalg.norm(short_ends[1] - short_ends[0]) == pytest.approx(axes.short_mm, abs=1e-9)
+    long_dir, short_dir = np.diff(long_ends, axis=0)[0], np.diff(short_ends, axis=0)[0]
+    cos = abs(long_dir @ short_dir) / (np.linalg.norm(long_dir) * np.linalg.norm(short_dir))
+    assert math.degrees(math.acos(cos)) >= 90.0 - PERPENDICULAR_TOLERANCE_DEG - 1e-6
+    # The long axis runs along the ellipse's 30 deg major axis, through its centre.
+    angle = math.degrees(math.atan2(long_dir[1], long_dir[0])) % 180.0
+    assert abs(angle - 30.0) < 6.0
+    np.testing.assert_allclose(long_ends.mean(axis=0), (40.2, 39.7), atol=2 * max(spacing_yx_mm))
+    ys, xs = np.nonzero(mask)  # every end point lies on the mask's pixel squares' hull
+    for x, y in np.vstack([axes.long_px, axes.short_px]):
+        assert xs.min() - 1e-9 <= x <= xs.max() + 1 + 1e-9 and ys.min() - 1e-9 <= y <= ys.max() + 1 + 1e-9
+
+
 def test_recist_empty_and_errors():
     assert recist_axes_mm(np.zeros((8, 8), bool), (1.0, 1.0)) == (0.0, 0.0)
+    assert recist_axes(np.zeros((8, 8), bool), (1.0, 1.0)).long_px is None
     with pytest.raises(ValueError, match="2-D"):
         recist_axes_mm(np.zeros((2, 8, 8), bool), (1.0, 1.0))
     with pytest.raises(ValueError, match="positive"):

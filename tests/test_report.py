@@ -18,7 +18,7 @@ from ctlesion.report import (
     write_overlay,
     write_results_json,
 )
-from ctlesion.report.overlays import BOX_BGR, CONTOUR_BGR, TEXT_BGR
+from ctlesion.report.overlays import BOX_BGR, CONTOUR_BGR, LONG_AXIS_BGR, SHORT_AXIS_BGR, TEXT_BGR
 from ctlesion.volume import Volume
 
 SHAPE_ZYX = (6, 40, 50)
@@ -60,6 +60,7 @@ def make_lesion(score: float, z0: int, yx0: tuple[int, int], size: int, num_slic
         volume_ml=mask.sum() * 2.5 * 0.7 * 0.7 / 1000,
         mask_zyx=mask,
         mask_offset_zyx=(z0, y0, x0),
+        long_axis_px=((float(x0), float(y0)), (float(x0 + size), float(y0 + size))),
     )
 
 
@@ -121,7 +122,8 @@ def test_study_record_content(lesions):
     assert record["label_map"] == "study1_labels.nii.gz"
     first = record["lesions"][0]
     assert set(first) == {
-        "label", "score", "box_vox", "box_lps_mm", "key_slice", "long_axis_mm", "short_axis_mm", "volume_ml", "overlay",
+        "label", "score", "box_vox", "box_lps_mm", "key_slice", "long_axis_mm", "short_axis_mm", "long_axis_px",
+        "short_axis_px", "volume_ml", "overlay",
     }
     assert [les["label"] for les in record["lesions"]] == [1, 2]
     assert first["box_vox"] == [14.0, 12.0, 2.0, 26.0, 24.0, 4.0]
@@ -131,6 +133,7 @@ def test_study_record_content(lesions):
         first["box_lps_mm"], [-8.05, -5.95, 103.75, 0.35, 2.45, 111.25], atol=1e-9
     )
     assert first["key_slice"] == 3 and first["overlay"] == "l1.png"
+    assert first["long_axis_px"] == [[16.0, 14.0], [24.0, 22.0]] and first["short_axis_px"] is None
     assert first["volume_ml"] == pytest.approx(192 * 2.5 * 0.49 / 1000)
 
     thin = study_record(make_volume(1.0), [], input_path="x.nii.gz", detector_interval_mm=2.0)
@@ -180,6 +183,12 @@ def test_overlay_png_has_drawn_colours(lesions, tmp_path):
     # The contour follows the mask's edge: columns [16, 24).
     np.testing.assert_allclose(contour[:, 1].min(), 16 * scale, atol=2)
     np.testing.assert_allclose(contour[:, 1].max(), 24 * scale, atol=2)
+    # The long axis runs from (16, 14) to (24, 22) in slice pixels; no short axis was measured.
+    axis = where(LONG_AXIS_BGR)
+    assert len(axis) > 50 and len(where(SHORT_AXIS_BGR)) == 0
+    rows_px, cols_px = axis[:, 0] / (819 / 40), axis[:, 1] / scale
+    np.testing.assert_allclose(rows_px - 14, cols_px - 16, atol=0.3)  # on the diagonal
+    assert cols_px.min() == pytest.approx(16, abs=0.3) and cols_px.max() == pytest.approx(24, abs=0.3)
     # Soft-tissue window: 40 HU -> mid grey (level), air -> black.
     assert tuple(image[800, 10]) == (0, 0, 0)
     assert tuple(image[600, 500]) == (128, 128, 128)

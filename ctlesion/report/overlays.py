@@ -1,4 +1,4 @@
-"""Overlay pictures: each lesion's key slice with its box and mask contour (SPEC section 9)."""
+"""Overlay pictures: each lesion's key slice with its box, mask contour and RECIST axes (SPEC section 9)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ MIN_LONG_SIDE_PX = 1024
 BOX_BGR = (0, 255, 0)  # green
 CONTOUR_BGR = (0, 0, 255)  # red
 TEXT_BGR = (0, 255, 255)  # yellow
+LONG_AXIS_BGR = (255, 0, 255)  # magenta
+SHORT_AXIS_BGR = (255, 255, 0)  # cyan
 
 
 def window_to_uint8(hu: np.ndarray, width_hu: float, level_hu: float) -> np.ndarray:
@@ -39,8 +41,9 @@ def render_overlay(volume: Volume, lesion: Lesion, label: int) -> np.ndarray:
     """The overlay picture of a lesion as a (H, W, 3) uint8 BGR image.
 
     The key slice in a soft-tissue window (W 400, L 40 HU), resized to square display pixels
-    with its longer side at least 1024 px; the lesion box in green, the key slice's mask
-    contour in red, and "lesion <label>  score <s>  long <mm> mm" in yellow.
+    with its longer side at least 1024 px; the RECIST long axis in magenta and short axis in
+    cyan (when measured), the key slice's mask contour in red, the lesion box in green, and
+    "lesion <label>  score <s>  long <mm> mm" in yellow.
 
     Raises:
         ValueError: if the lesion's key slice is outside the volume.
@@ -53,6 +56,11 @@ def render_overlay(volume: Volume, lesion: Lesion, label: int) -> np.ndarray:
     grey = window_to_uint8(volume.hu[lesion.key_slice], *SOFT_TISSUE_WINDOW_HU)
     image = cv2.cvtColor(cv2.resize(grey, size_wh, interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2BGR)
 
+    for ends, colour in ((lesion.long_axis_px, LONG_AXIS_BGR), (lesion.short_axis_px, SHORT_AXIS_BGR)):
+        if ends is not None:
+            (xa, ya), (xb, yb) = ends  # continuous pixel coordinates
+            cv2.line(image, (int(round(xa * fx)), int(round(ya * fy))), (int(round(xb * fx)), int(round(yb * fy))),
+                     colour, thickness=2, lineType=cv2.LINE_AA)
     mask = lesion.slice_mask(lesion.key_slice, (num_y, num_x)).astype(np.uint8)
     mask = cv2.resize(mask, size_wh, interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

@@ -88,7 +88,9 @@ def study_record(
         ``shape_zyx``, ``spacing_zyx_mm``, ``series`` (``uid``, ``description``, ``warnings``,
         ``skipped``), ``resampled_to_mm``, ``label_map``, ``dicom_seg``, ``dicom_sr`` and ``lesions`` (each with ``label``,
         ``score``, ``box_vox`` [x1, y1, z1, x2, y2, z2], ``box_lps_mm`` [x, y, z min then max],
-        ``key_slice``, ``long_axis_mm``, ``short_axis_mm``, ``volume_ml``, ``overlay``).
+        ``key_slice``, ``long_axis_mm``, ``short_axis_mm``, ``long_axis_px`` and
+        ``short_axis_px`` (end points [[x0, y0], [x1, y1]] on the key slice, continuous pixel
+        coordinates, or null), ``volume_ml``, ``overlay``).
 
     Raises:
         ValueError: if ``overlay_files`` does not have one entry per lesion.
@@ -119,12 +121,19 @@ def study_record(
                 "key_slice": int(les.key_slice),
                 "long_axis_mm": float(les.long_axis_mm),
                 "short_axis_mm": float(les.short_axis_mm),
+                "long_axis_px": _axis_ends(les.long_axis_px),
+                "short_axis_px": _axis_ends(les.short_axis_px),
                 "volume_ml": float(les.volume_ml),
                 "overlay": overlay,
             }
             for i, (les, overlay) in enumerate(zip(lesions, overlays))
         ],
     }
+
+
+def _axis_ends(ends) -> list[list[float]] | None:
+    """[[x0, y0], [x1, y1]] of an axis' end points, or None."""
+    return None if ends is None else [[float(v) for v in point] for point in ends]
 
 
 def _jsonable(value: Any) -> Any:
