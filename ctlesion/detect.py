@@ -170,9 +170,12 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
         log.warning("%s: no DICOM SEG or SR written: %s", item.path, problem)
         return None, None
     model_name = Path(model_info.get("weights", "")).name
+    per_slice = [item.source_slice(volume, z) for z in range(volume.shape_zyx[0])]
     try:  # highdicom may still refuse unusual source headers
-        segmentation = lesion_segmentation(volume, labels, lesions, sources, version=__version__, model_name=model_name)
-        key_images = [item.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, lesion.key_slice])))
+        segmentation = lesion_segmentation(
+            volume, labels, lesions, sources, version=__version__, model_name=model_name,
+            source_positions_lps_mm=[None if s is None else s.position_lps_mm for s in per_slice])
+        key_images = [None if (key := per_slice[lesion.key_slice]) is None else (key.header, key.frame_number)
                       for lesion in lesions]
         report = (lesion_measurement_report(segmentation, lesions, completed_sources(sources, volume),
                                             version=__version__, model_name=model_name, key_slice_images=key_images)

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from synthetic_dicom import write_series, z_positions
+from synthetic_dicom import write_series, write_tilted_series, z_positions
 from typer.testing import CliRunner
 
 from ctlesion.cli.app import app
@@ -18,6 +18,7 @@ from ctlesion.io import pending_volumes
 from ctlesion.postprocess import Lesion
 from ctlesion.report.dicom_seg import (
     completed_sources,
+    frame_positions_lps_mm,
     lesion_segmentation,
     seg_source_problem,
     write_dicom_file,
@@ -114,10 +115,40 @@ def test_seg_over_a_regridded_series_keeps_the_interpolated_slice(tmp_path):
     positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
                        for f in seg.PerFrameFunctionalGroupsSequence)
     assert positions == [6.0, 9.0]
-    on_slice = [pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, z]))) for z in (2, 3)]
-    assert on_slice[0][0].ImagePositionPatient[2] == 6.0 and on_slice[1] is None  # 9 mm was interpolated
+    on_slice = [pending.source_slice(volume, z) for z in (2, 3)]
+    assert on_slice[0].header.ImagePositionPatient[2] == 6.0 and on_slice[1] is None  # 9 mm was interpolated
     back = seg.get_volume(combine_segments=True)
     assert labelled_lps_mm(seg_lps_mm(back), back.array) == labelled_lps_mm(ours_lps_mm(volume), labels)
+
+
+def test_seg_frames_sit_on_their_source_slices_despite_step_jitter(tmp_path):
+    folder = tmp_path / "jitter"
+    paths = write_series(folder, z_positions([0, 2.03, 3.98, 6.01]), **UIDS)  # within 5 %: kept, not resampled
+    (pending,) = pending_volumes(folder)
+    volume = pending.read()
+    assert volume.slice_interval_mm == pytest.approx(2.03)  # the grid puts slice 2 at 4.06 mm, its file is at 3.98
+    sources = [pending.source_slice(volume, z) for z in range(4)]
+    lesions = [box_lesion(0.8, (1, 0, 0), (3, 2, 2))]
+    seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, pending.source_images(), version="9.9",
+                              source_positions_lps_mm=[s.position_lps_mm for s in sources])
+    uid_by_z = {z: pydicom_uid(path) for z, path in zip([0.0, 2.03, 3.98, 6.01], paths)}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        z = float(frame.PlanePositionSequence[0].ImagePositionPatient[2])
+        assert frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == uid_by_z[z]
+    assert sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+                  for f in seg.PerFrameFunctionalGroupsSequence) == [2.03, 3.98, 6.01]
+
+
+def test_tilt_corrected_slices_keep_the_volume_grid(tmp_path):
+    folder = tmp_path / "tilted"
+    write_tilted_series(folder, [0.0, 3.0, 6.0])
+    (pending,) = pending_volumes(folder, tilt="resample")
+    volume = pending.read()
+    sources = [pending.source_slice(volume, z) for z in range(volume.shape_zyx[0])]
+    assert all(s is not None for s in sources)  # each slice still comes from one file ...
+    grid = frame_positions_lps_mm(volume, None)
+    positions = frame_positions_lps_mm(volume, [s.position_lps_mm for s in sources])
+    np.testing.assert_allclose(positions[1:], grid[1:])  # ... but shifted in its plane: the grid is the truth
 
 
 def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
@@ -151,9 +182,9 @@ def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom_uid_from_meta(path) for path in paths}
     assert [image.SOPInstanceUID for image in pending.source_images()] == ["", ""]  # the caller's headers stay as read
-    key = pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, 1.0])))
+    key = pending.source_slice(volume, 1)
     sr = lesion_measurement_report(seg, lesions, completed_sources(pending.source_images(), volume), version="9.9",
-                                   key_slice_images=[key])
+                                   key_slice_images=[(key.header, key.frame_number)])
     (group,) = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
     assert group.get_measurements()[0].referenced_images[0].referenced_sop_instance_uid == pydicom_uid_from_meta(paths[1])
 
@@ -165,7 +196,7 @@ def test_sr_reports_each_lesion_against_its_segment(tmp_path):
     volume, sources = pending.read(), pending.source_images()
     lesions = [box_lesion(0.9, (1, 1, 1), (2, 2, 2), (21.4, 15.25), 3.125), box_lesion(0.5, (0, 3, 0), (1, 2, 2), (7.5, 4.0), 0.25)]
     seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, sources, version="9.9")
-    key_images = [pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, les.key_slice]))) for les in lesions]
+    key_images = [(s.header, s.frame_number) for s in (pending.source_slice(volume, les.key_slice) for les in lesions)]
     assert [image.ImagePositionPatient[2] for image, frame in key_images] == [2.0, 0.0]
     assert [frame for image, frame in key_images] == [None, None]  # single-frame files
     write_dicom_file(tmp_path / "sr.dcm", lesion_measurement_report(seg, lesions, sources, version="9.9",
@@ -208,7 +239,7 @@ def test_seg_of_an_enhanced_multiframe_ct(shared_data, tmp_path):
     seg = lesion_segmentation(volume, labels, lesions, pending.source_images(), version="9.9")
     back = seg.get_volume(combine_segments=True)
     assert labelled_lps_mm(seg_lps_mm(back), back.array) == labelled_lps_mm(ours_lps_mm(volume), labels)
-    frames = {pending.source_slice_at(volume.voxel_to_lps(np.array([0.0, 0.0, z])))[1] for z in (0, 1)}
+    frames = {pending.source_slice(volume, z).frame_number for z in (0, 1)}
     assert frames == {1, 2}  # each slice is one frame of the one file
 
 

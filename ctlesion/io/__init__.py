@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pydicom.misc
 from pydicom.dataset import Dataset
 
@@ -32,6 +31,7 @@ from ctlesion.io.series import (
     SELECTION_RULE,
     Discovery,
     SeriesInfo,
+    SliceHeader,
     discover_series,
     select_series,
 )
@@ -43,6 +43,7 @@ __all__ = [
     "Discovery",
     "PendingVolume",
     "SeriesInfo",
+    "SliceHeader",
     "discover",
     "discover_series",
     "pending_volumes",
@@ -109,23 +110,28 @@ class PendingVolume:
             return read_deeplesion_series(self.path)
         return read_nifti(self.path)
 
-    def source_slice_at(self, position_lps_mm, tolerance_mm: float = 0.01) -> tuple[Dataset, int | None] | None:
-        """The source image whose first pixel (ImagePositionPatient) lies at ``position_lps_mm``.
+    def source_slice(self, volume: Volume, z: int) -> SliceHeader | None:
+        """The source image (file, or frame of a multi-frame file) that became slice ``z`` of
+        ``volume`` (this input's :meth:`read`).
+
+        The DICOM reader records, per volume slice, the file and frame it came from
+        (``volume.meta["slice_paths"]``, ``["slice_frames"]``; None for a slice interpolated
+        over a gap), so the match is exact whatever the rounding of the positions.
 
         Args:
-            position_lps_mm: (3,) LPS position, mm (e.g. a volume slice's first voxel centre).
-            tolerance_mm: largest distance accepted.
+            volume: the volume :meth:`read` returned.
+            z: slice index of the volume.
 
         Returns:
-            (header, 1-based frame number or None for a single-frame file), or None when no source
-            slice lies there (an interpolated slice, a resampled grid, a non-DICOM input).
+            Its :class:`~ctlesion.io.series.SliceHeader` (header, frame index, ImagePositionPatient),
+            or None for an interpolated slice, an index outside the volume, or a non-DICOM input.
         """
-        if not _is_dicom_folder(self.path):
+        paths, frames = volume.meta.get("slice_paths"), volume.meta.get("slice_frames")
+        if not _is_dicom_folder(self.path) or not paths or not 0 <= z < len(paths) or paths[z] is None:
             return None
-        target = np.asarray(position_lps_mm, dtype=np.float64)
         for image in self.discovery.images_of(self.info):
-            if float(np.linalg.norm(image.position_lps_mm - target)) <= tolerance_mm:
-                return image.header, None if image.frame_index is None else image.frame_index + 1
+            if str(image.path) == paths[z] and image.frame_index == frames[z]:
+                return image
         return None
 
     def source_images(self) -> list[Dataset]:

@@ -147,9 +147,14 @@ class SliceHeader:
         )
 
     @property
+    def frame_number(self) -> int | None:
+        """DICOM frame number (1-based) in a multi-frame file; None for a single-frame file."""
+        return None if self.frame_index is None else self.frame_index + 1
+
+    @property
     def label(self) -> str:
         """File name (with the frame number for multi-frame files), for messages."""
-        return self.path.name if self.frame_index is None else f"{self.path.name}[frame {self.frame_index + 1}]"
+        return self.path.name if self.frame_index is None else f"{self.path.name}[frame {self.frame_number}]"
 
 
 @dataclass(frozen=True)

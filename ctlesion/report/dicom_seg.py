@@ -108,13 +108,42 @@ def completed_sources(source_images: Sequence[Dataset], volume: Volume) -> list[
     return [_completed(image, thickness_mm) for image in source_images]
 
 
-def highdicom_affine(volume: Volume) -> np.ndarray:
-    """(4, 4) float64 map from (slice, row, column) = (z, y, x) indices to LPS mm (highdicom's
-    convention), from the volume's (x, y, z) affine with its axes reordered."""
-    xyz = volume.affine_lps
-    affine = xyz.copy()
-    affine[:3, :3] = xyz[:3, [2, 1, 0]]
-    return affine
+#: A source slice's ImagePositionPatient stands for a volume slice when it lies this close to
+#: the volume's plane in-plane (mm), and within half a slice interval along the normal.
+SAME_PLANE_TOLERANCE_MM = 1e-3
+
+
+def frame_positions_lps_mm(volume: Volume, source_positions_lps_mm: Sequence[np.ndarray | None] | None) -> np.ndarray:
+    """(Z, 3) LPS position (mm) of the first pixel of each SEG frame.
+
+    Slice z of the volume is at ``volume.voxel_to_lps((0, 0, z))``: a regular grid from the
+    first slice at the median interval. Where the slice is a source slice kept as it is (same
+    in-plane grid: not tilt-corrected, not interpolated), the source's own ImagePositionPatient
+    is used instead, so that steps within the reader's 5 % tolerance do not move the frame off
+    its source slice (and highdicom can name that slice as the frame's source).
+
+    Args:
+        volume: the volume the SEG is built on.
+        source_positions_lps_mm: per volume slice, its source slice's (3,) ImagePositionPatient
+            (:meth:`~ctlesion.io.PendingVolume.source_slice`), or None; None for no sources.
+
+    Returns:
+        (Z, 3) float64 positions, LPS mm.
+    """
+    num_z = volume.shape_zyx[0]
+    grid = volume.voxel_to_lps(np.column_stack([np.zeros(num_z), np.zeros(num_z), np.arange(num_z)]))
+    if source_positions_lps_mm is None:
+        return grid
+    row, column, normal = (volume.direction_lps[:, k] for k in range(3))
+    positions = grid.copy()
+    for z, source in enumerate(source_positions_lps_mm):
+        if source is None:
+            continue
+        offset = np.asarray(source, dtype=np.float64) - grid[z]
+        in_plane = max(abs(offset @ row), abs(offset @ column))
+        if in_plane < SAME_PLANE_TOLERANCE_MM and abs(offset @ normal) < 0.5 * volume.slice_interval_mm:
+            positions[z] = source
+    return positions
 
 
 def lesion_segmentation(
@@ -125,6 +154,7 @@ def lesion_segmentation(
     *,
     version: str,
     model_name: str = "",
+    source_positions_lps_mm: Sequence[np.ndarray | None] | None = None,
 ):
     """Build the DICOM SEG of a study's lesions.
 
@@ -137,13 +167,19 @@ def lesion_segmentation(
             image), see :func:`seg_source_problem`.
         version: ctlesion version (SoftwareVersions, algorithm version).
         model_name: the checkpoint's file name, recorded as an algorithm parameter.
+        source_positions_lps_mm: per volume slice, the ImagePositionPatient of the source slice
+            it is (None where none), for :func:`frame_positions_lps_mm`; None: the volume's
+            regular grid throughout.
 
     Returns:
-        ``highdicom.seg.Segmentation`` (a pydicom Dataset).
+        ``highdicom.seg.Segmentation`` (a pydicom Dataset): one frame per segment and slice
+        it covers, at :func:`frame_positions_lps_mm`, with the volume's orientation and pixel
+        spacing.
 
     Raises:
         ValueError: no lesions (a SEG needs one segment), a label map of another shape than
-            the volume, or source images a SEG cannot refer to (see :func:`seg_source_problem`).
+            the volume, source positions not one per slice, or source images a SEG cannot refer
+            to (see :func:`seg_source_problem`).
     """
     import highdicom as hd  # noqa: PLC0415 (only when a SEG is asked for)
     from pydicom.sr.codedict import codes  # noqa: PLC0415
@@ -167,11 +203,19 @@ def lesion_segmentation(
             algorithm_identification=algorithm, tracking_id=f"lesion {label}", tracking_uid=hd.UID())
         for label, lesion in enumerate(lesions, start=1)
     ]
-    frame_of_reference = str(sources[0].FrameOfReferenceUID)
-    grid = hd.Volume(np.ascontiguousarray(labels_zyx), highdicom_affine(volume), "PATIENT",
-                     frame_of_reference_uid=frame_of_reference)
+    if source_positions_lps_mm is not None and len(source_positions_lps_mm) != volume.shape_zyx[0]:
+        raise ValueError(f"{len(source_positions_lps_mm)} source positions for {volume.shape_zyx[0]} slices")
+    positions = [hd.PlanePositionSequence("PATIENT", [float(v) for v in position])
+                 for position in frame_positions_lps_mm(volume, source_positions_lps_mm)]
+    orientation = hd.PlaneOrientationSequence(
+        "PATIENT", [float(v) for v in (*volume.direction_lps[:, 0], *volume.direction_lps[:, 1])])
+    measures = hd.PixelMeasuresSequence(pixel_spacing=[float(v) for v in volume.spacing_zyx_mm[1:]],
+                                        slice_thickness=float(sources[0].SliceThickness),
+                                        spacing_between_slices=float(volume.slice_interval_mm))
     return hd.seg.Segmentation(
-        source_images=sources, pixel_array=grid, segmentation_type="BINARY", segment_descriptions=segments,
+        source_images=sources, pixel_array=np.ascontiguousarray(labels_zyx), plane_positions=positions,
+        plane_orientation=orientation, pixel_measures=measures, segmentation_type="BINARY",
+        segment_descriptions=segments,
         series_instance_uid=hd.UID(), series_number=derived_series_number(sources, SERIES_NUMBER_OFFSET),
         sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer="ctlesion", manufacturer_model_name="AlignShift lesion detector", software_versions=version,
