@@ -5,14 +5,14 @@ label map), BINARY type, coded as SNOMED CT "Morphologically abnormal structure"
 "Lesion" (52988006), AUTOMATIC, with the algorithm identification (AI family, CID 7162). The
 frames follow the geometry of the volume ``detect`` reconstructed (:class:`~ctlesion.volume.Volume`,
 LPS), which may differ from the source slices (a regular grid over a missing slice, a tilt
-correction); highdicom references a source instance wherever a frame lies on one (DICOM PS3.3
-A.51, C.8.20). The SEG joins the source study (same Study Instance UID and Frame of
+correction), with source slices kept as they are at their own positions
+(:func:`frame_positions_lps_mm`); highdicom references a source instance wherever a frame lies
+on one (DICOM PS3.3 A.51, C.8.20). The SEG joins the source study (same Study Instance UID and Frame of
 Reference), in a new series, so viewers (3D Slicer, OHIF) show it over the CT.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from copy import deepcopy
 from io import BytesIO
@@ -24,8 +24,6 @@ from pydicom.dataset import Dataset
 from ctlesion.atomic import atomic_write_bytes
 from ctlesion.postprocess import Lesion
 from ctlesion.volume import Volume
-
-logger = logging.getLogger(__name__)
 
 #: Attributes every source image must carry for a SEG that refers to it (DICOM type 1 there).
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
@@ -188,6 +186,8 @@ def lesion_segmentation(
         raise ValueError("no lesions: a DICOM SEG needs at least one segment")
     if tuple(labels_zyx.shape) != volume.shape_zyx:
         raise ValueError(f"label map shape {labels_zyx.shape} differs from the volume's {volume.shape_zyx}")
+    if source_positions_lps_mm is not None and len(source_positions_lps_mm) != volume.shape_zyx[0]:
+        raise ValueError(f"{len(source_positions_lps_mm)} source positions for {volume.shape_zyx[0]} slices")
     problem = seg_source_problem(source_images)
     if problem:
         raise ValueError(problem)
@@ -203,8 +203,6 @@ def lesion_segmentation(
             algorithm_identification=algorithm, tracking_id=f"lesion {label}", tracking_uid=hd.UID())
         for label, lesion in enumerate(lesions, start=1)
     ]
-    if source_positions_lps_mm is not None and len(source_positions_lps_mm) != volume.shape_zyx[0]:
-        raise ValueError(f"{len(source_positions_lps_mm)} source positions for {volume.shape_zyx[0]} slices")
     positions = [hd.PlanePositionSequence("PATIENT", [float(v) for v in position])
                  for position in frame_positions_lps_mm(volume, source_positions_lps_mm)]
     orientation = hd.PlaneOrientationSequence(
