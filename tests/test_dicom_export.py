@@ -270,6 +270,7 @@ def test_detect_dicom_seg_and_sr_per_dicom_study(tiny_weights, tmp_path, monkeyp
     with_sr = CliRunner().invoke(app, ["detect", str(good), "--dicom-sr", "--device", "cpu", "--out",
                                        str(tmp_path / "sr" / "results.json"), "--weights", str(tiny_weights)])
     assert with_sr.exit_code == 0, with_sr.output
+    assert "DICOM: good_lesions.seg.dcm, good_lesions.sr.dcm" in with_sr.output
     (study,) = json.loads((tmp_path / "sr" / "results.json").read_text())["studies"]
     assert study["dicom_seg"] == "good_lesions.seg.dcm" and study["dicom_sr"] == "good_lesions.sr.dcm"
     report = hd.sr.srread(tmp_path / "sr" / "good_lesions.sr.dcm")

@@ -389,6 +389,9 @@ def detect(
                          f"long axis {lesion['long_axis_mm']:.1f} mm")
         if len(study["lesions"]) > 10:
             stdout.print(f"  ... and {len(study['lesions']) - 10} more (see {out.name})")
+        dicom = [name for name in (study["dicom_seg"], study["dicom_sr"]) if name]
+        if dicom:
+            stdout.print(f"  DICOM: {', '.join(dicom)}")
     stdout.print(f"wrote {out}")
 
 
