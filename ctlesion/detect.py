@@ -170,7 +170,7 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
         log.warning("%s: no DICOM SEG or SR written: %s", item.path, problem)
         return None, None
     model_name = Path(model_info.get("weights", "")).name
-    per_slice = [item.source_slice(volume, z) for z in range(volume.shape_zyx[0])]
+    per_slice = item.source_slices(volume)
     try:  # highdicom may still refuse unusual source headers
         segmentation = lesion_segmentation(
             volume, labels, lesions, sources, version=__version__, model_name=model_name,

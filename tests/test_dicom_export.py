@@ -115,7 +115,7 @@ def test_seg_over_a_regridded_series_keeps_the_interpolated_slice(tmp_path):
     positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
                        for f in seg.PerFrameFunctionalGroupsSequence)
     assert positions == [6.0, 9.0]
-    on_slice = [pending.source_slice(volume, z) for z in (2, 3)]
+    on_slice = pending.source_slices(volume)[2:4]
     assert on_slice[0].header.ImagePositionPatient[2] == 6.0 and on_slice[1] is None  # 9 mm was interpolated
     back = seg.get_volume(combine_segments=True)
     assert labelled_lps_mm(seg_lps_mm(back), back.array) == labelled_lps_mm(ours_lps_mm(volume), labels)
@@ -127,7 +127,7 @@ def test_seg_frames_sit_on_their_source_slices_despite_step_jitter(tmp_path):
     (pending,) = pending_volumes(folder)
     volume = pending.read()
     assert volume.slice_interval_mm == pytest.approx(2.03)  # the grid puts slice 2 at 4.06 mm, its file is at 3.98
-    sources = [pending.source_slice(volume, z) for z in range(4)]
+    sources = pending.source_slices(volume)
     lesions = [box_lesion(0.8, (1, 0, 0), (3, 2, 2))]
     seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, pending.source_images(), version="9.9",
                               source_positions_lps_mm=[s.position_lps_mm for s in sources])
@@ -144,7 +144,7 @@ def test_tilt_corrected_slices_keep_the_volume_grid(tmp_path):
     write_tilted_series(folder, [0.0, 3.0, 6.0])
     (pending,) = pending_volumes(folder, tilt="resample")
     volume = pending.read()
-    sources = [pending.source_slice(volume, z) for z in range(volume.shape_zyx[0])]
+    sources = pending.source_slices(volume)
     assert all(s is not None for s in sources)  # each slice still comes from one file ...
     grid = frame_positions_lps_mm(volume, None)
     positions = frame_positions_lps_mm(volume, [s.position_lps_mm for s in sources])
@@ -160,6 +160,7 @@ def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), np.eye(4)), nii)
     (nifti,) = pending_volumes(nii)
     assert nifti.source_images() == [] and "not a DICOM series" in seg_source_problem([])
+    assert nifti.source_slices(nifti.read()) == [None] * 3
     folder = tmp_path / "ct"
     write_series(folder, z_positions([0, 2]), **UIDS)
     (good,) = pending_volumes(folder)
@@ -182,7 +183,7 @@ def test_inputs_that_cannot_carry_a_seg_are_explained(tmp_path):
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom_uid_from_meta(path) for path in paths}
     assert [image.SOPInstanceUID for image in pending.source_images()] == ["", ""]  # the caller's headers stay as read
-    key = pending.source_slice(volume, 1)
+    key = pending.source_slices(volume)[1]
     sr = lesion_measurement_report(seg, lesions, completed_sources(pending.source_images(), volume), version="9.9",
                                    key_slice_images=[(key.header, key.frame_number)])
     (group,) = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
@@ -196,7 +197,7 @@ def test_sr_reports_each_lesion_against_its_segment(tmp_path):
     volume, sources = pending.read(), pending.source_images()
     lesions = [box_lesion(0.9, (1, 1, 1), (2, 2, 2), (21.4, 15.25), 3.125), box_lesion(0.5, (0, 3, 0), (1, 2, 2), (7.5, 4.0), 0.25)]
     seg = lesion_segmentation(volume, label_map(volume, lesions), lesions, sources, version="9.9")
-    key_images = [(s.header, s.frame_number) for s in (pending.source_slice(volume, les.key_slice) for les in lesions)]
+    key_images = [(s.header, s.frame_number) for s in (pending.source_slices(volume)[les.key_slice] for les in lesions)]
     assert [image.ImagePositionPatient[2] for image, frame in key_images] == [2.0, 0.0]
     assert [frame for image, frame in key_images] == [None, None]  # single-frame files
     write_dicom_file(tmp_path / "sr.dcm", lesion_measurement_report(seg, lesions, sources, version="9.9",
@@ -239,7 +240,7 @@ def test_seg_of_an_enhanced_multiframe_ct(shared_data, tmp_path):
     seg = lesion_segmentation(volume, labels, lesions, pending.source_images(), version="9.9")
     back = seg.get_volume(combine_segments=True)
     assert labelled_lps_mm(seg_lps_mm(back), back.array) == labelled_lps_mm(ours_lps_mm(volume), labels)
-    frames = {pending.source_slice(volume, z).frame_number for z in (0, 1)}
+    frames = {s.frame_number for s in pending.source_slices(volume)}
     assert frames == {1, 2}  # each slice is one frame of the one file
 
 

@@ -110,9 +110,9 @@ class PendingVolume:
             return read_deeplesion_series(self.path)
         return read_nifti(self.path)
 
-    def source_slice(self, volume: Volume, z: int) -> SliceHeader | None:
-        """The source image (file, or frame of a multi-frame file) that became slice ``z`` of
-        ``volume`` (this input's :meth:`read`).
+    def source_slices(self, volume: Volume) -> list[SliceHeader | None]:
+        """Per slice of ``volume`` (this input's :meth:`read`), the source image (file, or frame of
+        a multi-frame file) it came from.
 
         The DICOM reader records, per volume slice, the file and frame it came from
         (``volume.meta["slice_paths"]``, ``["slice_frames"]``; None for a slice interpolated
@@ -120,19 +120,16 @@ class PendingVolume:
 
         Args:
             volume: the volume :meth:`read` returned.
-            z: slice index of the volume.
 
         Returns:
-            Its :class:`~ctlesion.io.series.SliceHeader` (header, frame index, ImagePositionPatient),
-            or None for an interpolated slice, an index outside the volume, or a non-DICOM input.
+            (Z,) list of :class:`~ctlesion.io.series.SliceHeader` (header, frame, ImagePositionPatient)
+            or None for an interpolated slice; all None for a non-DICOM input.
         """
         paths, frames = volume.meta.get("slice_paths"), volume.meta.get("slice_frames")
-        if not _is_dicom_folder(self.path) or not paths or not 0 <= z < len(paths) or paths[z] is None:
-            return None
-        for image in self.discovery.images_of(self.info):
-            if str(image.path) == paths[z] and image.frame_index == frames[z]:
-                return image
-        return None
+        if not _is_dicom_folder(self.path) or not paths:
+            return [None] * volume.shape_zyx[0]
+        by_file = {(str(image.path), image.frame_index): image for image in self.discovery.images_of(self.info)}
+        return [None if path is None else by_file.get((path, frame)) for path, frame in zip(paths, frames)]
 
     def source_images(self) -> list[Dataset]:
         """The DICOM headers (no pixel data) of the series, one per file in slice order (a

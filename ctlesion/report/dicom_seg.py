@@ -123,7 +123,7 @@ def frame_positions_lps_mm(volume: Volume, source_positions_lps_mm: Sequence[np.
     Args:
         volume: the volume the SEG is built on.
         source_positions_lps_mm: per volume slice, its source slice's (3,) ImagePositionPatient
-            (:meth:`~ctlesion.io.PendingVolume.source_slice`), or None; None for no sources.
+            (:meth:`~ctlesion.io.PendingVolume.source_slices`), or None; None for no sources.
 
     Returns:
         (Z, 3) float64 positions, LPS mm.

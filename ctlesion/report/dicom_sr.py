@@ -36,7 +36,7 @@ def lesion_measurement_report(segmentation: Dataset, lesions: Sequence[Lesion], 
         version: ctlesion version; model_name: the checkpoint's file name (algorithm parameter).
         key_slice_images: per lesion, the source image (header, frame number or None) of its key
             slice, on which the long and short axes were measured
-            (:meth:`~ctlesion.io.PendingVolume.source_slice`), or None where the key slice is
+            (:meth:`~ctlesion.io.PendingVolume.source_slices`), or None where the key slice is
             no source slice; the axis measurements then name that image. (The axes' end points
             are not drawn as SCOORDs: TID 1411 volumetric groups admit none; they are in
             results.json and on the overlays.)
