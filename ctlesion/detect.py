@@ -171,14 +171,15 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
         return None, None
     model_name = Path(model_info.get("weights", "")).name
     per_slice = item.source_slices(volume)
+    sources = completed_sources(sources, volume)  # once, for the SEG and the SR
     try:  # highdicom may still refuse unusual source headers
         segmentation = lesion_segmentation(
             volume, labels, lesions, sources, version=__version__, model_name=model_name,
             source_positions_lps_mm=[None if s is None else s.position_lps_mm for s in per_slice])
         key_images = [None if (key := per_slice[lesion.key_slice]) is None else (key.header, key.frame_number)
                       for lesion in lesions]
-        report = (lesion_measurement_report(segmentation, lesions, completed_sources(sources, volume),
-                                            version=__version__, model_name=model_name, key_slice_images=key_images)
+        report = (lesion_measurement_report(segmentation, lesions, sources, version=__version__,
+                                            model_name=model_name, key_slice_images=key_images)
                   if with_sr else None)
     except (ValueError, AttributeError, KeyError) as error:
         log.warning("%s: no DICOM SEG or SR written: highdicom refused the source headers (%s)", item.path, error)

@@ -104,7 +104,7 @@ class PendingVolume:
             CtlesionError: what only the pixel data show (truncated or corrupt files, too few
                 decodable slices), naming the input.
         """
-        if _is_dicom_folder(self.path):
+        if self.discovery.images:  # a DICOM folder (the describers of the others list no images)
             return read_discovered(self.discovery, self.info, tilt=self.tilt)
         if self.path.is_dir():
             return read_deeplesion_series(self.path)
@@ -126,7 +126,7 @@ class PendingVolume:
             or None for an interpolated slice; all None for a non-DICOM input.
         """
         paths, frames = volume.meta.get("slice_paths"), volume.meta.get("slice_frames")
-        if not _is_dicom_folder(self.path) or not paths:
+        if not self.discovery.images or not paths:
             return [None] * volume.shape_zyx[0]
         by_file = {(str(image.path), image.frame_index): image for image in self.discovery.images_of(self.info)}
         return [None if path is None else by_file.get((path, frame)) for path, frame in zip(paths, frames)]
@@ -134,7 +134,7 @@ class PendingVolume:
     def source_images(self) -> list[Dataset]:
         """The DICOM headers (no pixel data) of the series, one per file in slice order (a
         multi-frame file once); empty for a NIfTI file or DeepLesion PNG series."""
-        if not _is_dicom_folder(self.path):
+        if not self.discovery.images:
             return []
         unique = {s.path: s.header for s in self.discovery.images_of(self.info)}
         return list(unique.values())
