@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from ctlesion.report.dicom_seg import (
 from ctlesion.report.dicom_sr import lesion_measurement_report
 from ctlesion.report.overlays import write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
+from ctlesion.report.summary_sheet import write_summary_sheet
 from ctlesion.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -192,22 +194,60 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
     return seg_name, sr_name
 
 
-def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
-               options: DetectOptions = DetectOptions(), device: torch.device | str = "cpu",
-               progress=None) -> dict:
-    """Detect lesions in each input and write results.json, label maps and overlays beside it.
+@dataclass(frozen=True)
+class PlannedStudy:
+    """One study ``detect`` will read: its output name and its volume, checked from headers.
 
-    Every input is found and checked from its headers before anything runs, so a missing path,
-    an unmatched ``--series`` or a refused tilt fails fast; volumes are then decoded one at a
-    time (one volume in memory, however many series ``--all-series`` finds). All output files
-    are staged in a temporary folder and moved into place only when every study succeeded.
+    Attributes:
+        name: file-name-safe unique name of the study's outputs (``<name>_lesions.nii.gz`` ...).
+        pending: the volume, found and checked from its headers, not yet decoded.
+    """
+
+    name: str
+    pending: PendingVolume
+
+
+def plan_studies(inputs: Sequence[Path], options: DetectOptions = DetectOptions()) -> list[PlannedStudy]:
+    """Find and check every input from its headers, without decoding any pixel data.
+
+    Fast (about a second for a folder of a few hundred files), so that a missing path, a
+    folder without CT, an unmatched ``--series`` or a refused tilt fails before a model is
+    loaded or any volume decoded.
 
     Args:
         inputs: DICOM series folders and/or NIfTI files. A folder gives one study per series read
             (``options.series`` / ``options.all_series``); several series of one folder are named
             ``<folder>_s<SeriesNumber>``.
+        options: series selection, ``allow_non_ct`` and ``tilt`` are used.
+
+    Returns:
+        The studies in input order.
+
+    Raises:
+        CtlesionError: an input is missing or unreadable, holds no usable series, or a series
+            is refused (one line naming the file and the problem).
+    """
+    per_input = [pending_volumes(Path(p), series=options.series, all_series=options.all_series,
+                                 allow_non_ct=options.allow_non_ct, tilt=options.tilt) for p in inputs]
+    taken: set[str] = set()
+    return [PlannedStudy(study_name(Path(p), taken, "" if len(found) == 1 else f"_s{_series_tag(v, k)}"), v)
+            for p, found in zip(inputs, per_input) for k, v in enumerate(found)]
+
+
+def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
+               options: DetectOptions = DetectOptions(), device: torch.device | str = "cpu",
+               progress=None) -> dict:
+    """Detect lesions in each planned study and write results.json, label maps and overlays beside it.
+
+    Volumes are decoded one at a time (one volume in memory, however many series
+    ``--all-series`` finds). All output files are staged in a temporary folder and moved into
+    place only when every study succeeded.
+
+    Args:
+        studies: from :func:`plan_studies`.
         results_path: the results.json to write; label maps ``<study>_lesions.nii.gz``,
-            overlays ``<study>_lesionNN.png`` and (``options.dicom_seg`` / ``dicom_sr``) DICOM
+            overlays ``<study>_lesionNN.png``, a summary sheet ``<study>_lesions.png`` (when
+            the study has lesions) and (``options.dicom_seg`` / ``dicom_sr``) DICOM
             SEGs ``<study>_lesions.seg.dcm`` and SRs ``<study>_lesions.sr.dcm`` go into the same
             folder.
         model: detector in eval mode; model_info: its checkpoint sidecar dict.
@@ -219,17 +259,13 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
 
     Raises:
         CtlesionError: unreadable input (nothing is written then).
+        OSError: the output folder cannot be written (the error names it).
     """
-    per_input = [pending_volumes(Path(p), series=options.series, all_series=options.all_series,
-                                 allow_non_ct=options.allow_non_ct, tilt=options.tilt) for p in inputs]
-    taken: set[str] = set()
-    names = [study_name(Path(p), taken, "" if len(found) == 1 else f"_s{_series_tag(v, k)}")
-             for p, found in zip(inputs, per_input) for k, v in enumerate(found)]
-    pending = [v for found in per_input for v in found]
     out_dir = Path(results_path).parent
-    studies = []
+    records = []
     with staged_outputs(out_dir) as stage:
-        for name, item in zip(names, pending):
+        for study in studies:
+            name, item = study.name, study.pending
             volume = item.read()
             task = None
             if progress is not None:
@@ -247,12 +283,14 @@ def run_detect(inputs: list[Path], results_path: Path, model: AlignShiftDetector
             overlays = []
             for label, lesion in enumerate(lesions, start=1):
                 overlay_name = f"{name}_lesion{label:02d}.png"
-                write_overlay(volume, lesion, label, Path(stage) / overlay_name)
+                write_overlay(volume, lesion, label, Path(stage) / overlay_name, num_lesions=len(lesions),
+                              study_name=name)
                 overlays.append(overlay_name)
-            studies.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,
+            sheet = write_summary_sheet(volume, lesions, Path(stage) / f"{name}_lesions.png", study_name=name)
+            records.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,
                                         label_map_file=map_name, overlay_files=overlays, dicom_seg_file=seg_name,
-                                        dicom_sr_file=sr_name))
+                                        dicom_sr_file=sr_name, summary_sheet_file=None if sheet is None else sheet.name))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", "")}
-        write_results_json(Path(stage) / Path(results_path).name, studies, model=model_record, version=__version__)
-    return {"version": __version__, "model": model_record, "studies": studies}
+        write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)
+    return {"version": __version__, "model": model_record, "studies": records}

@@ -209,9 +209,13 @@ def link_detections(
        belongs to a chain spanning detector slices [ka, kb] if round(z * input_interval_mm /
        detector_interval_mm) (halves rounded up) is in [ka, kb]; it gets that nearest detector
        slice's mask (probability >= ``mask_threshold``).
-    4. The key slice is the input slice nearest the highest-scoring detection; the in-plane box
-       is the union of the chain's boxes; RECIST axes come from the key slice's mask
-       (:func:`recist_axes_mm`); the volume counts mask voxels.
+    4. The key slice is the input slice nearest the highest-scoring detection (or, where the
+       mask is off there, the slice of its largest cross-section); the in-plane box is the
+       union of the chain's boxes; RECIST axes come from the key slice's mask
+       (:func:`recist_axes`); the volume counts mask voxels.
+    5. Chains that overlap in 3D become one lesion and every voxel belongs to at most one
+       lesion (:func:`disjoint_lesions`: 3D non-maximum suppression by mask overlap over the
+       smaller mask, the highest score kept; partial overlaps stay with the higher score).
 
     Args:
         per_slice: detections per detector slice (slices without detections may be omitted).
@@ -224,7 +228,7 @@ def link_detections(
         mask_threshold: mask probability at and above which a pixel is lesion.
 
     Returns:
-        Lesions sorted by descending score.
+        Disjoint lesions with at least one mask voxel each, sorted by descending score.
 
     Raises:
         ValueError: inconsistent shapes, duplicate slice indices, non-positive intervals or a
@@ -261,12 +265,13 @@ def link_detections(
         )
 
     spacing_zyx_mm = (float(input_interval_mm), float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
-    lesions = [
+    chains = [
         _chain_to_lesion(chain, slice_arr, box_arr, score_arr, masks, ratio, num_input_slices, spacing_zyx_mm)
         for chain in _link_chains(slice_arr, box_arr, score_arr, iou_threshold)
     ]
-    lesions.sort(key=lambda les: -les.score)
-    logger.debug("linked %d detections into %d lesions", len(score_arr), len(lesions))
+    lesions = disjoint_lesions(chains, spacing_zyx_mm)
+    logger.debug("linked %d detections into %d chains, %d disjoint lesions", len(score_arr), len(chains),
+                 len(lesions))
     return lesions
 
 
@@ -291,33 +296,131 @@ def _chain_to_lesion(
 
     key = chain[int(np.argmax(scores[chain]))]
     key_z = int(np.clip(np.floor(slice_of[key] * ratio + 0.5), z_in[0], z_in[-1]))
-    key_mask = stack[key_z - z_in[0]]
-    axes = recist_axes(key_mask, spacing_zyx_mm[1:])
-
-    on_y, on_x = np.flatnonzero(stack.any(axis=(0, 2))), np.flatnonzero(stack.any(axis=(0, 1)))
-    if len(on_y):
-        y0, y1, x0, x1 = on_y[0], on_y[-1] + 1, on_x[0], on_x[-1] + 1
-    else:
-        y0 = y1 = x0 = x1 = 0
-    mask_zyx = np.ascontiguousarray(stack[:, y0:y1, x0:x1])
     chain_boxes = boxes[chain]
     box_vox = (
         float(chain_boxes[:, 0].min()), float(chain_boxes[:, 1].min()), float(z_in[0]),
         float(chain_boxes[:, 2].max()), float(chain_boxes[:, 3].max()), float(z_in[-1]),
     )
+    return _measured_lesion(float(scores[key]), box_vox, key_z, stack, (int(z_in[0]), 0, 0), spacing_zyx_mm)
+
+
+def _measured_lesion(score: float, box_vox: tuple[float, ...], key_slice: int, mask_zyx: np.ndarray,
+                     offset_zyx: tuple[int, int, int], spacing_zyx_mm: tuple[float, float, float]) -> Lesion:
+    """A lesion whose mask, volume, key slice and RECIST axes all come from ``mask_zyx``.
+
+    The mask (bool, at input voxel ``offset_zyx``) is cropped to its bounding box. The key slice
+    stays ``key_slice`` when the mask is on there; otherwise it moves to the slice with the
+    largest mask area (ties: the nearest to ``key_slice``), so the axes are measured on the
+    lesion's own voxels. The volume is the voxel count x the voxel volume.
+    """
+    areas = mask_zyx.sum(axis=(1, 2))
+    z0 = offset_zyx[0]
+    if len(areas) and areas.any() and not (0 <= key_slice - z0 < len(areas) and areas[key_slice - z0]):
+        candidates = np.flatnonzero(areas == areas.max())
+        key_slice = int(z0 + candidates[np.argmin(np.abs(z0 + candidates - key_slice))])
+    on_z, on_y, on_x = (np.flatnonzero(mask_zyx.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    if len(on_z):
+        crop = (slice(on_z[0], on_z[-1] + 1), slice(on_y[0], on_y[-1] + 1), slice(on_x[0], on_x[-1] + 1))
+        offset = tuple(int(o + c.start) for o, c in zip(offset_zyx, crop))
+    else:
+        crop, offset = (slice(0, 0),) * 3, tuple(int(o) for o in offset_zyx)
+    mask = np.ascontiguousarray(mask_zyx[crop])
+    key_index = key_slice - offset[0]
+    key_mask = mask[key_index] if 0 <= key_index < mask.shape[0] else np.zeros(mask.shape[1:], bool)
+    axes = recist_axes(key_mask, spacing_zyx_mm[1:])
+    long_px, short_px = (None if ends is None else tuple((x + offset[2], y + offset[1]) for x, y in ends)
+                         for ends in (axes.long_px, axes.short_px))
     voxel_ml = float(np.prod(spacing_zyx_mm)) / 1000.0
     return Lesion(
-        score=float(scores[key]),
+        score=score,
         box_vox=box_vox,
-        key_slice=key_z,
+        key_slice=int(key_slice),
         long_axis_mm=axes.long_mm,
         short_axis_mm=axes.short_mm,
-        volume_ml=float(mask_zyx.sum()) * voxel_ml,
-        mask_zyx=mask_zyx,
-        mask_offset_zyx=(int(z_in[0]), int(y0), int(x0)),
-        long_axis_px=axes.long_px,
-        short_axis_px=axes.short_px,
+        volume_ml=float(mask.sum()) * voxel_ml,
+        mask_zyx=mask,
+        mask_offset_zyx=offset,  # type: ignore[arg-type]
+        long_axis_px=long_px,  # type: ignore[arg-type]
+        short_axis_px=short_px,  # type: ignore[arg-type]
     )
+
+
+#: 3D non-maximum suppression of linked lesions (:func:`disjoint_lesions`): a lesion that shares
+#: at least this fraction of the smaller mask's voxels with a higher-scoring lesion is a
+#: duplicate of it.
+DUPLICATE_OVERLAP = 0.5
+
+
+def _overlap_region(a: Lesion, b: Lesion) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Index slices into ``a.mask_zyx`` and ``b.mask_zyx`` of their bounding boxes' overlap (None if disjoint)."""
+    lows = [max(oa, ob) for oa, ob in zip(a.mask_offset_zyx, b.mask_offset_zyx)]
+    highs = [min(oa + na, ob + nb) for oa, na, ob, nb in
+             zip(a.mask_offset_zyx, a.mask_zyx.shape, b.mask_offset_zyx, b.mask_zyx.shape)]
+    if any(lo >= hi for lo, hi in zip(lows, highs)):
+        return None
+    return (tuple(slice(lo - o, hi - o) for lo, hi, o in zip(lows, highs, a.mask_offset_zyx)),
+            tuple(slice(lo - o, hi - o) for lo, hi, o in zip(lows, highs, b.mask_offset_zyx)))
+
+
+def disjoint_lesions(lesions: Sequence[Lesion], spacing_zyx_mm: tuple[float, float, float], *,
+                     duplicate_overlap: float = DUPLICATE_OVERLAP) -> list[Lesion]:
+    """Make lesions disjoint 3D objects: one lesion per finding, each voxel in at most one lesion.
+
+    Overlapping detections of one spot (a box nested in a larger one, which the detector's 2D
+    IoU NMS lets through, each linked into its own chain) would otherwise be reported as
+    several lesions whose masks share voxels, and a label map, SEG or SR could not hold them
+    all. The rule (a 3D non-maximum suppression on the linked masks, not from the AlignShift
+    paper), in descending score (ties: input order):
+
+    1. A lesion without a mask voxel is dropped: no label map, SEG or SR can show it.
+    2. A lesion that shares at least ``duplicate_overlap`` of the smaller mask's voxels
+       (intersection over the smaller) with a lesion already kept is a duplicate of that
+       finding and is dropped; the higher-scoring lesion stands for it.
+    3. Voxels it shares with kept lesions below that (a partial overlap) stay with them: its
+       mask is cut to its own voxels, and its volume, key slice (moved to its largest cross
+       section if its key slice lost every voxel) and RECIST axes are measured again on that
+       mask; it is dropped if no voxel remains.
+
+    Afterwards every kept lesion's ``volume_ml``, ``key_slice`` and axes are those of its own
+    voxels, so a label map painted from them (:func:`ctlesion.report.results.label_map`) holds
+    each lesion whole.
+
+    Args:
+        lesions: lesions in the input geometry (any order), as :func:`link_detections` makes them.
+        spacing_zyx_mm: the input volume's voxel spacing (slice interval, row, column), mm.
+        duplicate_overlap: fraction in (0, 1] of the smaller mask above which two lesions are one.
+
+    Returns:
+        The kept lesions, sorted by descending score.
+
+    Raises:
+        ValueError: if ``duplicate_overlap`` is not in (0, 1].
+    """
+    if not 0.0 < duplicate_overlap <= 1.0:
+        raise ValueError(f"duplicate_overlap must be in (0, 1], got {duplicate_overlap}")
+    order = sorted(range(len(lesions)), key=lambda i: (-lesions[i].score, i))
+    kept: list[Lesion] = []
+    for lesion in (lesions[i] for i in order):
+        size = int(lesion.mask_zyx.sum())
+        own = lesion.mask_zyx.copy()
+        duplicate = size == 0
+        for other in kept:
+            region = _overlap_region(lesion, other) if not duplicate else None
+            if region is None:
+                continue
+            shared = own[region[0]] & other.mask_zyx[region[1]]
+            count = int(shared.sum())
+            if count and count >= duplicate_overlap * min(size, int(other.mask_zyx.sum())):
+                duplicate = True
+            own[region[0]] &= ~shared
+        if duplicate or not own.any():
+            logger.debug("dropped a lesion of score %.3f at %s: %s", lesion.score, lesion.mask_offset_zyx,
+                         "no voxel" if size == 0 else "duplicate of a higher-scoring lesion")
+            continue
+        kept.append(lesion if own.sum() == size else
+                    _measured_lesion(lesion.score, lesion.box_vox, lesion.key_slice, own, lesion.mask_offset_zyx,
+                                     spacing_zyx_mm))
+    return kept
 
 
 def _mask_hull_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> np.ndarray:

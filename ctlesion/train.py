@@ -41,6 +41,7 @@ from torchvision.models import densenet121
 
 from ctlesion import __version__
 from ctlesion.checkpoint import save_checkpoint
+from ctlesion.choices import PRECISIONS
 from ctlesion.data.augment import AugmentConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
 from ctlesion.distributed import (
@@ -60,7 +61,6 @@ from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "best.safetensors", "best.json")
 
 

@@ -13,14 +13,31 @@ Frames and conventions (SPEC section 2-3):
   for the voxel at column i, row j, slice k.
 * ``spacing_zyx_mm[0]`` is the **slice interval** (distance between consecutive slice
   positions along the slice normal), not the nominal SliceThickness.
+
+Non-finite voxels (:func:`finite_hu`, the one rule every reader applies before it builds its
+Volume): NaN and +/-inf HU (stored as such in a float NIfTI, or made by NIfTI ``scl_slope`` /
+``scl_inter`` scaling or a DICOM rescale that leaves the float32 range) are set to air
+(:data:`AIR_HU`) with a warning that counts them; a volume without any finite voxel is refused.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ctlesion.errors import CtlesionError
+
+logger = logging.getLogger(__name__)
+
+#: HU of air: written for padding (DICOM PixelPaddingValue), where a tilt correction has no data,
+#: and for non-finite voxels (:func:`finite_hu`).
+AIR_HU = -1024
+#: Slice names listed in a non-finite warning before "and N more".
+_MAX_NAMED_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,70 @@ class Volume:
         affine = self.affine_lps
         return xyz @ affine[:3, :3].T + affine[:3, 3]
 
-    def with_array(self, hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float] | None = None) -> "Volume":
+    def with_array(self, hu: np.ndarray, spacing_zyx_mm: tuple[float, float, float] | None = None) -> Volume:
         """Return a copy with a new array (and optionally spacing), keeping origin and direction."""
         return replace(self, hu=hu, spacing_zyx_mm=spacing_zyx_mm or self.spacing_zyx_mm)
+
+
+def describe_non_finite(hu: np.ndarray, slice_names: list[str] | None = None) -> tuple[str | None, str | None]:
+    """What :func:`finite_hu` would say about an HU array, without changing it.
+
+    Args:
+        hu: (Z, Y, X) HU array, any real dtype (integer arrays are always finite).
+        slice_names: per z index, a name for messages (e.g. the DICOM file); None: z indices.
+
+    Returns:
+        (warning, refusal): the one-line warning when some voxels are NaN or +/-inf (their count
+        by kind and the slices they lie on), else None; the one-line reason to refuse the volume
+        when no voxel is finite (it then has no warning), else None.
+    """
+    if hu.dtype.kind != "f" or hu.size == 0:
+        return None, None
+    finite = np.isfinite(hu)
+    count = hu.size - int(np.count_nonzero(finite))
+    if count == 0:
+        return None, None
+    if count == hu.size:
+        return None, f"has no finite voxel (all {hu.size} voxels are NaN or infinite)"
+    bad = ~finite
+    nan = int(np.count_nonzero(np.isnan(hu)))
+    kinds = [(nan, "NaN"), (int(np.count_nonzero(bad & (hu > 0))), "+inf"), (int(np.count_nonzero(bad & (hu < 0))), "-inf")]
+    slices = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+    if slice_names is None:
+        where = f"z = {slices[0]}" if len(slices) == 1 else f"z = {slices[0]} to {slices[-1]}"
+    else:
+        names = [slice_names[z] for z in slices[:_MAX_NAMED_SLICES]]
+        where = ", ".join(names) + (f" and {len(slices) - len(names)} more" if len(slices) > len(names) else "")
+    return (
+        f"{count} voxels are not finite ({', '.join(f'{n} {kind}' for n, kind in kinds if n)}) on "
+        f"{len(slices)} slice{'s' if len(slices) > 1 else ''} ({where}); they are set to air ({AIR_HU} HU)"
+    ), None
+
+
+def finite_hu(hu: np.ndarray, source: str | Path, warnings: list[str], slice_names: list[str] | None = None) -> np.ndarray:
+    """Apply the non-finite rule to a reader's HU array before it becomes a :class:`Volume`.
+
+    NaN and +/-inf voxels are set to air (:data:`AIR_HU`); the warning
+    (:func:`describe_non_finite`) is appended to ``warnings`` (the volume's ``meta["warnings"]``,
+    which ``results.json`` and ``ctlesion info`` show) and logged with ``source``.
+
+    Args:
+        hu: (Z, Y, X) HU array, any real dtype; left unchanged (a copy is changed).
+        source: the file or folder read, for messages.
+        warnings: the reader's warning list, appended to.
+        slice_names: per z index, a name for the warning (e.g. the DICOM file); None: z indices.
+
+    Returns:
+        ``hu`` itself when every voxel is finite, else a finite copy of the same dtype and shape.
+
+    Raises:
+        CtlesionError: (naming ``source``) no voxel is finite.
+    """
+    warning, refusal = describe_non_finite(hu, slice_names)
+    if refusal:
+        raise CtlesionError(refusal, source)
+    if warning is None:
+        return hu
+    logger.warning("%s: %s", source, warning)
+    warnings.append(warning)
+    return np.where(np.isfinite(hu), hu, hu.dtype.type(AIR_HU))

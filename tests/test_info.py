@@ -294,7 +294,7 @@ def test_detect_series_errors(tiny_weights, two_series, tmp_path):
     both = detect(two_series, "--series", "2", "--all-series", "--out", out, "--weights", tiny_weights)
     assert both.exit_code == 2 and "exclude each other" in both.output
     bad_tilt = detect(two_series, "--tilt", "ignore", "--out", out, "--weights", tiny_weights)
-    assert bad_tilt.exit_code == 2 and "--tilt must be refuse or resample" in bad_tilt.output
+    assert bad_tilt.exit_code == 2 and "'refuse', 'resample'" in bad_tilt.output
 
 
 def test_detect_tilt_refused_by_default_and_resampled_on_request(tiny_weights, tmp_path, no_network):

@@ -124,8 +124,9 @@ def test_unreadable_and_missing_files(tmp_path):
 # --------------------------------------------------------------------------- writing
 
 
-def make_reference(direction_lps=np.eye(3), shape_zyx=(3, 4, 5)) -> Volume:
+def make_reference(direction_lps=None, shape_zyx=(3, 4, 5)) -> Volume:
     hu = np.arange(np.prod(shape_zyx), dtype=np.int16).reshape(shape_zyx) - 100
+    direction_lps = np.eye(3) if direction_lps is None else direction_lps
     return Volume(hu, (2.5, 0.7, 0.8), (-12.5, 30.25, 101.0), direction_lps, source="synthetic")
 
 

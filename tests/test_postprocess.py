@@ -12,6 +12,7 @@ from ctlesion.postprocess import (
     Lesion,
     SliceDetections,
     box_lps_mm,
+    disjoint_lesions,
     link_detections,
     recist_axes,
     recist_axes_mm,
@@ -114,6 +115,56 @@ def test_below_link_iou_starts_a_new_lesion():
     per_slice = [slice_dets(0, ((10, 10, 30, 30), 0.9)), slice_dets(1, ((20, 20, 40, 40), 0.8))]
     assert len(link(per_slice, iou_threshold=0.3)) == 2  # IoU 100 / 700 = 0.14
     assert len(link(per_slice, iou_threshold=0.1)) == 1
+
+
+def test_nested_detections_of_one_spot_are_one_lesion():
+    # A box nested in a larger one on the same slices (2D IoU 0.25: the detector's NMS keeps
+    # both) links into two chains; all of the smaller mask lies inside the larger: one lesion.
+    outer, inner = (10, 10, 30, 30), (15, 15, 25, 25)
+    per_slice = [slice_dets(k, (outer, 0.7), (inner, 0.9 - 0.01 * k)) for k in (3, 4, 5)]
+    (lesion,) = link(per_slice)
+    assert lesion.score == pytest.approx(0.87) and lesion.key_slice == 3
+    np.testing.assert_array_equal(painted(lesion)[3], box_mask(inner))
+    assert lesion.volume_ml == pytest.approx(3 * 100 * 5.0 * 0.8 * 0.5 / 1000, rel=1e-12)
+
+
+def test_partial_overlap_is_cut_from_the_lower_score_and_measured_again():
+    first = (10, 10, 30, 30)
+    second = (26, 10, 46, 30)  # shares columns 26-29 with `first` on slices 3-4 (4 of 20 columns)
+    per_slice = [slice_dets(3, (first, 0.9), (second, 0.6)), slice_dets(4, (first, 0.8), (second, 0.7))]
+    high, low = link(per_slice)
+    assert (high.score, low.score) == (pytest.approx(0.9), pytest.approx(0.7))
+    labels = np.zeros((12, *SHAPE_YX), np.uint8)
+    high.paint(labels, 1)
+    low.paint(labels, 2)
+    own = box_mask((30, 10, 46, 30))
+    np.testing.assert_array_equal(labels[4] == 2, own)
+    assert (labels == 1).sum() == 2 * 400  # the higher score keeps every voxel
+    assert low.volume_ml == pytest.approx(2 * own.sum() * 5.0 * 0.8 * 0.5 / 1000, rel=1e-12)
+    # Its axes are measured on its own 16 x 20 px cross-section (8 x 16 mm), not the 20 x 20 box.
+    assert low.long_axis_mm == pytest.approx(math.hypot(8.0, 16.0), abs=1e-9)
+    assert min(x for x, _ in low.long_axis_px) == pytest.approx(30.0)
+
+
+def test_disjoint_lesions_drops_empty_masks_and_moves_a_lost_key_slice():
+    spacing = (5.0, 0.8, 0.5)
+    big = Lesion(score=0.9, box_vox=(0, 0, 0, 20, 20, 2), key_slice=1, long_axis_mm=0, short_axis_mm=0,
+                 volume_ml=0, mask_zyx=np.ones((3, 20, 20), bool), mask_offset_zyx=(0, 0, 0))
+    tail = np.zeros((4, 20, 20), bool)  # slices 1-4
+    tail[:, :4, :4] = True  # 32 of these 64 voxels on slices 1-2 lie in the big lesion (32 % of 100) ...
+    tail[3, 4:10, 4:10] = True  # ... and its largest own cross-section is on slice 4
+    moved = Lesion(score=0.5, box_vox=(0, 0, 1, 20, 20, 4), key_slice=2, long_axis_mm=0, short_axis_mm=0,
+                   volume_ml=0, mask_zyx=tail, mask_offset_zyx=(1, 0, 0))
+    empty = Lesion(score=0.95, box_vox=(0, 0, 0, 5, 5, 0), key_slice=0, long_axis_mm=0, short_axis_mm=0,
+                   volume_ml=0, mask_zyx=np.zeros((1, 5, 5), bool), mask_offset_zyx=(0, 0, 0))
+    kept = disjoint_lesions([moved, big, empty], spacing)
+    assert [les.score for les in kept] == [0.9, 0.5]
+    cut = kept[1]
+    assert cut.mask_offset_zyx == (3, 0, 0) and cut.key_slice == 4  # slice 2 kept only shared voxels
+    assert cut.volume_ml == pytest.approx((16 + 16 + 36) * 5.0 * 0.8 * 0.5 / 1000, rel=1e-12)
+    assert cut.long_axis_mm == pytest.approx(math.hypot(10 * 0.5, 10 * 0.8), abs=1e-9)
+    with pytest.raises(ValueError, match="duplicate_overlap"):
+        disjoint_lesions([big], spacing, duplicate_overlap=0.0)
 
 
 def test_no_detections_give_no_lesions():

@@ -1,24 +1,21 @@
-"""results.json, label maps, overlays and atomic output."""
+"""results.json, label maps and atomic output (overlay pictures: test_overlays.py)."""
 
 from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 
-from ctlesion.postprocess import Lesion, box_lps_mm
+from ctlesion.postprocess import Lesion, box_lps_mm, disjoint_lesions
 from ctlesion.report import (
     atomic_write_bytes,
     atomic_write_text,
     label_map,
     staged_outputs,
     study_record,
-    write_overlay,
     write_results_json,
 )
-from ctlesion.report.overlays import BOX_BGR, CONTOUR_BGR, LONG_AXIS_BGR, SHORT_AXIS_BGR, TEXT_BGR
 from ctlesion.volume import Volume
 
 SHAPE_ZYX = (6, 40, 50)
@@ -70,22 +67,34 @@ def lesions() -> list[Lesion]:
     return [make_lesion(0.6, 2, (14, 16), 8, 3), make_lesion(0.9, 1, (10, 12), 8, 3)]
 
 
-def test_label_map_labels_overlap_and_geometry(lesions):
-    labels = label_map(make_volume(), lesions)
+def test_label_map_refuses_overlapping_lesions(lesions):
+    with pytest.raises(ValueError, match="lesion 2 shares voxels"):
+        label_map(make_volume(), lesions)
+
+
+def test_label_map_of_disjoint_lesions_holds_each_lesion_whole(lesions):
+    volume = make_volume()
+    kept = disjoint_lesions(lesions, volume.spacing_zyx_mm)  # 32 of 192 voxels shared: below the 50 % rule
+    assert [les.score for les in kept] == [0.9, 0.6]
+    labels = label_map(volume, kept)
     assert labels.shape == SHAPE_ZYX and labels.dtype == np.uint8
     assert set(np.unique(labels)) == {0, 1, 2}
-    assert labels[2, 15, 17] == 2  # overlap: the higher score (label 2) wins
-    assert labels[4, 20, 22] == 1  # only lesion 1 (slices 2-4)
-    assert labels[1, 10, 12] == 2 and labels[1, 17, 19] == 2 and labels[1, 18, 20] == 0
-    assert (labels == 2).sum() == 3 * 64
-    assert (labels == 1).sum() == 3 * 64 - 2 * 4 * 4  # minus the overlap lost to label 2
+    assert labels[2, 15, 17] == 1  # the shared voxels stay with the higher score (label 1)
+    assert labels[4, 20, 22] == 2  # only the 0.6 lesion (slices 2-4)
+    assert (labels == 1).sum() == 3 * 64
+    assert (labels == 2).sum() == 3 * 64 - 2 * 4 * 4  # minus the voxels it shares with label 1
+    voxel_ml = float(np.prod(volume.spacing_zyx_mm)) / 1000
+    for label, lesion in enumerate(kept, start=1):
+        assert lesion.volume_ml == pytest.approx((labels == label).sum() * voxel_ml, rel=1e-12)
+        assert labels[lesion.key_slice][lesion.slice_mask(lesion.key_slice, SHAPE_ZYX[1:])].min() == label
 
 
 def test_label_map_nifti_geometry(lesions, tmp_path):
     nib = pytest.importorskip("nibabel")
     write_nifti = pytest.importorskip("ctlesion.io.nifti").write_nifti
     volume = make_volume()
-    write_nifti(label_map(volume, lesions), reference=volume, path=tmp_path / "labels.nii.gz")
+    labels = label_map(volume, disjoint_lesions(lesions, volume.spacing_zyx_mm)[::-1])  # label 2: the 0.9 lesion
+    write_nifti(labels, reference=volume, path=tmp_path / "labels.nii.gz")
     image = nib.load(tmp_path / "labels.nii.gz")
     data = np.asarray(image.dataobj)  # (x, y, z)
     ijk = np.argwhere(data == 2)
@@ -107,7 +116,7 @@ def test_study_record_content(lesions):
     )
     assert set(record) == {
         "input", "slice_interval_mm", "slice_thickness_mm", "shape_zyx", "spacing_zyx_mm", "series",
-        "resampled_to_mm", "label_map", "dicom_seg", "dicom_sr", "lesions",
+        "resampled_to_mm", "label_map", "dicom_seg", "dicom_sr", "summary_sheet", "lesions",
     }
     assert record["input"] == "/data/study1"
     assert record["slice_interval_mm"] == 2.5 and record["slice_thickness_mm"] == 3.0
@@ -146,6 +155,7 @@ def test_write_results_json(lesions, tmp_path):
     volume = make_volume()
     lesions[1].long_axis_mm = float("nan")
     lesions[0].score = 0.123456789
+    lesions[0].volume_ml = 0.0012345678  # a few voxels: 7 significant digits keep its precision
     record = study_record(volume, lesions, input_path="/data/study1", detector_interval_mm=2.5)
     path = tmp_path / "out" / "results.json"
     write_results_json(path, [record], model={"name": "alignshift-x7", "checkpoint": "m.safetensors"}, version="0.1.0")
@@ -155,43 +165,12 @@ def test_write_results_json(lesions, tmp_path):
     assert list(document) == ["version", "model", "studies"]
     assert document["model"]["name"] == "alignshift-x7"
     study = document["studies"][0]
-    assert study["lesions"][0]["score"] == 0.1235
+    assert study["lesions"][0]["score"] == 0.1234568
+    assert study["lesions"][0]["volume_ml"] == 0.001234568
     assert study["lesions"][1]["long_axis_mm"] is None  # NaN -> null
     assert study["spacing_zyx_mm"] == [2.5, 0.7, 0.7]
     assert "DOE" not in text and "PID-0042" not in text and "patient" not in text.lower()
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temporary left
-
-
-def test_overlay_png_has_drawn_colours(lesions, tmp_path):
-    volume = make_volume()
-    path = tmp_path / "lesion_001.png"
-    write_overlay(volume, lesions[0], 1, path)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert image is not None
-    assert image.shape == (819, 1024, 3)  # 40 x 50 pixels upsampled to a 1024-pixel long side
-
-    def where(colour):
-        return np.argwhere(np.all(image == np.array(colour, dtype=np.uint8), axis=-1))
-
-    box, contour, text = where(BOX_BGR), where(CONTOUR_BGR), where(TEXT_BGR)
-    assert len(box) > 100 and len(contour) > 100 and len(text) > 20
-    scale = 1024 / 50
-    # The box spans columns [14, 26) and rows [12, 24) of the slice.
-    np.testing.assert_allclose(box[:, 1].min(), 14 * scale, atol=2)
-    np.testing.assert_allclose(box[:, 1].max(), 26 * scale, atol=2)
-    np.testing.assert_allclose(box[:, 0].min(), 12 * 819 / 40, atol=2)
-    # The contour follows the mask's edge: columns [16, 24).
-    np.testing.assert_allclose(contour[:, 1].min(), 16 * scale, atol=2)
-    np.testing.assert_allclose(contour[:, 1].max(), 24 * scale, atol=2)
-    # The long axis runs from (16, 14) to (24, 22) in slice pixels; no short axis was measured.
-    axis = where(LONG_AXIS_BGR)
-    assert len(axis) > 50 and len(where(SHORT_AXIS_BGR)) == 0
-    rows_px, cols_px = axis[:, 0] / (819 / 40), axis[:, 1] / scale
-    np.testing.assert_allclose(rows_px - 14, cols_px - 16, atol=0.3)  # on the diagonal
-    assert cols_px.min() == pytest.approx(16, abs=0.3) and cols_px.max() == pytest.approx(24, abs=0.3)
-    # Soft-tissue window: 40 HU -> mid grey (level), air -> black.
-    assert tuple(image[800, 10]) == (0, 0, 0)
-    assert tuple(image[600, 500]) == (128, 128, 128)
 
 
 def test_atomic_write_keeps_old_file_on_error(tmp_path):

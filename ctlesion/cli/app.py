@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from ctlesion import __version__
+from ctlesion.choices import (
+    CRITERIA,
+    DETECTOR_CONTEXTS,
+    PADDINGS,
+    PRECISIONS,
+    PREPARE_SPLITS,
+    SPLITS,
+    TILT_CHOICES,
+)
 from ctlesion.errors import CtlesionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -73,6 +83,20 @@ def _run(func, *args, **kwargs):
         raise typer.Exit(130) from None
 
 
+def _choice(name: str, values) -> type[Enum]:
+    """A str Enum of the accepted values (Typer shows them as [a|b|c] and rejects others with exit 2)."""
+    return Enum(name, [(value, value) for value in values], type=str)
+
+
+Tilt = _choice("Tilt", TILT_CHOICES)
+Context = _choice("Context", DETECTOR_CONTEXTS)
+Padding = _choice("Padding", PADDINGS)
+Precision = _choice("Precision", PRECISIONS)
+Augment = _choice("Augment", ("paper", "flip", "none"))
+Split = _choice("Split", SPLITS)
+PrepareSplit = _choice("PrepareSplit", PREPARE_SPLITS)
+Criterion = _choice("Criterion", CRITERIA)
+
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
 
@@ -86,7 +110,7 @@ def simulate(
         help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable. "
              "Default: the shipped sample series.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace a dataset already in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")] = False,
     verbose: Verbose = False,
 ) -> None:
     """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds)."""
@@ -105,17 +129,14 @@ def prepare(
         "--mask-cache", "--cache", help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks).")] = None,
     workers: Annotated[Optional[int], typer.Option(
         min=0, help="Worker processes (default: one per CPU; 0: in this process).")] = None,
-    split: Annotated[str, typer.Option(help="Key slices to prepare: all, train, val or test.")] = "all",
+    split: Annotated[PrepareSplit, typer.Option(help="Key slices to prepare: all, or one split.")] = "all",
     verbose: Verbose = False,
 ) -> None:
     """Compute the GrabCut pseudo-masks of a DeepLesion-layout dataset once and cache them on disk."""
-    from ctlesion.data.mask_cache import PREPARE_SPLITS, prepare_mask_cache  # noqa: PLC0415
+    from ctlesion.data.mask_cache import prepare_mask_cache  # noqa: PLC0415
 
     _setup_logging(verbose)
-    if split not in PREPARE_SPLITS:
-        _error(f"--split must be one of {', '.join(PREPARE_SPLITS)}, got {split!r}")
-        raise typer.Exit(2)
-    report = _run(prepare_mask_cache, data, cache_dir=cache, split=split, workers=workers)
+    report = _run(prepare_mask_cache, data, cache_dir=cache, split=split.value, workers=workers)
     stdout.print(f"pseudo-masks of {report.total} key slices in {report.cache_dir}: {report.computed} computed, "
                  f"{report.cached} already cached, {report.failed} failed")
 
@@ -124,16 +145,16 @@ def prepare(
 def train(
     data: Annotated[Optional[Path], typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv + Images_png).")] = None,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, config.json).")] = Path("runs/train"),
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out after its last epoch.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step (lr scales linearly: 0.02 per 4).")] = 4,
     slices: Annotated[int, typer.Option(help="Window depth D (3 or 7 in the paper).")] = 7,
-    context: Annotated[str, typer.Option(
+    context: Annotated[Context, typer.Option(
         help="Network: alignshift (paper), tsm or 2.5d (the paper's baselines), none (3D without shift).")] = "alignshift",
     pretrained: Annotated[Optional[str], typer.Option(
         help="2D weights for the DenseNet-121 before conversion: 'imagenet' (torchvision's, from the local "
              "torch hub cache only; never downloaded) or a torchvision-format state dict file.")] = None,
-    padding: Annotated[str, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
+    padding: Annotated[Padding, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
     fc_channels: Annotated[int, typer.Option(help="Box head FC width (paper: 2048).")] = 2048,
@@ -144,7 +165,7 @@ def train(
         help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
     max_iters_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap iterations per epoch.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes (per training process).")] = 2,
-    augment: Annotated[str, typer.Option(
+    augment: Annotated[Augment, typer.Option(
         help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), flip (flips only) or none.")] = "paper",
     mask_cache: Annotated[Optional[Path], typer.Option(
         help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks; see `ctlesion prepare`).")] = None,
@@ -152,7 +173,7 @@ def train(
         "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
     checkpoint_every: Annotated[int, typer.Option(
         min=0, help="Steps between mid-epoch checkpoints (state.pt) for --resume; 0: epoch ends only.")] = 500,
-    precision: Annotated[str, typer.Option(
+    precision: Annotated[Precision, typer.Option(
         help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler) or fp32.")] = "auto",
     grad_checkpoint: Annotated[bool, typer.Option(
         "--grad-checkpoint", help="Recompute dense layers in backward: less GPU memory, slower.")] = False,
@@ -187,17 +208,14 @@ def train(
             _error("--data is required (unless --resume)")
             raise typer.Exit(2)
         try:
-            detector = DetectorConfig(context=context, num_slices=slices, image_size_px=image_size,
-                                      fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding,
+            detector = DetectorConfig(context=context.value, num_slices=slices, image_size_px=image_size,
+                                      fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding.value,
                                       hu_window=tuple(hu_window))
             detector.validate()
         except ValueError as exc:
             _error(f"{exc}")
             raise typer.Exit(2) from None
         augmentations = {"paper": AugmentConfig(), "flip": AugmentConfig.flip_only(0.5), "none": None}
-        if augment not in augmentations:
-            _error(f"--augment must be one of {', '.join(augmentations)}, got {augment!r}")
-            raise typer.Exit(2)
         if not (data / "DL_info.csv").is_file():
             _error(f"{data}: no DL_info.csv (not a DeepLesion-layout dataset)")
             raise typer.Exit(1)
@@ -205,8 +223,8 @@ def train(
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
-                               augment=augmentations[augment], mask_cache_dir=mask_cache, keep_noisy=keep_noisy,
-                               pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision,
+                               augment=augmentations[augment.value], mask_cache_dir=mask_cache, keep_noisy=keep_noisy,
+                               pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision.value,
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
@@ -256,7 +274,7 @@ def _print_summary(summary: dict, title: str) -> None:
         stdout.print(f"thin minus thick, avg[0.5-4]: {100 * summary['thin_minus_thick_avg_0.5_4']:+.1f} points")
 
 
-def _load_model(weights: Optional[Path], device: str, context: Optional[str] = None, slices: Optional[int] = None):
+def _load_model(weights: Optional[Path], device: str, context: Optional[Enum] = None, slices: Optional[int] = None):
     """Load a checkpoint; ``context`` / ``slices``, when given, must be the network it holds (exit 1)."""
     from ctlesion.checkpoint import load_detector  # noqa: PLC0415
     from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
@@ -268,6 +286,7 @@ def _load_model(weights: Optional[Path], device: str, context: Optional[str] = N
         raise typer.Exit(1)
     model, info = _run(load_detector, path, device)
     config = model.config
+    context = None if context is None else context.value
     if (context is not None and context != config.context) or (slices is not None and slices != config.num_slices):
         wanted = f"{context or config.context} x{slices or config.num_slices}"
         _error(f"{path}: holds a {config.name} network ({config.context} x{config.num_slices}), not {wanted}")
@@ -276,7 +295,7 @@ def _load_model(weights: Optional[Path], device: str, context: Optional[str] = N
     return model, info
 
 
-ModelContext = Annotated[Optional[str], typer.Option(
+ModelContext = Annotated[Optional[Context], typer.Option(
     "--context", help="Expected network (alignshift, tsm, 2.5d, none): the checkpoint must hold it.")]
 ModelSlices = Annotated[Optional[int], typer.Option(
     "--slices", help="Expected window depth (3 or 7): the checkpoint must hold it.")]
@@ -285,7 +304,7 @@ ModelSlices = Annotated[Optional[int], typer.Option(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv; Images_png to run a model).")],
-    split: Annotated[str, typer.Option(help="train, val or test (Train_Val_Test column).")] = "test",
+    split: Annotated[Split, typer.Option(help="DeepLesion split (Train_Val_Test column 1, 2, 3).")] = "test",
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(
         help="Score saved predictions (JSON, see the README) instead of running a model.")] = None,
@@ -293,7 +312,7 @@ def evaluate(
         help="Restrict to these key slices: one File_name per line, or a CSV with a File_name column.")] = None,
     out: Annotated[Path, typer.Option(
         help="Folder for evaluation.json, evaluation.md, froc.png (and predictions.json).")] = Path("evaluation"),
-    criterion: Annotated[str, typer.Option(
+    criterion: Annotated[Criterion, typer.Option(
         help="iou (DeepLesion) or iobb (intersection over the detected box's area).")] = "iou",
     iou_threshold: Annotated[float, typer.Option(help="Minimum overlap for a hit, for either criterion.")] = 0.5,
     bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for 95 % intervals (0: none).")] = 1000,
@@ -307,7 +326,7 @@ def evaluate(
     from ctlesion.evaluate.run import EvaluateOptions, run_evaluation  # noqa: PLC0415
 
     _setup_logging(verbose)
-    options = EvaluateOptions(split=split, key_list=key_slices, criterion=criterion, iou_threshold=iou_threshold,
+    options = EvaluateOptions(split=split.value, key_list=key_slices, criterion=criterion.value, iou_threshold=iou_threshold,
                               resamples=bootstrap, seed=seed)
     try:
         options.validate()
@@ -329,7 +348,7 @@ def evaluate(
         model, info = _load_model(weights, dev, context, slices)
         evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=weights or DEFAULT_WEIGHTS,
                           model_info=info, device=dev)
-    _print_summary(evaluation["summary"], f"DeepLesion FROC, {split} split: sensitivity % at FP/image, avg[0.5-4]")
+    _print_summary(evaluation["summary"], f"DeepLesion FROC, {split.value} split: sensitivity % at FP/image, avg[0.5-4]")
     if evaluation.get("model_note"):
         stderr.print(f"note: {evaluation['model_note']}", highlight=False)
     stdout.print(f"wrote {out}/")
@@ -337,17 +356,17 @@ def evaluate(
 
 @app.command()
 def detect(
-    inputs: Annotated[list[Path], typer.Argument(help="DICOM series folders and/or NIfTI files.")],
+    inputs: Annotated[list[Path], typer.Argument(help="DICOM series folders and/or NIfTI files.", show_default=False)],
     out: Annotated[Path, typer.Option(help="results.json to write (label maps and overlays go beside it).")] = Path("results.json"),
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
     score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum lesion score.")] = 0.5,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
-    allow_non_ct: Annotated[bool, typer.Option(help="Also read MR/PT series (the model knows only CT).")] = False,
+    allow_non_ct: Annotated[bool, typer.Option("--allow-non-ct", help="Also read MR/PT series (the model knows only CT).")] = False,
     series: Annotated[Optional[str], typer.Option(
         help="Series to read from each DICOM folder: SeriesNumber, SeriesInstanceUID or SeriesDescription "
              "(every match is read). Default: the one `ctlesion info` marks.")] = None,
     all_series: Annotated[bool, typer.Option("--all-series", help="Read every axial CT series of each DICOM folder.")] = False,
-    tilt: Annotated[str, typer.Option(help="Gantry-tilted series: refuse, or resample onto an orthogonal grid.")] = "refuse",
+    tilt: Annotated[Tilt, typer.Option(help="Gantry-tilted series: refuse, or resample onto an orthogonal grid.")] = "refuse",
     dicom_seg: Annotated[bool, typer.Option(
         "--dicom-seg", help="Also write each DICOM study's lesions as a DICOM SEG (<study>_lesions.seg.dcm).")] = False,
     dicom_sr: Annotated[bool, typer.Option(
@@ -359,26 +378,25 @@ def detect(
     verbose: Verbose = False,
 ) -> None:
     """Find lesions in CT studies; write results.json, a NIfTI label map and overlay PNGs (and DICOM SEGs)."""
-    from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
-    from ctlesion.io import TILT_CHOICES  # noqa: PLC0415
+    from ctlesion.atomic import check_output_folder  # noqa: PLC0415
+    from ctlesion.detect import DetectOptions, plan_studies, run_detect  # noqa: PLC0415
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
     _setup_logging(verbose)
     if series is not None and all_series:
         _error("--series and --all-series exclude each other")
         raise typer.Exit(2)
-    if tilt not in TILT_CHOICES:
-        _error(f"--tilt must be {' or '.join(TILT_CHOICES)}, got {tilt!r}")
-        raise typer.Exit(2)
+    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
+                            series=series, all_series=all_series, tilt=tilt.value, dicom_seg=dicom_seg,
+                            dicom_sr=dicom_sr)
+    studies = _run(plan_studies, inputs, options)  # headers only: bad inputs fail before the model loads
+    _run(check_output_folder, out.parent)
     dev = _run(_device, device)
     model, info = _load_model(weights, dev, context, slices)
-    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
-                            series=series, all_series=all_series, tilt=tilt, dicom_seg=dicom_seg,
-                            dicom_sr=dicom_sr)
 
     def detect_with_progress():  # the bar closes before an error line is printed
         with make_progress() as progress:
-            return run_detect(inputs, out, model, info, options=options, device=dev, progress=progress)
+            return run_detect(studies, out, model, info, options=options, device=dev, progress=progress)
 
     results = _run(detect_with_progress)
     for study in results["studies"]:

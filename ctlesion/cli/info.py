@@ -5,6 +5,18 @@ or JSON (``--json``) with exactly the keys of issue 3 per series (:data:`SERIES_
 series of all inputs in input order; at the top level ``skipped`` (``{path, reason}`` of every
 input), ``inputs`` (per input: ``path``, ``series`` = indices into the series list, and
 ``warnings`` about files that belong to no series) and ``selection_rule``.
+
+Headers only, with one exception: a NIfTI file whose values can be non-finite (a float data
+type, or scaled by scl_slope / scl_inter) has its data block read, so that its NaN / inf voxels
+(which ``detect`` sets to air) are counted in the series' warnings, and a volume without any
+finite voxel is listed as unreadable (see :func:`ctlesion.io.nifti.describe_nifti`). DICOM pixel
+data are never decoded here.
+
+The description is never cut short: written to a file or pipe, the table is as wide as it needs;
+on a terminal too narrow for it, a long description folds inside its cell (other cells are cut
+with an ellipsis only when the terminal is narrower than the numbers need). The hints about ``--series`` / ``--all-series`` and
+the selection rule are printed for DICOM inputs only: a NIfTI file or DeepLesion PNG series holds
+one volume, which ``detect`` reads.
 """
 
 from __future__ import annotations
@@ -27,7 +39,8 @@ SERIES_KEYS = ("series_uid", "description", "num_slices", "rows", "columns", "pi
                "slice_thickness_mm", "gantry_tilt_deg", "warnings", "selected")
 #: Skipped entries shown per input in the table view (all of them are in the JSON).
 MAX_SKIPPED_ROWS = 20
-#: Output width when stdout is not a terminal (a file or pipe has no width; rich would use 80).
+#: Output width when stdout is not a terminal (a file or pipe has no width; rich would use 80);
+#: wider when a table needs it, so that no cell is folded.
 PIPE_WIDTH = 140
 
 
@@ -39,17 +52,20 @@ def info(paths: list[Path], json_output: bool) -> None:
         json_output: print JSON (see the module docstring) instead of tables.
 
     Raises:
-        CtlesionError: an input does not exist, is not a folder or NIfTI file, is an empty
-            folder, holds no DICOM file, or cannot be read (nothing is printed then).
+        CtlesionError: an input does not exist, is not a folder or NIfTI file (nor a lone
+            Enhanced multi-frame DICOM file), is an empty folder, holds no DICOM file, or cannot
+            be read (nothing is printed then).
     """
-    discoveries = [discover(Path(p)) for p in paths]
+    discoveries = [discover(Path(p), scan_values=True) for p in paths]
     if json_output:
         sys.stdout.write(json.dumps(info_json(discoveries), indent=1) + "\n")
         return
-    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH)
+    to_pipe = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    console = Console(width=_pipe_width(discoveries) if to_pipe else None)
     for discovery in discoveries:
         _print_discovery(console, discovery)
-    console.print(f"selection rule: {escape(SELECTION_RULE)}")
+    if any(_is_dicom(d) for d in discoveries):
+        console.print(f"selection rule: {escape(SELECTION_RULE)}")
 
 
 def info_json(discoveries: list[Discovery]) -> dict[str, Any]:
@@ -64,17 +80,36 @@ def info_json(discoveries: list[Discovery]) -> dict[str, Any]:
     return {"series": series, "skipped": skipped, "inputs": inputs, "selection_rule": SELECTION_RULE}
 
 
-def _print_discovery(console: Console, discovery: Discovery) -> None:
-    table = Table(title=escape(discovery.path), title_justify="left", box=box.SIMPLE_HEAD,
-                  caption="read: yes = by default, can = with --series / --all-series, no = cannot", caption_justify="left")
+def _is_dicom(discovery: Discovery) -> bool:
+    """A DICOM input (folder or multi-frame file): the describers of the others list no images."""
+    return bool(discovery.images)
+
+
+def _table(discovery: Discovery) -> Table:
+    """The series table of one input; the description is never cut short (it folds in its cell)."""
+    caption = ("read: yes = by default, can = with --series / --all-series, no = cannot" if _is_dicom(discovery)
+               else "read: yes = detect reads it, no = cannot")
+    table = Table(title=escape(discovery.path), title_justify="left", box=box.SIMPLE_HEAD, caption=caption,
+                  caption_justify="left")
     for name, justify in [("#", "right"), ("description", "left"), ("mod.", "left"), ("slices", "right"),
                           ("matrix", "right"), ("pixel mm", "right"), ("interval mm", "right"),
                           ("thickness mm", "right"), ("z extent mm", "right"), ("tilt deg", "right"), ("read", "center")]:
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, overflow="fold" if name == "description" else "ellipsis")
     for series in discovery.series:
         table.add_row(*_cells(series))
+    return table
+
+
+def _pipe_width(discoveries: list[Discovery]) -> int:
+    """Output width for a file or pipe: :data:`PIPE_WIDTH`, or wider when a table needs it whole."""
+    wide = Console(width=10_000)
+    widths = [wide.measure(_table(d)).maximum for d in discoveries if d.series]
+    return max([PIPE_WIDTH, *widths])
+
+
+def _print_discovery(console: Console, discovery: Discovery) -> None:
     if discovery.series:
-        console.print(table)
+        console.print(_table(discovery))
     else:
         console.print(f"[bold]{escape(discovery.path)}[/]: no axial image series")
     for series in discovery.series:
@@ -83,7 +118,9 @@ def _print_discovery(console: Console, discovery: Discovery) -> None:
     for warning in discovery.warnings:
         console.print(f"  [yellow]warning[/] {escape(warning)}")
     chosen = discovery.selected
-    if chosen is not None:
+    if chosen is not None and not _is_dicom(discovery):
+        console.print(f"  detect reads it ({escape(chosen.selection)})")
+    elif chosen is not None:
         console.print(f"  detect reads {_name(chosen)} by default ({escape(chosen.selection)}); "
                       "choose another with --series, or all with --all-series")
     elif discovery.series:

@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from ctlesion.atomic import atomic_write_bytes
+from ctlesion.choices import PREPARE_SPLITS
 from ctlesion.data.masks import DEFAULT_WINDOW_HU, GRABCUT_ITERATIONS, recist_pseudo_mask
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import KeySlice, read_dl_info, read_png_hu
@@ -56,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: Version of the cache file format and of the mask recipe; bump it to invalidate old entries.
 CACHE_FORMAT_VERSION = 1
-#: Names of ``prepare_mask_cache``'s split choices.
-PREPARE_SPLITS = ("all", "train", "val", "test")
 _MAX_FAILURES_LOGGED = 10
 
 

@@ -3,6 +3,10 @@
 Entry points by path: :func:`discover` (what is there, headers only), :func:`pending_volumes`
 (the volumes ``detect`` processes, checked from headers and decoded one at a time),
 :func:`read_volumes` (the same, decoded at once) and :func:`read_volume` (exactly one volume).
+
+A path is a DICOM folder (searched recursively), a lone Enhanced (multi-frame) DICOM file, which
+holds a whole series, a NIfTI file (``.nii`` / ``.nii.gz``) or a DeepLesion PNG series folder. A
+lone classic DICOM slice is refused: the slice interval needs the other slices of its folder.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ctlesion.io.series import (
     SeriesInfo,
     SliceHeader,
     discover_series,
+    is_multiframe_series_file,
     select_series,
 )
 from ctlesion.volume import Volume
@@ -59,26 +64,32 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def discover(path: Path, *, allow_non_ct: bool = False) -> Discovery:
-    """Describe what a DICOM folder or NIfTI file holds, from headers only (no pixel data).
+def discover(path: Path, *, allow_non_ct: bool = False, scan_values: bool = False) -> Discovery:
+    """Describe what a DICOM folder or file, NIfTI file or DeepLesion series holds, from headers
+    only (no pixel data; but see ``scan_values``).
 
     Args:
-        path: DICOM folder (searched recursively) or ``.nii`` / ``.nii.gz`` file.
+        path: DICOM folder (searched recursively), lone Enhanced multi-frame DICOM file,
+            ``.nii`` / ``.nii.gz`` file or DeepLesion PNG series folder.
         allow_non_ct: see :func:`~ctlesion.io.series.discover_series`.
+        scan_values: for a NIfTI file whose values may be non-finite (float, or scaled), read its
+            data block to report them (:func:`~ctlesion.io.nifti.describe_nifti`); ``ctlesion
+            info`` does, ``detect`` does not (it reads the data once, later).
 
     Returns:
-        :func:`~ctlesion.io.series.discover_series` for a folder; a one-series Discovery from
-        :func:`~ctlesion.io.nifti.describe_nifti` for a NIfTI file.
+        :func:`~ctlesion.io.series.discover_series` for DICOM; a one-series Discovery from
+        :func:`~ctlesion.io.nifti.describe_nifti` or
+        :func:`~ctlesion.io.deeplesion_series.describe_deeplesion_series` otherwise.
 
     Raises:
         CtlesionError: as :func:`read_volume`'s path checks, and the describers' own errors.
     """
-    path = _check_path(path)
-    if _is_dicom_folder(path):
+    path, kind = _input_kind(path)
+    if kind == "dicom":
         return discover_series(path, allow_non_ct=allow_non_ct)
-    if path.is_dir():
+    if kind == "deeplesion":
         return describe_deeplesion_series(path)
-    return describe_nifti(path)
+    return describe_nifti(path, scan_values=scan_values)
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ class PendingVolume:
     """One volume an input path stands for, found and checked from headers, not yet decoded.
 
     Attributes:
-        path: the input (DICOM folder, NIfTI file or DeepLesion PNG series folder).
+        path: the input (DICOM folder or multi-frame file, NIfTI file or DeepLesion PNG series folder).
         discovery: what :func:`discover` found there.
         info: the series to read (one of ``discovery.series``).
         tilt: "refuse" or "resample" (DICOM gantry tilt).
@@ -104,7 +115,7 @@ class PendingVolume:
             CtlesionError: what only the pixel data show (truncated or corrupt files, too few
                 decodable slices), naming the input.
         """
-        if self.discovery.images:  # a DICOM folder (the describers of the others list no images)
+        if self.discovery.images:  # DICOM (the describers of the others list no images)
             return read_discovered(self.discovery, self.info, tilt=self.tilt)
         if self.path.is_dir():
             return read_deeplesion_series(self.path)
@@ -150,7 +161,7 @@ def pending_volumes(
 ) -> list[PendingVolume]:
     """The volume(s) one input path stands for, checked from headers, to be decoded one at a time.
 
-    A DICOM folder gives the series chosen by :data:`~ctlesion.io.series.SELECTION_RULE`, every
+    A DICOM folder (or a lone Enhanced multi-frame file) gives the series chosen by :data:`~ctlesion.io.series.SELECTION_RULE`, every
     series matching ``series`` (number, UID or description), or every readable series with
     ``all_series``; each is checked before any is decoded (readable, not tilted unless
     ``tilt="resample"``, a decoder installed: :func:`~ctlesion.io.dicom.check_discovered`). A
@@ -159,7 +170,7 @@ def pending_volumes(
     drops one volume at a time.
 
     Args:
-        path: DICOM folder, NIfTI file or DeepLesion PNG series folder.
+        path: DICOM folder or multi-frame file, NIfTI file or DeepLesion PNG series folder.
         series: series selector for DICOM folders, or None.
         all_series: every readable series of a DICOM folder.
         allow_non_ct: select non-CT DICOM series (NIfTI carries no modality and is always read).
@@ -173,8 +184,8 @@ def pending_volumes(
             (errors visible in headers only; the rest come from :meth:`PendingVolume.read`).
         ValueError: both ``series`` and ``all_series``; ``tilt`` not in :data:`TILT_CHOICES`.
     """
-    path = _check_path(path)
-    if not _is_dicom_folder(path):
+    path, kind = _input_kind(path)
+    if kind != "dicom":
         if series is not None or all_series:
             logger.info("%s: holds one volume; --series / --all-series do not apply to it", path)
         discovery = discover(path)
@@ -211,14 +222,15 @@ def read_volumes(
 
 
 def read_volume(path: Path, *, allow_non_ct: bool = False, series: str | None = None, tilt: str = "refuse") -> Volume:
-    """Read one CT volume from a DICOM series folder or a NIfTI file.
+    """Read one CT volume from a DICOM series folder or multi-frame file, or a NIfTI file.
 
-    Dispatch: a folder -> :func:`~ctlesion.io.dicom.read_dicom_series` (searched recursively,
-    the rule's series or the one named by ``series``); a ``.nii`` / ``.nii.gz`` file ->
-    :func:`~ctlesion.io.nifti.read_nifti`.
+    Dispatch: a folder (or a lone Enhanced multi-frame DICOM file) ->
+    :func:`~ctlesion.io.dicom.read_dicom_series` (searched recursively, the rule's series or the
+    one named by ``series``); a ``.nii`` / ``.nii.gz`` file -> :func:`~ctlesion.io.nifti.read_nifti`;
+    a DeepLesion PNG series folder -> :func:`~ctlesion.io.deeplesion_series.read_deeplesion_series`.
 
     Args:
-        path: DICOM folder or NIfTI file.
+        path: DICOM folder or multi-frame file, NIfTI file or DeepLesion PNG series folder.
         allow_non_ct: passed to :func:`read_dicom_series` (read a non-CT series); NIfTI files carry
             no modality and are always read.
         series: series selector for a DICOM folder (must match exactly one series).
@@ -228,35 +240,35 @@ def read_volume(path: Path, *, allow_non_ct: bool = False, series: str | None = 
         The Volume (HU (Z, Y, X), LPS geometry), see the readers.
 
     Raises:
-        CtlesionError: (naming the path) it does not exist; it is a single DICOM file (the folder
-            of the series is needed); it is neither a folder nor a NIfTI file; or the reader's
-            own errors.
+        CtlesionError: (naming the path) it does not exist; it is a single classic DICOM slice
+            (the folder of the series is needed); it is neither a folder nor a NIfTI or
+            multi-frame DICOM file; or the reader's own errors.
     """
-    path = _check_path(path)
-    if _is_dicom_folder(path):
+    path, kind = _input_kind(path)
+    if kind == "dicom":
         return read_dicom_series(path, series=series, allow_non_ct=allow_non_ct, tilt=tilt)
-    if path.is_dir():
+    if kind == "deeplesion":
         return read_deeplesion_series(path)
     return read_nifti(path)
 
 
-def _check_path(path: Path) -> Path:
-    """The path, if it is a folder or a NIfTI file; else a CtlesionError saying what it is."""
+def _input_kind(path: Path) -> tuple[Path, str]:
+    """The path and what it is: "dicom" (a folder, or a lone Enhanced multi-frame file),
+    "deeplesion" (a PNG series folder) or "nifti"; else a CtlesionError saying what it is."""
     path = Path(path)
     if not path.exists():
         raise CtlesionError("does not exist", path)
-    if path.is_dir() or is_nifti_path(path):
-        return path
+    if path.is_dir():
+        return path, "deeplesion" if is_deeplesion_series(path) else "dicom"
+    if is_nifti_path(path):
+        return path, "nifti"
     if _is_dicom_file(path):
+        if is_multiframe_series_file(path):
+            return path, "dicom"
         raise CtlesionError(
             "is a single DICOM file; pass the folder that holds all the slices of the series", path
         )
     raise CtlesionError("not a DICOM folder or NIfTI file (.nii / .nii.gz)", path)
-
-
-def _is_dicom_folder(path: Path) -> bool:
-    """A folder read as DICOM: any folder but a DeepLesion PNG series."""
-    return path.is_dir() and not is_deeplesion_series(path)
 
 
 def _is_dicom_file(path: Path) -> bool:

@@ -85,8 +85,8 @@ def read_deeplesion_series(series_dir: Path) -> Volume:
         raise CtlesionError("no <number>.png slices in the DeepLesion series folder", series_dir)
     spacing_zyx_mm, dl_info = _series_geometry(series_dir)
     run, others = _longest_run(numbers)
-    warnings = ["DeepLesion PNG series: patient position not published; origin and direction assumed "
-                "(identity LPS axes, z from the slice numbers)"]
+    warnings = [("DeepLesion PNG series: patient position not published; origin and direction assumed "
+                 "(identity LPS axes, z from the slice numbers)")]
     if others:
         warnings.append(f"slice numbers are not consecutive: read {run[0]}-{run[-1]}, left out "
                         + ", ".join(f"{a}-{b}" for a, b in others))

@@ -9,8 +9,14 @@ and applies those decisions (SPEC section 3):
 * compressed transfer syntaxes (JPEG 2000, JPEG-LS, JPEG lossless, RLE) are decoded by pydicom's
   pixel plugins (pylibjpeg-openjpeg, pyjpegls, pylibjpeg-libjpeg; RLE natively); big-endian and
   implicit-VR files are read by pydicom; Enhanced (multi-frame) CT frame by frame;
-* a slice whose pixel data cannot be decoded is skipped with a warning (the series is kept);
-  images at the same position: identical pixels -> the copy is dropped with a warning,
+* a slice whose pixel data cannot be decoded is skipped with one warning line naming its file (the
+  series is kept); what pydicom's decoders log meanwhile (tracebacks of each failing plugin, at
+  ERROR) is kept from the user: at DEBUG on this module's logger, one line each, no traceback
+  (:func:`_pydicom_log_captured`);
+* non-finite HU (a rescale beyond the float32 range, NaN in float pixel data) are set to air with
+  a warning, and a series without any finite voxel is refused (:func:`ctlesion.volume.finite_hu`,
+  the rule every reader shares);
+* images at the same position: identical pixels -> the copy is dropped with a warning,
   different pixels -> error;
 * gantry tilt: refused by default (``tilt="refuse"``) with a message saying how to read it;
   ``tilt="resample"`` shifts every slice in its own plane to its true position (SimpleITK,
@@ -27,8 +33,10 @@ in-plane when a tilt correction enlarges the grid).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,12 +66,9 @@ from ctlesion.io.series import (
     distinct_positions,
     select_series,
 )
-from ctlesion.volume import Volume
+from ctlesion.volume import AIR_HU, Volume, finite_hu
 
 logger = logging.getLogger(__name__)
-
-#: HU written where PixelPaddingValue marks padding, and where a tilt correction has no data (air).
-AIR_HU = -1024
 #: Accepted values of the ``tilt`` option: what to do with a gantry-tilted series.
 TILT_CHOICES = ("refuse", "resample")
 _INT16 = np.iinfo(np.int16)
@@ -110,7 +115,7 @@ def read_dicom_series(
             :func:`~ctlesion.io.series.select_series`; ``series`` matches several series; the
             series is tilted and ``tilt`` is "refuse"; no decoder is installed for its transfer
             syntax; fewer than 2 slices remain after skipping undecodable ones; two different
-            images share a position.
+            images share a position; no voxel is finite.
         ValueError: ``tilt`` is not one of :data:`TILT_CHOICES`.
     """
     discovery = discover_series(folder, allow_non_ct=allow_non_ct)
@@ -148,6 +153,7 @@ def read_discovered(discovery: Discovery, info: SeriesInfo, *, tilt: str = "refu
             "at least 2 needed to know the slice interval",
             folder,
         )
+    hu = finite_hu(hu, folder, warnings, [s.label for s in slices])  # before interpolation spreads them
     return _assemble(discovery, info, slices, hu, tilt, warnings, skipped)
 
 
@@ -241,7 +247,7 @@ def _load_hu(
             hu = hu.astype(np.float32)
         _to_hu(slice_, stored, stored_range, out=hu[k])
         if kept and position - kept_positions[-1] < SAME_POSITION_TOLERANCE_MM:
-            if not np.array_equal(hu[k], hu[k - 1]):
+            if not np.array_equal(hu[k], hu[k - 1], equal_nan=hu.dtype.kind == "f"):
                 raise CtlesionError(
                     f"two different slices at the same position {position:.2f} mm along the slice normal: "
                     f"{kept[-1].label} and {slice_.label} (several acquisitions or phases mixed in one series?)",
@@ -258,11 +264,12 @@ def _load_hu(
 
 
 def _decode(slice_: SliceHeader, warnings: list[str], skipped: list[dict[str, str]]) -> np.ndarray | None:
-    """Stored values (Y, X) of one slice, or None (with a warning) when they cannot be decoded."""
+    """Stored values (Y, X) of one slice, or None (with one warning line) when they cannot be decoded."""
     try:
-        stored = _stored_values(slice_)
+        with _pydicom_log_captured(slice_.label):
+            stored = _stored_values(slice_)
     except Exception as error:  # noqa: BLE001 - decoders raise many types on corrupt data
-        reason = f"corrupt or truncated pixel data: {error}"
+        reason = f"corrupt or truncated pixel data: {_one_line(error)}"
     else:
         if stored.shape == (slice_.rows, slice_.columns):
             return stored
@@ -272,6 +279,49 @@ def _decode(slice_: SliceHeader, warnings: list[str], skipped: list[dict[str, st
     warnings.append(message)
     skipped.append({"path": str(slice_.path), "reason": reason})
     return None
+
+
+class _Capture(logging.Filter):
+    """Keeps the records of the loggers it is attached to from being emitted, and collects them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def _pydicom_log_captured(label: str) -> Iterator[None]:
+    """While decoding, keep pydicom's log records (its decoders log every failing plugin at ERROR
+    with a traceback, although the caller reports the failure) from reaching any handler.
+
+    A filter on the ``pydicom`` logger and on each of its child loggers (a logger's filters see
+    only its own records) drops them at their source; afterwards each is logged here at DEBUG,
+    one line, without its traceback, naming ``label`` (the slice's file). The logging setup of
+    the application (handlers, levels, propagation) is not touched.
+    """
+    capture = _Capture()
+    loggers = [logging.getLogger("pydicom")] + [
+        item for name, item in list(logging.Logger.manager.loggerDict.items())
+        if name.startswith("pydicom.") and isinstance(item, logging.Logger)
+    ]
+    for item in loggers:
+        item.addFilter(capture)
+    try:
+        yield
+    finally:
+        for item in loggers:
+            item.removeFilter(capture)
+        for record in capture.records:
+            logger.debug("%s: pydicom %s: %s", label, record.levelname.lower(), _one_line(record.getMessage()))
+
+
+def _one_line(error: object) -> str:
+    """An exception or message as one line (decoders' messages list each plugin on its own line)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _stored_values(slice_: SliceHeader) -> np.ndarray:
@@ -353,7 +403,8 @@ def _to_hu(slice_: SliceHeader, stored: np.ndarray, stored_range: tuple, *, out:
         else:
             np.add(stored.astype(np.int32) * np.int32(slope), np.int32(intercept), out=out, casting="unsafe")
     else:
-        out[...] = stored.astype(np.float64) * slope + intercept
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, then finite_hu's rule
+            out[...] = stored.astype(np.float64) * slope + intercept
     padding = _padding_mask(slice_, stored)
     if padding is not None:
         out[padding] = AIR_HU

@@ -31,7 +31,7 @@ from nibabel.orientations import (
 from ctlesion.atomic import atomic_write_bytes
 from ctlesion.errors import CtlesionError
 from ctlesion.io.series import Discovery, SeriesInfo
-from ctlesion.volume import Volume
+from ctlesion.volume import Volume, describe_non_finite, finite_hu
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ _LPS_AXCODES = ("L", "P", "S")
 def is_nifti_path(path: Path) -> bool:
     """True when the file name ends in ``.nii`` or ``.nii.gz`` (case-insensitive)."""
     name = Path(path).name.lower()
-    return name.endswith(".nii") or name.endswith(".nii.gz")
+    return name.endswith((".nii", ".nii.gz"))
 
 
 def read_nifti(path: Path) -> Volume:
@@ -57,7 +57,9 @@ def read_nifti(path: Path) -> Volume:
     the affine is permuted/flipped with the data, so ``Volume.voxel_to_lps`` of a reoriented voxel
     equals ``diag(-1, -1, 1) @ (affine_ras @ ijk)`` of the same voxel in the file. The affine is
     nibabel's choice (sform if its code is set, else qform, else the pixdim fallback).
-    Trailing singleton dimensions (X, Y, Z, 1) are dropped.
+    Trailing singleton dimensions (X, Y, Z, 1) are dropped. Non-finite values (NaN, +/-inf, also
+    those the scaling makes beyond the float32 range) are set to air (-1024 HU) with a warning
+    (:func:`~ctlesion.volume.finite_hu`).
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
@@ -66,25 +68,23 @@ def read_nifti(path: Path) -> Volume:
         Volume with ``hu`` (Z, Y, X) int16 when the values are integers within the int16 range
         (any integer width or integral floats), else float32; ``spacing_zyx_mm`` from the affine's
         column norms; ``meta``: ``slice_thickness_mm`` None (NIfTI has no thickness),
-        ``modality`` None, ``warnings`` (list[str]: sform and qform disagree, no sform/qform),
+        ``modality`` None, ``warnings`` (list[str]: sform and qform disagree, no sform/qform,
+        non-finite voxels set to air),
         ``skipped`` [], ``nifti_dtype`` (the stored data type), ``orientation_in_file`` (nibabel
         axis codes of the file, e.g. "RAS").
 
     Raises:
         CtlesionError: (naming the file) it does not exist or cannot be read, is not NIfTI, is not
-            3-D (e.g. 4-D), has an unsupported data type or a degenerate affine.
+            3-D (e.g. 4-D), has an unsupported data type or a degenerate affine, or has no finite
+            voxel.
     """
     path = Path(path)
     image, shape, warnings = _open(path)
     transform, affine_lps, spacing_xyz_mm = _lps_geometry(image, shape, path)
-    try:
-        data = np.asanyarray(image.dataobj).reshape(shape)
-    except Exception as error:  # noqa: BLE001 - gzip/zlib/EOF errors on truncated files
-        raise CtlesionError(f"cannot read the NIfTI data (truncated or corrupt file?): {_one_line(error)}", path) from error
-    hu_xyz = apply_orientation(_hu_array(data, path), transform)
+    hu = finite_hu(_hu_zyx(image, shape, transform, path), path, warnings)
 
     volume = Volume(
-        hu=np.ascontiguousarray(hu_xyz.transpose(2, 1, 0)),
+        hu=hu,
         spacing_zyx_mm=tuple(spacing_xyz_mm[::-1]),
         origin_lps_mm=tuple(affine_lps[:3, 3]),
         direction_lps=affine_lps[:3, :3] / spacing_xyz_mm,
@@ -109,26 +109,44 @@ def read_nifti(path: Path) -> Volume:
     return volume
 
 
-def describe_nifti(path: Path) -> Discovery:
-    """Describe a NIfTI file as a one-series :class:`~ctlesion.io.series.Discovery` (header only).
+def describe_nifti(path: Path, *, scan_values: bool = False) -> Discovery:
+    """Describe a NIfTI file as a one-series :class:`~ctlesion.io.series.Discovery` (header only,
+    unless ``scan_values``).
 
     The geometry is that :func:`read_nifti` gives (after reorientation to z = slice axis): rows,
     columns and pixel spacing of the (Y, X) axes, the slice interval = z spacing, z extent =
     (Z - 1) * interval; the "gantry tilt" is the angle between the z axis and the normal of the
     x and y axes (0 unless the affine is sheared). NIfTI has no SliceThickness, modality or UIDs.
 
+    Non-finite voxels are only known from the data: with ``scan_values`` (``ctlesion info``) the
+    data block is read when its values can be non-finite (a float data type, or any type scaled
+    by ``scl_slope`` / ``scl_inter``; plain integers cannot), and the series gets
+    :func:`read_nifti`'s warning about them, or is marked unreadable when no voxel is finite.
+    ``detect`` does not scan (it reads the data once, later, and applies the same rule).
+
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
+        scan_values: read the data block (see above) to report non-finite voxels.
 
     Returns:
-        Discovery with one selected series (description = file name) and nothing skipped.
+        Discovery with one series (description = the whole file name), selected unless the scan
+        found no finite voxel, and nothing skipped.
 
     Raises:
-        CtlesionError: as :func:`read_nifti`, except errors in the data block (not read here).
+        CtlesionError: as :func:`read_nifti`, except errors in the data block when it is not
+            read (without ``scan_values``, or for a plain integer type).
     """
     path = Path(path)
     image, shape, warnings = _open(path)
     transform, affine_lps, spacing_xyz_mm = _lps_geometry(image, shape, path)
+    unreadable = None
+    if scan_values and _may_be_non_finite(image):
+        warning, unreadable = describe_non_finite(_hu_zyx(image, shape, transform, path))
+        if warning:
+            logger.warning("%s: %s", path, warning)
+            warnings.append(warning)
+        if unreadable:
+            warnings.append(unreadable)
     size_xyz = [0, 0, 0]
     for axis, new_axis in enumerate(transform[:, 0].astype(int)):  # file axis -> reoriented axis
         size_xyz[new_axis] = shape[axis]
@@ -153,10 +171,10 @@ def describe_nifti(path: Path) -> Discovery:
         z_extent_mm=float((num_slices - 1) * spacing_xyz_mm[2]),
         gantry_tilt_deg=float(np.degrees(np.arccos(min(cos_tilt, 1.0)))),
         warnings=tuple(warnings),
-        unreadable=None,
-        selectable=True,
-        selected=True,
-        selection="a NIfTI file holds one volume",
+        unreadable=unreadable,
+        selectable=unreadable is None,
+        selected=unreadable is None,
+        selection="a NIfTI file holds one volume" if unreadable is None else f"not selectable: {unreadable}",
         folder=str(path.parent),
     )
     return Discovery(path=str(path), series=(info,), skipped=(), warnings=(), num_files=1)
@@ -168,7 +186,7 @@ def _open(path: Path) -> tuple[nib.Nifti1Image, tuple[int, int, int], list[str]]
         raise CtlesionError("does not exist" if not path.exists() else "is not a file", path)
     try:
         image = nib.load(path)
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types on bad files
+    except Exception as error:  # nibabel raises many types on bad files
         raise CtlesionError(f"cannot read NIfTI file ({_one_line(error)})", path) from error
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise CtlesionError(f"not a NIfTI image ({type(image).__name__})", path)
@@ -219,8 +237,25 @@ def _affine_warnings(image: nib.Nifti1Image, path: Path) -> list[str]:
     return warnings
 
 
+def _may_be_non_finite(image: nib.Nifti1Image) -> bool:
+    """A float data type, or values scaled by scl_slope / scl_inter (which may leave float32's range)."""
+    slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    return np.dtype(image.get_data_dtype()).kind not in "iub" or slope != 1.0 or inter != 0.0
+
+
+def _hu_zyx(image: nib.Nifti1Image, shape: tuple[int, int, int], transform: np.ndarray, path: Path) -> np.ndarray:
+    """The scaled data as a C-contiguous (Z, Y, X) HU array in the L, P, S axis order (see :func:`read_nifti`)."""
+    try:
+        data = np.asanyarray(image.dataobj).reshape(shape)
+    except Exception as error:  # gzip/zlib/EOF errors on truncated files
+        raise CtlesionError(f"cannot read the NIfTI data (truncated or corrupt file?): {_one_line(error)}", path) from error
+    hu_xyz = apply_orientation(_hu_array(data, path), transform)
+    return np.ascontiguousarray(hu_xyz.transpose(2, 1, 0))
+
+
 def _hu_array(data: np.ndarray, path: Path) -> np.ndarray:
-    """int16 when the values are integers in the int16 range, else float32."""
+    """int16 when the values are integers in the int16 range, else float32 (values beyond its range
+    become +/-inf, which the reader's non-finite rule then handles)."""
     int16 = np.iinfo(np.int16)
     if data.dtype.kind in "iu":
         if data.size == 0 or (int16.min <= data.min() and data.max() <= int16.max):
@@ -234,7 +269,8 @@ def _hu_array(data: np.ndarray, path: Path) -> np.ndarray:
             and np.array_equal(data, np.round(data))
         ):
             return data.astype(np.int16)
-        return data.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # beyond float32: inf, reported by finite_hu
+            return data.astype(np.float32, copy=False)
     raise CtlesionError(f"unsupported NIfTI data type {data.dtype} for a CT volume", path)
 
 

@@ -311,7 +311,8 @@ def discover_series(folder: Path, *, allow_non_ct: bool = False) -> Discovery:
     truncated. See the module docstring for grouping, skipping and :data:`SELECTION_RULE`.
 
     Args:
-        folder: folder holding the DICOM files of a study or series.
+        folder: folder holding the DICOM files of a study or series, or one Enhanced multi-frame
+            file, which holds a whole series by itself (:func:`is_multiframe_series_file`).
         allow_non_ct: mark non-CT series selectable (by name, ``all_series``, or by the rule when
             the folder has no CT series).
 
@@ -320,8 +321,8 @@ def discover_series(folder: Path, *, allow_non_ct: bool = False) -> Discovery:
         series with reasons, folder-level warnings.
 
     Raises:
-        CtlesionError: (naming the folder) it does not exist, is not a folder or cannot be read;
-            it holds no files, or no DICOM files.
+        CtlesionError: (naming the folder) it does not exist, is not a folder (nor a multi-frame
+            series file) or cannot be read; it holds no files, or no DICOM files.
     """
     folder = Path(folder)
     _check_folder(folder)
@@ -392,15 +393,37 @@ def select_series(discovery: Discovery, series: str | None = None, *, all_series
 # --------------------------------------------------------------------------- files and headers
 
 
+def is_multiframe_series_file(path: Path) -> bool:
+    """True for a DICOM file that is a whole series by itself: an Enhanced (multi-frame) image with
+    more than one frame and per-frame geometry (PerFrameFunctionalGroupsSequence).
+
+    Reads the header only (``stop_before_pixels``); a classic single-frame slice, a multi-frame
+    file without per-frame functional groups, an unreadable or non-DICOM file give False.
+
+    Args:
+        path: any file.
+    """
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["NumberOfFrames", "PerFrameFunctionalGroupsSequence"])
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except Exception:  # noqa: BLE001 - pydicom raises many types on corrupt or non-DICOM input
+        return False
+    return frames > 1 and len(header.get("PerFrameFunctionalGroupsSequence") or ()) > 1
+
+
 def _check_folder(folder: Path) -> None:
     if not folder.exists():
         raise CtlesionError("does not exist", folder)
-    if not folder.is_dir():
+    if not folder.is_dir() and not (folder.is_file() and is_multiframe_series_file(folder)):
         raise CtlesionError("is not a folder (a DICOM series is read from the folder of its files)", folder)
 
 
 def _list_files(folder: Path, scan: _FolderScan) -> list[Path]:
-    """All regular files under ``folder``, sorted; unreadable sub-folders are reported."""
+    """All regular files under ``folder``, sorted (a multi-frame series file: itself); unreadable
+    sub-folders are reported."""
+    if folder.is_file():
+        return [folder]
 
     def on_error(error: OSError) -> None:
         failed = Path(error.filename) if error.filename else folder

@@ -37,11 +37,11 @@ from torchvision.models.detection.roi_heads import (
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from ctlesion.choices import DETECTOR_CONTEXTS
 from ctlesion.networks.backbone import build_backbone
 
 ANCHOR_SIZES_PX = (16, 24, 32, 48, 96, 192)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
-DETECTOR_CONTEXTS = ("alignshift", "tsm", "2.5d", "none")
 
 
 @dataclass(frozen=True)

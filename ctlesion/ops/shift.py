@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-PADDINGS = ("zero", "keep")
+from ctlesion.choices import PADDINGS
 
 
 def _check_input(x: Tensor, fold_div: int) -> int:

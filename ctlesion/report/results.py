@@ -24,28 +24,37 @@ from ctlesion.atomic import atomic_write_text
 from ctlesion.postprocess import Lesion, box_lps_mm
 from ctlesion.volume import Volume
 
-#: Decimal places kept for floats in results.json (0.1 micrometre, 1e-4 score or mL).
-FLOAT_DECIMALS = 4
+#: Significant digits kept for floats in results.json: relative precision 1e-7, so that a
+#: one-voxel volume (a few microlitres) keeps the precision of its voxel count.
+FLOAT_SIGNIFICANT_DIGITS = 7
 
 
 def label_map(volume: Volume, lesions: Sequence[Lesion]) -> np.ndarray:
     """The (Z, Y, X) label map of the lesions in the input volume's geometry.
 
-    Lesion ``i`` of ``lesions`` gets label ``i + 1`` (the ``label`` of :func:`study_record`);
-    where masks overlap, the higher-scoring lesion wins (on equal scores, the lower label).
+    Lesion ``i`` of ``lesions`` gets label ``i + 1`` (the ``label`` of :func:`study_record`).
+    The lesions must be disjoint, as :func:`ctlesion.postprocess.link_detections` returns
+    them (:func:`ctlesion.postprocess.disjoint_lesions`), so that each lesion's voxels in the
+    map are exactly its mask and its ``volume_ml``.
 
     Args:
         volume: the input volume (only its shape is used).
-        lesions: lesions in the input geometry.
+        lesions: disjoint lesions in the input geometry.
 
     Returns:
         (Z, Y, X) uint8 array (uint16 beyond 255 lesions), 0 = background.
+
+    Raises:
+        ValueError: if two lesions share a voxel, or a mask does not fit the volume.
     """
     dtype = np.uint8 if len(lesions) <= np.iinfo(np.uint8).max else np.uint16
     labels = np.zeros(volume.shape_zyx, dtype=dtype)
-    # Paint the lowest-ranked first so that higher scores (then lower labels) overwrite.
-    for i in sorted(range(len(lesions)), key=lambda i: (lesions[i].score, -i)):
-        lesions[i].paint(labels, i + 1)
+    for label, lesion in enumerate(lesions, start=1):
+        region = tuple(slice(o, o + n) for o, n in zip(lesion.mask_offset_zyx, lesion.mask_zyx.shape))
+        if labels[region].shape == lesion.mask_zyx.shape and labels[region][lesion.mask_zyx].any():
+            raise ValueError(f"lesion {label} shares voxels with another lesion: lesions must be disjoint "
+                             "(ctlesion.postprocess.disjoint_lesions)")
+        lesion.paint(labels, label)  # raises if the mask does not fit
     return labels
 
 
@@ -68,6 +77,7 @@ def study_record(
     overlay_files: Sequence[str | None] | None = None,
     dicom_seg_file: str | None = None,
     dicom_sr_file: str | None = None,
+    summary_sheet_file: str | None = None,
 ) -> dict[str, Any]:
     """One entry of ``studies`` in results.json.
 
@@ -82,11 +92,13 @@ def study_record(
         overlay_files: one overlay file name (relative) or None per lesion.
         dicom_seg_file: DICOM SEG file name relative to results.json, or None if not written.
         dicom_sr_file: DICOM SR (measurement report) file name, likewise.
+        summary_sheet_file: the study's summary sheet picture (all lesions' crops), likewise.
 
     Returns:
         A JSON-ready dict: ``input``, ``slice_interval_mm``, ``slice_thickness_mm``,
         ``shape_zyx``, ``spacing_zyx_mm``, ``series`` (``uid``, ``description``, ``warnings``,
-        ``skipped``), ``resampled_to_mm``, ``label_map``, ``dicom_seg``, ``dicom_sr`` and ``lesions`` (each with ``label``,
+        ``skipped``), ``resampled_to_mm``, ``label_map``, ``dicom_seg``, ``dicom_sr``,
+        ``summary_sheet`` and ``lesions`` (each with ``label``,
         ``score``, ``box_vox`` [x1, y1, z1, x2, y2, z2], ``box_lps_mm`` [x, y, z min then max],
         ``key_slice``, ``long_axis_mm``, ``short_axis_mm``, ``long_axis_px`` and
         ``short_axis_px`` (end points [[x0, y0], [x1, y1]] on the key slice, continuous pixel
@@ -112,6 +124,7 @@ def study_record(
         "label_map": label_map_file,
         "dicom_seg": dicom_seg_file,
         "dicom_sr": dicom_sr_file,
+        "summary_sheet": summary_sheet_file,
         "lesions": [
             {
                 "label": i + 1,
@@ -137,7 +150,7 @@ def _axis_ends(ends) -> list[list[float]] | None:
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON types with floats rounded to FLOAT_DECIMALS; non-finite floats become None."""
+    """Plain JSON types with floats rounded to FLOAT_SIGNIFICANT_DIGITS; non-finite floats become None."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
@@ -147,7 +160,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return round(float(value), FLOAT_DECIMALS) if math.isfinite(value) else None
+        return float(f"{float(value):.{FLOAT_SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else None
     if isinstance(value, Path):
         return str(value)
     return value
@@ -156,7 +169,7 @@ def _jsonable(value: Any) -> Any:
 def write_results_json(path: str | Path, studies: Sequence[dict[str, Any]], *, model: dict[str, Any], version: str) -> None:
     """Write ``{"version", "model", "studies"}`` to ``path`` atomically (indent 2, UTF-8).
 
-    Floats are rounded to 4 decimals; NaN or infinite values are written as null.
+    Floats keep 7 significant digits; NaN or infinite values are written as null.
 
     Args:
         path: destination file.

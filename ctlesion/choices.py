@@ -1,0 +1,23 @@
+"""The named choices of ctlesion's options, as plain tuples.
+
+One place for each list of accepted values, with no heavy imports, so that the command line
+builds its ``--help`` and its choice types from them without loading torch; the modules that
+act on a choice import its tuple from here.
+"""
+
+from __future__ import annotations
+
+#: AlignShift border handling (SPEC section 5): zero padding (paper) or keep (released code).
+PADDINGS = ("zero", "keep")
+#: Detector networks: AlignShift (paper), TSM and 2.5D (the paper's baselines), none (3D, no shift).
+DETECTOR_CONTEXTS = ("alignshift", "tsm", "2.5d", "none")
+#: Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler), fp32.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+#: What to do with a gantry-tilted series: refuse it, or resample it onto an orthogonal grid.
+TILT_CHOICES = ("refuse", "resample")
+#: DeepLesion splits by name, with their official ``Train_Val_Test`` codes.
+SPLITS: dict[str, int] = {"train": 1, "val": 2, "test": 3}
+#: Key slices ``prepare`` computes pseudo-masks for: every split, or one.
+PREPARE_SPLITS = ("all", *SPLITS)
+#: FROC overlap criteria: ``iou`` (DeepLesion protocol), ``iobb`` (intersection over the detection's area).
+CRITERIA = ("iou", "iobb")
