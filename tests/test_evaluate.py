@@ -42,7 +42,7 @@ from ctlesion.evaluate.predictions import (
 from ctlesion.evaluate.report import PAPER_TABLE_2, render_markdown
 from ctlesion.evaluate.scoring import score_split
 from ctlesion.evaluate.split import load_evaluation_set, read_key_list
-from ctlesion.io.deeplesion import read_dl_info, write_dl_info
+from ctlesion.io.deeplesion import load_key_slice_window, read_dl_info, write_dl_info, write_png_hu
 
 REPO = Path(__file__).resolve().parents[1]
 SPACING_MM = 0.5
@@ -89,6 +89,37 @@ def write_hand_split(folder: Path) -> Path:
         dl_row(B, (300, 300, 330, 330), interval_mm=1, lesion_type=5, long_mm=15, noisy=1),
         dl_row(B, BOX["b1"], interval_mm=1, lesion_type=5, long_mm=20),
     ]
+    write_dl_info(folder / "DL_info.csv", rows)
+    return folder
+
+
+#: Synthetic DeepLesion-layout series for the neighbour-slice accounting (window of 3 slices):
+#: file name -> (slice interval mm, Slice_range, slice numbers whose PNG is present, expected
+#: (absent neighbours, single-slice context, beyond the series' ends)).
+CONTEXT_SERIES = {
+    # thin: neighbours 2 mm = 2 slices away (8 and 12), all present
+    "000011_01_01_010.png": (1.0, (1, 20), range(1, 21), (0, False, False)),
+    # thick, key slice only: both neighbours absent, replaced by the key slice itself
+    "000012_01_01_010.png": (5.0, (5, 15), [10], (2, True, False)),
+    # thin, 8 absent (-> 10, the key slice) but 12 present: context on one side
+    "000013_01_01_010.png": (1.0, (1, 20), [10, 12], (1, False, False)),
+    # thick, key slice first of its series: the window reaches past the end (edge replicated)
+    "000014_01_01_001.png": (5.0, (1, 10), range(1, 11), (0, False, True)),
+}
+
+
+def write_context_layout(folder: Path, size_px: int = 64) -> Path:
+    """A DeepLesion-layout folder (DL_info.csv + Images_png) of :data:`CONTEXT_SERIES`, one lesion
+    each (test split); slice n of every series is a uniform image of HU 10 n, so windows tell their
+    sources apart."""
+    rows = []
+    for name, (interval, slice_range, present, _) in CONTEXT_SERIES.items():
+        row = dl_row(name, (20, 20, 39, 39), interval_mm=interval, lesion_type=4, long_mm=10)
+        row.update(Slice_range=list(slice_range), Image_size=[size_px, size_px])
+        rows.append(row)
+        for number in present:
+            write_png_hu(folder / "Images_png" / name[:12] / f"{number:03d}.png",
+                         np.full((size_px, size_px), 10.0 * number))
     write_dl_info(folder / "DL_info.csv", rows)
     return folder
 
@@ -338,7 +369,8 @@ def test_report_leaves_out_paper_rows_when_not_comparable():
     evaluation["protocol"]["criterion"] = "iobb"
     text = render_markdown(evaluation)
     assert "(paper) |" not in text
-    assert "the val split, not test, IoBB >= 0.5, not IoU >= 0.5" in text
+    assert ("These figures are **not comparable with the paper's rows** (AlignShift Table 2, not shown): this "
+            "evaluation uses the val split, not test; IoBB >= 0.5, not IoU >= 0.5.") in text
 
 
 def test_froc_png_is_a_figure_of_the_configured_size(tmp_path):
@@ -362,3 +394,136 @@ def test_bootstrap_intervals_bracket_the_estimate_at_scale():
                                sensitivity_at_fps(detections, evaluation_set.ground_truth), atol=1e-12)
     lo, hi = report["summary"]["all"]["ci95"]["avg_0.5_4"]
     assert lo < report["summary"]["all"]["avg_0.5_4"] < hi
+
+
+def test_window_context_plans_windows_as_the_reader_does(tmp_path):
+    from ctlesion.evaluate.context import summarize_contexts, window_context
+
+    folder = write_context_layout(tmp_path)
+    keys = read_dl_info(folder / "DL_info.csv")
+    images = folder / "Images_png"
+    for key in keys:
+        absent, single, beyond = CONTEXT_SERIES[key.file_name][3]
+        context = window_context(images, key, 3)
+        assert (context.num_absent, context.single_slice, context.beyond_series_ends) == (absent, single, beyond)
+        window = load_key_slice_window(images, key, 3)[0]
+        assert bool(np.all(window == window[1])) == single, key.file_name  # the reader agrees
+    assert load_key_slice_window(images, keys[2], 3)[0][:, 0, 0].tolist() == [100, 100, 120]  # 8 -> 10, 12
+    assert summarize_contexts(images, keys, 3) == {
+        "window_slices": 3, "images_with_absent_neighbours": 2, "images_single_slice_context": 1,
+        "images_beyond_series_ends": 1}
+
+
+def test_window_context_on_real_key_slice_only_folders(shared_data):
+    """deeplesion_sample holds only key slices: every window of its test split misses neighbours."""
+    from ctlesion.evaluate.context import summarize_contexts, window_context
+
+    data = shared_data / "deeplesion_sample"
+    keys = read_dl_info(data / "DL_info.csv", split="test")
+    images = data / "Images_png"
+    for key in keys:
+        window = load_key_slice_window(images, key, 3)[0]
+        assert window_context(images, key, 3).single_slice == bool(np.all(window == window[1])), key.file_name
+    counts = summarize_contexts(images, keys, 3)
+    assert counts["images_with_absent_neighbours"] == len(keys) == 18
+    assert 0 < counts["images_single_slice_context"] < len(keys)
+
+
+def test_official_test_split_counts_of_the_report(shared_data, tmp_path):
+    from ctlesion.evaluate.report import OFFICIAL_TEST_SPLIT
+
+    table = shared_data / "deeplesion_tables" / "DL_info_niftiID_test.csv"
+    keys = read_dl_info(table, drop_noisy=False)
+    shutil.copy(table, tmp_path / "DL_info.csv")
+    scored = load_evaluation_set(tmp_path, "test")
+    assert OFFICIAL_TEST_SPLIT == {"key_slices": len(keys), "lesions": sum(k.num_lesions for k in keys),
+                                   "scored_key_slices": len(scored.keys), "scored_lesions": scored.num_lesions}
+
+
+def test_paper_rows_are_called_comparable_only_for_the_whole_official_split():
+    from ctlesion.evaluate.report import paper_comparison
+
+    full = evaluation_for_report()
+    full["protocol"].update(num_images=4817, num_lesions=4912)
+    assert paper_comparison(full)["comparable"] and paper_comparison(full)["reasons"] == []
+    text = render_markdown(full)
+    assert "not comparable" not in text and "| AlignShift x7 (paper) |" in text
+    assert "same 4,817 key slices and 4,912 lesions" in text
+
+    subset = evaluation_for_report()  # 10 key slices, 12 lesions
+    comparison = paper_comparison(subset)
+    assert not comparison["comparable"] and comparison["protocol_matches"]
+    assert comparison["reasons"] == ["10 key slices with 12 lesions, not the official test split's 4,817 with 4,912"]
+    text = render_markdown(subset)
+    assert "These figures are **not comparable with the paper's rows**" in text
+    assert "10 key slices with 12 lesions, not the official test split's 4,817 with 4,912" in text
+    assert "| AlignShift x7 (paper) |" in text and "shown for reference only" in text
+    assert "(paper, not comparable, see above: 2.5D x7 +4.10" in text
+
+    # The whole split, but key slices without their neighbours: not comparable either.
+    replicated = evaluation_for_report(neighbour_slices={
+        "window_slices": 3, "images_with_absent_neighbours": 4817, "images_single_slice_context": 4817,
+        "images_beyond_series_ends": 0})
+    replicated["protocol"].update(num_images=4817, num_lesions=4912)
+    assert paper_comparison(replicated)["reasons"] == [
+        "4,817 of 4,817 images scored with neighbour slices absent from their series folder"]
+    assert "not comparable with the paper's rows" in render_markdown(replicated)
+
+    val = evaluation_for_report(split="val")
+    assert not paper_comparison(val)["protocol_matches"]
+    text = render_markdown(val)
+    assert "not comparable with the paper's rows" in text and "(paper) |" not in text
+
+
+def test_report_states_detection_cap_and_neighbour_slices():
+    model_run = evaluation_for_report(
+        detections_per_image={"source": "model", "cap": 50, "score_threshold": 0.001, "nms_iou_threshold": 0.5,
+                              "max_found": 50, "mean_found": 47.25, "images_without_detections": 0},
+        neighbour_slices={"window_slices": 3, "images_with_absent_neighbours": 8, "images_single_slice_context": 6,
+                          "images_beyond_series_ends": 1})
+    text = render_markdown(model_run)
+    assert ("| detections per image | at most 50 per image, score >= 0.001, NMS at IoU 0.5 (the paper: 50, 0.001, "
+            "0.5); scored: up to 50 per image, 47.2 on average |") in text
+    assert "window of 3 slices (key slice +/- 1); **8 of 10 images were scored with neighbour slices absent" in text
+    assert "6 of them with single-slice context" in text and "1 window reaches past its series' ends" in text
+    assert "the official test split scores 4,817 key slices and 4,912 lesions (4,831 and 4,927 in its table)" in text
+
+    scored_file = evaluation_for_report(
+        weights=None, predictions_file="other.json", neighbour_slices=None,
+        detections_per_image={"source": "predictions file", "cap": None, "score_threshold": None,
+                              "nms_iou_threshold": None, "max_found": 7, "mean_found": 3.5,
+                              "images_without_detections": 2})
+    text = render_markdown(scored_file)
+    assert ("| detections per image | as found in the predictions file: up to 7 per image, 3.5 on average; the "
+            "detector's cap per image and score threshold are not known |") in text
+    assert "| neighbour slices | not known: the detections come from a predictions file |" in text
+
+
+def test_froc_figure_keeps_every_curve_visible_and_names_the_model(tmp_path):
+    from ctlesion.evaluate.plot import froc_figure, froc_title
+
+    evaluation_set = load_evaluation_set(write_hand_split(tmp_path), "test")
+    scores = score_split(evaluation_set, hand_detections(evaluation_set.keys), resamples=20)
+    summary = scores.report["summary"]
+    title = froc_title(evaluation_for_report(weights="best.safetensors", model="AlignShift x7"))
+    assert title.endswith("model best.safetensors (AlignShift x7)")
+    assert froc_title(evaluation_for_report(weights=None, predictions_file="/x/other.json")).endswith(
+        "predictions: other.json")
+    axes = froc_figure(scores.curves, summary, title).axes[0]
+    assert axes.get_title() == title
+    curves = {line.get_label().split(":")[0]: line for line in axes.get_lines()}
+    assert list(curves) == ["all", "thick (5 mm)", "thin (<= 2 mm)"]  # widest first, thinnest on top
+    styles = [(line.get_linestyle(), line.get_marker()) for line in curves.values()]
+    assert len(set(styles)) == 3 and all(marker not in ("None", "", None) for _, marker in styles)
+    widths = [line.get_linewidth() for line in curves.values()]
+    assert widths == sorted(widths, reverse=True)
+    for name, line in (("all", curves["all"]), ("thin_le_2mm", curves["thin (<= 2 mm)"])):
+        marked = np.asarray(line.get_markevery())
+        np.testing.assert_allclose(np.asarray(line.get_xdata())[marked], DEFAULT_FPS_PER_IMAGE)
+        np.testing.assert_allclose(np.asarray(line.get_ydata())[marked], 100 * np.array(summary[name]["sensitivity"]))
+    low, high = axes.get_xlim()
+    assert DEFAULT_FPS_PER_IMAGE[0] / 1.2 <= low <= DEFAULT_FPS_PER_IMAGE[0]
+    assert DEFAULT_FPS_PER_IMAGE[-1] <= high <= DEFAULT_FPS_PER_IMAGE[-1] * 1.2
+    assert axes.get_ylim()[0] < 0  # a curve at 0 stays above the axis line
+    legend = [text.get_text().split(":")[0] for text in axes.get_legend().get_texts()]
+    assert legend == ["all", "thin (<= 2 mm)", "thick (5 mm)"]

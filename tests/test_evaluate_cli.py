@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_evaluate import HAND_PREDICTIONS, A, B, D, write_hand_split
+from test_evaluate import HAND_PREDICTIONS, A, B, D, write_context_layout, write_hand_split
 from typer.testing import CliRunner
 
 from ctlesion.cli.app import app
@@ -156,6 +156,10 @@ def test_model_on_real_deeplesion_key_slices_then_rescored_from_its_predictions(
     assert summary["all"]["num_images"] == 8 and summary["thin_le_2mm"]["num_images"] == 4
     assert summary["thick_5mm"]["num_lesions"] == 4
     assert all(len(entry["detections"]) > 0 for entry in predictions["predictions"])
+    # The sample holds only key slices: every window missed neighbours, and the report says so.
+    assert evaluation["neighbour_slices"]["images_with_absent_neighbours"] == 8
+    assert "**8 of 8 images were scored with neighbour slices absent" in (out / "evaluation.md").read_text()
+    assert evaluation["paper_comparison"]["comparable"] is False
     # The saved predictions score to the same figures without the model.
     rescored = invoke("evaluate", "--data", data, "--predictions", out / "predictions.json", "--key-slices",
                       tmp_path / "keys.txt", "--out", tmp_path / "again", "--bootstrap", 50)
@@ -163,6 +167,55 @@ def test_model_on_real_deeplesion_key_slices_then_rescored_from_its_predictions(
     again = json.loads((tmp_path / "again" / "evaluation.json").read_text())
     for part in ("summary", "lesion_types", "lesion_sizes"):
         assert again[part] == evaluation[part]
+
+
+def test_report_states_neighbour_slices_detection_cap_and_comparability(tiny_weights, tmp_path, monkeypatch):
+    """Two of four windows miss neighbour slices (one sees the key slice only); the report, the
+    JSON and the plot title say what was scored, and the rescored predictions say what is known."""
+    import ctlesion.evaluate.run as run_module
+
+    titles = []
+    render = run_module.froc_png
+    monkeypatch.setattr(run_module, "froc_png", lambda curves, summary, title: titles.append(title) or render(
+        curves, summary, title))
+    data = write_context_layout(tmp_path / "data")
+    out = tmp_path / "evaluation"
+    result = invoke("evaluate", "--data", data, "--weights", tiny_weights, "--out", out, "--device", "cpu",
+                    "--bootstrap", 0)
+    assert result.exit_code == 0, result.output
+    assert "2 of 4 images were scored with neighbour slices absent from their series folder" in result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["neighbour_slices"] == {"window_slices": 3, "images_with_absent_neighbours": 2,
+                                              "images_single_slice_context": 1, "images_beyond_series_ends": 1}
+    limits = evaluation["detections_per_image"]
+    assert (limits["source"], limits["cap"], limits["score_threshold"], limits["nms_iou_threshold"]) == (
+        "model", 50, 0.001, 0.5)
+    predictions = json.loads((out / "predictions.json").read_text())["predictions"]
+    found = [len(entry["detections"]) for entry in predictions]
+    assert limits["max_found"] == max(found) <= 50 and limits["mean_found"] == pytest.approx(np.mean(found))
+    comparison = evaluation["paper_comparison"]
+    assert comparison["comparable"] is False and comparison["protocol_matches"] is True
+    assert comparison["reasons"] == ["4 key slices with 4 lesions, not the official test split's 4,817 with 4,912",
+                                     "2 of 4 images scored with neighbour slices absent from their series folder"]
+    assert comparison["official_test_split"]["key_slices"] == 4831
+    report = (out / "evaluation.md").read_text()
+    assert "not comparable with the paper's rows" in report
+    assert "**2 of 4 images were scored with neighbour slices absent from their series folder**" in report
+    assert "1 of them with single-slice context" in report and "1 window reaches past its series' ends" in report
+    assert "at most 50 per image, score >= 0.001" in report
+    assert titles[-1].endswith("\nmodel tiny.safetensors (AlignShift x3)")
+
+    rescored = invoke("evaluate", "--data", data, "--predictions", out / "predictions.json", "--out",
+                      tmp_path / "again", "--bootstrap", 0)
+    assert rescored.exit_code == 0, rescored.output
+    again = json.loads((tmp_path / "again" / "evaluation.json").read_text())
+    assert again["neighbour_slices"] is None
+    assert again["detections_per_image"]["cap"] is None and again["detections_per_image"]["max_found"] == max(found)
+    assert again["paper_comparison"]["reasons"] == comparison["reasons"][:1]
+    report = (tmp_path / "again" / "evaluation.md").read_text()
+    assert "| neighbour slices | not known: the detections come from a predictions file |" in report
+    assert "not comparable with the paper's rows" in report
+    assert titles[-1].endswith("\npredictions: predictions.json")
 
 
 @pytest.mark.slow
@@ -177,7 +230,11 @@ def test_shipped_model_on_real_deeplesion_key_slices(shared_data, tmp_path):
     assert evaluation["summary"]["all"]["num_images"] == 18 and evaluation["summary"]["thin_le_2mm"]["num_images"] == 9
     assert len(json.loads((out / "predictions.json").read_text())["predictions"]) == 18
     assert evaluation["weights"] == "ctlesion_demo_sim.safetensors" and "demo model" in evaluation["model_note"]
-    assert "demo model shipped with ctlesion" in (out / "evaluation.md").read_text()
+    report = (out / "evaluation.md").read_text()
+    assert "demo model shipped with ctlesion" in report
+    # The issue's complaint: the report says what the 18 figures are not.
+    assert "**18 of 18 images were scored with neighbour slices absent from their series folder**" in report
+    assert "not comparable with the paper's rows" in report and "at most 50 per image, score >= 0.001" in report
 
 
 def test_out_must_be_a_folder(hand_split, tmp_path):

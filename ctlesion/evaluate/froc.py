@@ -46,10 +46,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ctlesion.choices import CRITERIA
+
 DEFAULT_FPS_PER_IMAGE = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
-#: Overlap criteria: ``iou`` (DeepLesion protocol) and ``iobb`` (intersection over the detection's area).
-CRITERIA = ("iou", "iobb")
 
 
 def _as_boxes(array: np.ndarray, columns: int, what: str, image: int) -> np.ndarray:

@@ -24,6 +24,16 @@ PAPER_THIN_MINUS_THICK: dict[str, float] = {"2.5D x7": 4.10, "TSM x7": 3.54, "Al
 
 PAPER_FPS_PER_IMAGE = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
+#: The official DeepLesion test split (``DL_info.csv``, ``Train_Val_Test`` = 3; checked against
+#: ``../shared/data/deeplesion_tables/DL_info_niftiID_test.csv``): key slices and lesions in the
+#: table, and those the protocol scores once the 15 lesions marked ``Possibly_noisy`` are left out.
+OFFICIAL_TEST_SPLIT: dict[str, int] = {"key_slices": 4831, "lesions": 4927, "scored_key_slices": 4817,
+                                       "scored_lesions": 4912}
+
+#: The paper's test-time detection settings (SPEC section 6): at most 50 boxes per image, score
+#: >= 0.001, NMS at IoU 0.5.
+PAPER_DETECTIONS: dict[str, float] = {"cap": 50, "score_threshold": 0.001, "nms_iou_threshold": 0.5}
+
 _GROUP_LABELS = {"soft_tissue": "soft tissue", **SIZE_BANDS}
 
 
@@ -48,20 +58,97 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _comparable(evaluation: dict) -> list[str]:
-    """Reasons why the paper's figures are not comparable with this evaluation (empty: comparable)."""
+def paper_comparison(evaluation: dict) -> dict:
+    """Whether this evaluation's figures are comparable with the paper's Table 2 rows, and why not.
+
+    The rows are the AlignShift paper's figures on the whole official DeepLesion test split
+    (4,817 key slices and 4,912 lesions scored), IoU >= 0.5, at 0.5-16 false positives per
+    image, each key slice seen with its real neighbour slices. Any difference makes them not
+    comparable: another split, overlap criterion or rates (``protocol_matches`` False: the
+    report leaves the rows out), other image or lesion counts (a subset, a key-slice list, a
+    sample), or images scored with neighbour slices absent from their series folder (the rows
+    are then shown for reference only, with a sentence saying they are not comparable).
+
+    Args:
+        evaluation: the ``evaluation.json`` content (``split``, ``protocol``, optionally
+            ``summary``, ``key_slices_file`` and ``neighbour_slices``).
+
+    Returns:
+        ``{"comparable": bool, "protocol_matches": bool, "reasons": [str], "official_test_split":
+        OFFICIAL_TEST_SPLIT}``; ``reasons`` are phrases ("the val split, not test", ...) in the
+        order split / overlap / rates / counts / neighbours.
+    """
     protocol = evaluation["protocol"]
-    reasons = []
+    rates = protocol.get("fps_per_image") or evaluation["summary"]["fps_per_image"]
+    protocol_reasons = []
     if evaluation["split"] != "test":
-        reasons.append(f"the {evaluation['split']} split, not test")
+        protocol_reasons.append(f"the {evaluation['split']} split, not test")
     if protocol["criterion"] != "iou" or protocol["iou_threshold"] != 0.5:
         overlap = {"iou": "IoU", "iobb": "IoBB"}[protocol["criterion"]]
-        reasons.append(f"{overlap} >= {protocol['iou_threshold']:g}, not IoU >= 0.5")
-    if evaluation.get("key_slices_file"):
-        reasons.append("a subset of the key slices")
-    if tuple(evaluation["summary"]["fps_per_image"]) != PAPER_FPS_PER_IMAGE:
-        reasons.append("other false-positive rates")
-    return reasons
+        protocol_reasons.append(f"{overlap} >= {protocol['iou_threshold']:g}, not IoU >= 0.5")
+    if tuple(float(r) for r in rates) != PAPER_FPS_PER_IMAGE:
+        protocol_reasons.append("other false-positive rates")
+    set_reasons = []
+    official = OFFICIAL_TEST_SPLIT
+    counts = (protocol["num_images"], protocol["num_lesions"])
+    if evaluation["split"] == "test" and counts != (official["scored_key_slices"], official["scored_lesions"]):
+        listed = " listed in the key-slice file" if evaluation.get("key_slices_file") else ""
+        set_reasons.append(f"{counts[0]:,} key slices{listed} with {counts[1]:,} lesions, not the official test "
+                           f"split's {official['scored_key_slices']:,} with {official['scored_lesions']:,}")
+    neighbours = evaluation.get("neighbour_slices") or {}
+    if neighbours.get("images_with_absent_neighbours"):
+        set_reasons.append(f"{neighbours['images_with_absent_neighbours']:,} of {counts[0]:,} images scored with "
+                           "neighbour slices absent from their series folder")
+    reasons = protocol_reasons + set_reasons
+    return {"comparable": not reasons, "protocol_matches": not protocol_reasons, "reasons": reasons,
+            "official_test_split": dict(official)}
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _detections_fact(evaluation: dict) -> str | None:
+    """The "detections per image" line of the facts table (None for reports without the entry)."""
+    limits = evaluation.get("detections_per_image")
+    if not limits:
+        return None
+    found = f"up to {limits['max_found']:,} per image, {limits['mean_found']:.1f} on average"
+    if limits.get("cap") is None:
+        return (f"as found in the predictions file: {found}; the detector's cap per image and score threshold "
+                "are not known")
+    settings = [f"at most {limits['cap']:,} per image"]
+    if limits.get("score_threshold") is not None:
+        settings.append(f"score >= {limits['score_threshold']:g}")
+    if limits.get("nms_iou_threshold") is not None:
+        settings.append(f"NMS at IoU {limits['nms_iou_threshold']:g}")
+    paper = PAPER_DETECTIONS
+    return (", ".join(settings) + f" (the paper: {paper['cap']}, {paper['score_threshold']:g}, "
+            f"{paper['nms_iou_threshold']:g}); scored: {found}")
+
+
+def _neighbours_fact(evaluation: dict) -> str | None:
+    """The "neighbour slices" line of the facts table (None for reports without the entry)."""
+    if "neighbour_slices" not in evaluation:
+        return None
+    context = evaluation["neighbour_slices"]
+    if context is None:
+        return "not known: the detections come from a predictions file"
+    depth = context["window_slices"]
+    images = evaluation["protocol"]["num_images"]
+    text = f"window of {depth} slices (key slice +/- {depth // 2}); "
+    absent, single = context["images_with_absent_neighbours"], context["images_single_slice_context"]
+    if absent:
+        text += (f"**{absent:,} of {images:,} images were scored with neighbour slices absent from their series "
+                 f"folder** (the nearest present slice used instead), {single:,} of them with single-slice "
+                 "context (every neighbour is the key slice itself: no 3D context)")
+    elif single:
+        text += f"{_count(single, 'image', 'images')} of one-slice series (single-slice context)"
+    else:
+        text += "every neighbour slice was in its series folder"
+    beyond = context["images_beyond_series_ends"]
+    return text + (f"; {_count(beyond, 'window reaches', 'windows reach')} past its series' ends (edge slice "
+                   "replicated, as in the protocol)" if beyond else "")
 
 
 def _header(evaluation: dict) -> list[str]:
@@ -79,10 +166,18 @@ def _header(evaluation: dict) -> list[str]:
                  f"{protocol['split_code']})" + (f", key slices listed in `{evaluation['key_slices_file']}`"
                                                  if evaluation.get("key_slices_file") else "")),
         ("images, lesions", (f"{protocol['num_images']:,} key slices, {protocol['num_lesions']:,} lesions "
-                            "(lesions marked Possibly_noisy excluded)")),
+                            "(lesions marked Possibly_noisy excluded)"
+                            + (f"; the official test split scores {OFFICIAL_TEST_SPLIT['scored_key_slices']:,} key "
+                               f"slices and {OFFICIAL_TEST_SPLIT['scored_lesions']:,} lesions "
+                               f"({OFFICIAL_TEST_SPLIT['key_slices']:,} and {OFFICIAL_TEST_SPLIT['lesions']:,} in "
+                               "its table)" if evaluation["split"] == "test" else ""))),
         ("detections", source + (f"; {protocol['images_without_predictions']:,} key slices had no entry and "
                                  "count as images without detections" if protocol.get("images_without_predictions")
                                  else "")),
+    ]
+    facts += [(name, text) for name, text in (("detections per image", _detections_fact(evaluation)),
+                                              ("neighbour slices", _neighbours_fact(evaluation))) if text]
+    facts += [
         ("hit", (f"{overlap} >= {protocol['iou_threshold']:g} with a lesion's box, DeepLesion inclusive-pixel "
                 "boxes; detections of all images ranked together by score; a detection of an already-hit "
                 "lesion is neither a true nor a false positive")),
@@ -109,23 +204,34 @@ def render_markdown(evaluation: dict, plot_name: str | None = "froc.png") -> str
         plot_name: file name of the FROC plot to embed, or None.
 
     Returns:
-        Markdown text: the facts of the evaluation, the overall table with the paper's Table 2
-        rows, the thin / thick table with the gap (paper's Table 3), per lesion type and size.
+        Markdown text: the facts of the evaluation (data, counts against the official test split,
+        detection source, cap and score threshold, neighbour slices absent or replicated, hit
+        rule, intervals), the overall table with the paper's Table 2 rows (left out when the
+        protocol differs; with a sentence saying they are not comparable when anything differs,
+        :func:`paper_comparison`), the thin / thick table with the gap (paper's Table 3), per
+        lesion type and size.
     """
     summary = evaluation["summary"]
     rates = [f"{fp:g}" for fp in summary["fps_per_image"]]
     lines = _header(evaluation)
 
     lines += ["", "## Sensitivity (%) at false positives per image", ""]
-    reasons = _comparable(evaluation)
-    if reasons:
-        lines += ["The AlignShift paper's figures (Table 2) are not shown: this evaluation uses "
-                  + ", ".join(reasons) + ".", ""]
+    comparison = paper_comparison(evaluation)
+    official = comparison["official_test_split"]
+    if not comparison["protocol_matches"]:
+        lines += [("These figures are **not comparable with the paper's rows** (AlignShift Table 2, not shown): "
+                   "this evaluation uses " + "; ".join(comparison["reasons"]) + "."), ""]
+    elif not comparison["comparable"]:
+        lines += [("These figures are **not comparable with the paper's rows**, its published figures on the whole "
+                   "official test split with each key slice's real neighbour slices (layout of Table 2 of the "
+                   "AlignShift paper, IoU >= 0.5), shown for reference only: this evaluation scores "
+                   + "; ".join(comparison["reasons"]) + ". 95 % confidence intervals in brackets."), ""]
     else:
         lines += [("Layout of Table 2 of the AlignShift paper (DeepLesion test split, IoU >= 0.5); the paper's rows "
-                  "are its published figures, for reference. 95 % confidence intervals in brackets."), ""]
+                  f"are its published figures on the same {official['scored_key_slices']:,} key slices and "
+                  f"{official['scored_lesions']:,} lesions. 95 % confidence intervals in brackets."), ""]
     rows = [["**this evaluation**", *_cells(summary["all"], ci_everywhere=True)]]
-    if not reasons:
+    if comparison["protocol_matches"]:
         rows += [[f"{name} (paper)", *(f"{v:.2f}" for v in values)] for name, values in PAPER_TABLE_2.items()]
     lines += _table(["method", *rates, "avg[0.5-4]"], rows)
 
@@ -140,8 +246,9 @@ def render_markdown(evaluation: dict, plot_name: str | None = "froc.png") -> str
         bounds = summary.get("thin_minus_thick_avg_0.5_4_ci95")
         ci = f" [{100 * bounds[0]:+.1f}, {100 * bounds[1]:+.1f}]" if bounds and bounds[0] is not None else ""
         paper = ", ".join(f"{name} {value:+.2f}" for name, value in PAPER_THIN_MINUS_THICK.items())
+        caveat = "" if comparison["comparable"] else ", not comparable, see above"
         lines += ["", (f"Thin minus thick, avg[0.5-4]: **{100 * gap:+.1f}**{ci} percentage points "
-                      f"(paper: {paper}). A thickness-robust detector keeps the gap small.")]
+                      f"(paper{caveat}: {paper}). A thickness-robust detector keeps the gap small.")]
     else:
         lines += ["", "Thin minus thick: not available (the split lacks thin or 5 mm images)."]
 

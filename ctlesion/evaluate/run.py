@@ -27,15 +27,16 @@ from torch.utils.data import DataLoader, Subset
 from ctlesion import __version__
 from ctlesion.atomic import atomic_write_bytes, atomic_write_text, staged_outputs
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
+from ctlesion.evaluate.context import summarize_contexts
 from ctlesion.evaluate.froc import CRITERIA, DEFAULT_FPS_PER_IMAGE
-from ctlesion.evaluate.plot import froc_png
+from ctlesion.evaluate.plot import froc_png, froc_title
 from ctlesion.evaluate.predictions import (
     align_predictions,
     read_predictions,
     to_file_precision,
     write_predictions,
 )
-from ctlesion.evaluate.report import render_markdown
+from ctlesion.evaluate.report import paper_comparison, render_markdown
 from ctlesion.evaluate.scoring import score_split
 from ctlesion.evaluate.split import load_evaluation_set
 from ctlesion.io.deeplesion import split_code
@@ -179,6 +180,28 @@ def _model_note(weights_path: Path | None, model_info: dict | None) -> str | Non
     return None
 
 
+def _detection_limits(model: AlignShiftDetector | None, detections: list[np.ndarray]) -> dict:
+    """The ``detections_per_image`` entry of ``evaluation.json``: the model's cap and score threshold
+    (None when the detections come from a predictions file: unknown) and what was found."""
+    heads = None if model is None else getattr(model, "roi_heads", None)
+
+    def setting(name: str) -> float | None:
+        value = getattr(heads, name, None)
+        return None if value is None else float(value)
+
+    found = np.array([len(d) for d in detections], dtype=np.int64)
+    cap = setting("detections_per_img")
+    return {
+        "source": "model" if model is not None else "predictions file",
+        "cap": None if cap is None else int(cap),
+        "score_threshold": setting("score_thresh"),
+        "nms_iou_threshold": setting("nms_thresh"),
+        "max_found": int(found.max()) if found.size else 0,
+        "mean_found": float(found.mean()) if found.size else 0.0,
+        "images_without_detections": int((found == 0).sum()),
+    }
+
+
 def run_evaluation(
     data_dir: Path,
     out_dir: Path,
@@ -213,8 +236,29 @@ def run_evaluation(
         The ``evaluation.json`` content: ``version``, ``data``, ``dl_info``, ``split``,
         ``key_slices_file``, ``weights``, ``model`` (e.g. "AlignShift x3"), ``model_description``, ``model_note``,
         ``predictions_file``, ``protocol`` (criterion, threshold, rates, counts), ``bootstrap``,
-        ``summary``, ``lesion_types``, ``lesion_sizes`` (see
-        :func:`ctlesion.evaluate.scoring.score_split`).
+        ``detections_per_image``, ``neighbour_slices``, ``paper_comparison``, ``summary``,
+        ``lesion_types``, ``lesion_sizes`` (see :func:`ctlesion.evaluate.scoring.score_split`).
+
+        ``detections_per_image``: ``source`` ("model" or "predictions file"), ``cap`` (the
+        model's maximum detections per image, the paper's 50), ``score_threshold`` (minimum score
+        kept, the paper's 0.001) and ``nms_iou_threshold`` (all three None for a predictions file:
+        not known), ``max_found`` and ``mean_found`` (boxes per image scored),
+        ``images_without_detections``.
+
+        ``neighbour_slices`` (None for a predictions file: the windows are not known):
+        ``window_slices`` (the model's window depth D), ``images_with_absent_neighbours`` (images
+        whose window needed a neighbour PNG absent from the series folder, replaced by the nearest
+        present one), ``images_single_slice_context`` (images whose every neighbour was the key
+        slice itself), ``images_beyond_series_ends`` (windows past the series' ends, edge slice
+        replicated as in the protocol); see :mod:`ctlesion.evaluate.context`.
+
+        ``paper_comparison``: ``comparable`` (bool), ``reasons`` (why the paper's Table 2 rows
+        are not comparable: split, overlap criterion, rates, image and lesion counts, absent
+        neighbours), ``protocol_matches`` (split, criterion and rates are the paper's, so its rows
+        are shown beside the figures for reference) and ``official_test_split`` (the counts of
+        the official DeepLesion test split: ``key_slices`` 4,831 and ``lesions`` 4,927 in the
+        table, ``scored_key_slices`` 4,817 and ``scored_lesions`` 4,912 once lesions marked
+        Possibly_noisy are left out); see :func:`ctlesion.evaluate.report.paper_comparison`.
 
     Raises:
         ValueError: on invalid options, or if not exactly one of model / predictions is given.
@@ -232,11 +276,19 @@ def run_evaluation(
                                        split_description=f"the {options.split} split of {evaluation_set.csv_path}")
         missing = sum(1 for key in keys if key not in saved)
         by_key = None
+        neighbours = None
     else:
         predicted = predict_split(model, data_dir, options.split, device=device, progress=progress, keys=set(keys))
         by_key = _detections_by_key(predicted or [])
         detections = [by_key[key] for key in keys]
         missing = 0
+        neighbours = summarize_contexts(Path(data_dir) / "Images_png", evaluation_set.key_slices,
+                                        model.config.num_slices, resample_thick=model.config.resample_thick)
+        if neighbours["images_with_absent_neighbours"]:
+            log.warning("%d of %d images were scored with neighbour slices absent from their series folder "
+                        "(%d with single-slice context); the report says so",
+                        neighbours["images_with_absent_neighbours"], len(keys),
+                        neighbours["images_single_slice_context"])
     scores = score_split(evaluation_set, detections, fps=options.fps_per_image, iou_threshold=options.iou_threshold,
                          criterion=options.criterion, resamples=options.resamples, seed=options.seed)
     evaluation = {
@@ -261,15 +313,16 @@ def run_evaluation(
             "possibly_noisy": "excluded",
             "image_order": "File_name (ties in score keep image order, then detection order)",
         },
+        "detections_per_image": _detection_limits(model, detections),
+        "neighbour_slices": neighbours,
         "bootstrap": None if options.resamples == 0 else {
             "resamples": options.resamples, "seed": options.seed, "level": 0.95, "unit": "image",
             "method": "percentile",
         },
-        **scores.report,
     }
-    overlap = {"iou": "IoU", "iobb": "IoBB"}[options.criterion]
-    title = f"DeepLesion FROC, {options.split} split ({overlap} >= {options.iou_threshold:g})"
-    png = froc_png(scores.curves, scores.report["summary"], title)
+    evaluation["paper_comparison"] = paper_comparison(evaluation)
+    evaluation.update(scores.report)
+    png = froc_png(scores.curves, scores.report["summary"], froc_title(evaluation))
     with staged_outputs(out_dir) as stage:
         atomic_write_text(stage / EVALUATION_JSON, json.dumps(evaluation, indent=1) + "\n")
         atomic_write_text(stage / EVALUATION_MD, render_markdown(evaluation, FROC_PNG))

@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ctlesion.choices import SPLITS
 from ctlesion.errors import CtlesionError
 from ctlesion.preprocess import (
     REF_INTERVAL_MM,
@@ -42,8 +43,6 @@ from ctlesion.preprocess import (
 
 logger = logging.getLogger(__name__)
 
-#: Official split codes of the ``Train_Val_Test`` column.
-SPLITS: dict[str, int] = {"train": 1, "val": 2, "test": 3}
 
 #: The 18 columns of the official DL_info.csv, in order.
 DL_INFO_COLUMNS: tuple[str, ...] = (
@@ -404,17 +403,83 @@ def series_slice_indices(series_dir: Path) -> list[int]:
     return sorted(int(p.stem) for p in series_dir.iterdir() if p.suffix == ".png" and p.stem.isdigit())
 
 
+@dataclass(frozen=True)
+class KeySliceWindowPlan:
+    """Which PNGs of its series folder a key slice's window reads, and how they are blended.
+
+    Attributes:
+        first: slice number of the plan's source index 0 (the series' first slice).
+        plan: interpolation plan over slice numbers ``first + index`` (zero-weight partners
+            replaced by the lower slice, so they need not exist).
+        present: slice numbers of the PNGs present in the folder (ascending).
+        wanted: slice numbers the plan needs (ascending), the key slice among them.
+        beyond_series_ends: the window reaches past the series' first or last slice, where the
+            edge slice is replicated (the protocol's rule, SPEC section 4).
+    """
+
+    first: int
+    plan: SlicePlan
+    present: tuple[int, ...]
+    wanted: tuple[int, ...]
+    beyond_series_ends: bool
+
+    def source_number(self, number: int) -> int:
+        """The slice number read for ``number``: itself when its PNG is present, else the nearest present one."""
+        if number in self.present:
+            return number
+        present = np.array(self.present)
+        return int(present[np.argmin(np.abs(present - number))])
+
+    def absent(self, key_index: int) -> list[int]:
+        """Neighbour slice numbers (not ``key_index``) the window needs whose PNG is absent."""
+        return [n for n in self.wanted if n != key_index and n not in self.present]
+
+    def single_slice(self, key_index: int) -> bool:
+        """Every slice read is the key slice itself (neighbours absent or the series is one slice), though D > 1."""
+        neighbours = len(self.plan.lo) > 1
+        return neighbours and {self.source_number(n) for n in self.wanted} == {key_index}
+
+
+def plan_key_slice_window(key: KeySlice, available: Sequence[int], num_slices: int,
+                          ref_interval_mm: float = REF_INTERVAL_MM, resample_thick: bool = False) -> KeySliceWindowPlan:
+    """Plan the window of a key slice over its series folder's PNGs, without reading pixels.
+
+    Follows SPEC section 4 (AlignShift paper, section 3): for a thin series (s < r) the j-th
+    neighbour lies j * r mm from the key slice, interpolated linearly between source slices
+    floor(j r / s) and ceil(j r / s) away; for a thick series it is the j-th adjacent slice.
+    Positions are in slice-number units over the series' extent (``Slice_range``, the PNGs
+    present and the key slice); beyond it the edge slice is replicated.
+
+    Args:
+        key: the key slice.
+        available: slice numbers of the PNGs in its series folder (the key slice is added).
+        num_slices: window depth D (odd).
+        ref_interval_mm: reference interval r (paper: 2 mm).
+        resample_thick: neighbours r apart for thick series too (TSM and 2.5D baselines).
+
+    Returns:
+        The :class:`KeySliceWindowPlan`.
+    """
+    present = tuple(sorted(set(available) | {key.slice_index}))
+    first = min(present[0], int(key.slice_range[0]), key.slice_index)
+    last = max(present[-1], int(key.slice_range[1]), key.slice_index)
+    offsets = neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm, resample_thick)
+    positions = key.slice_index - first + offsets
+    plan = plan_slices(positions, last - first + 1)
+    # Slices with zero weight are not needed (and need not exist).
+    plan = SlicePlan(lo=plan.lo, hi=np.where(plan.weight_hi > 0, plan.hi, plan.lo), weight_hi=plan.weight_hi)
+    beyond = bool(np.any(positions < -1e-9) or np.any(positions > last - first + 1e-9))
+    return KeySliceWindowPlan(first=first, plan=plan, present=present, wanted=tuple(first + i for i in plan.needed),
+                              beyond_series_ends=beyond)
+
+
 def load_key_slice_window(
     images_dir: Path, key: KeySlice, num_slices: int, ref_interval_mm: float = REF_INTERVAL_MM,
     resample_thick: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Read the key slice and its neighbours as the (D, Y, X) HU window the network sees.
 
-    Follows SPEC section 4 (AlignShift paper, section 3): for a thin series (s < r) the j-th
-    neighbour lies j * r mm from the key slice, interpolated linearly between source slices
-    floor(j r / s) and ceil(j r / s) away; for a thick series it is the j-th adjacent slice.
-    Positions are in slice-number units over the series' extent (``Slice_range`` and the
-    PNGs present); beyond it the edge slice is replicated. A needed PNG that is absent from
+    The window is planned by :func:`plan_key_slice_window`. A needed PNG that is absent from
     the folder is replaced by the nearest present one, with one warning; when that leaves
     only the key slice (as in key-slice-only extracts) the warning says "single-slice
     context: neighbours replicated". Each PNG is read once.
@@ -438,28 +503,18 @@ def load_key_slice_window(
     available = series_slice_indices(series_dir)
     if key.slice_index not in available:
         raise CtlesionError("key slice PNG not found", key.png_path(images_dir))
-    first = min(available[0], int(key.slice_range[0]), key.slice_index)
-    last = max(available[-1], int(key.slice_range[1]), key.slice_index)
-    offsets = neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm, resample_thick)
-    plan = plan_slices(key.slice_index - first + offsets, last - first + 1)
-    # Slices with zero weight are not needed (and need not exist).
-    plan = SlicePlan(lo=plan.lo, hi=np.where(plan.weight_hi > 0, plan.hi, plan.lo), weight_hi=plan.weight_hi)
-    present = np.array(available)
-    present_set = set(available)
-    wanted = [first + i for i in plan.needed]
-    absent = [n for n in wanted if n != key.slice_index and n not in present_set]
+    window_plan = plan_key_slice_window(key, available, num_slices, ref_interval_mm, resample_thick)
     cache: dict[int, np.ndarray] = {}
 
     def read_number(index: int) -> np.ndarray:
-        number = first + index
-        if number not in present_set:
-            number = int(present[np.argmin(np.abs(present - number))])
+        number = window_plan.source_number(window_plan.first + index)
         if number not in cache:
             cache[number] = read_png_hu(series_dir / f"{number:03d}.png")
         return cache[number]
 
-    window = apply_plan(plan, read_number)
-    neighbours = [n for n in wanted if n != key.slice_index]
+    window = apply_plan(window_plan.plan, read_number)
+    absent = window_plan.absent(key.slice_index)
+    neighbours = [n for n in window_plan.wanted if n != key.slice_index]
     if neighbours and set(cache) == {key.slice_index}:
         logger.warning("%s: single-slice context: neighbours replicated", key.file_name)
     elif absent:

@@ -46,6 +46,7 @@ import pydicom.pixels
 from pydicom.pixels import as_pixel_options
 from pydicom.uid import UID
 
+from ctlesion.choices import TILT_CHOICES
 from ctlesion.errors import CtlesionError
 from ctlesion.io.geometry import (
     SAME_POSITION_TOLERANCE_MM,
@@ -69,8 +70,6 @@ from ctlesion.io.series import (
 from ctlesion.volume import AIR_HU, Volume, finite_hu
 
 logger = logging.getLogger(__name__)
-#: Accepted values of the ``tilt`` option: what to do with a gantry-tilted series.
-TILT_CHOICES = ("refuse", "resample")
 _INT16 = np.iinfo(np.int16)
 #: The pixel data elements (group, element) and their keywords (PS3.6).
 _PIXEL_KEYWORDS = {(0x7FE0, 0x0008): "FloatPixelData", (0x7FE0, 0x0009): "DoubleFloatPixelData",
