@@ -8,7 +8,6 @@ window of D slices per slice -> detector (batched) -> per-slice detections in so
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ import torch
 
 from ctlesion import __version__
 from ctlesion.atomic import staged_outputs
-from ctlesion.io import PendingVolume, pending_volumes
+from ctlesion.io import PendingVolume
 from ctlesion.io.nifti import write_nifti
+from ctlesion.io.studies import PlannedStudy
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
 from ctlesion.preprocess import (
@@ -49,16 +49,12 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "ctlesion_dem
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """Inference options.
+    """Inference and output options (which series to read is planned before:
+    :func:`ctlesion.io.studies.plan_studies`).
 
     Attributes:
         score_threshold: minimum detection score kept for linking into lesions.
         batch_size: windows per forward pass.
-        allow_non_ct: read MR/PT series too (the detector was trained on CT only).
-        series: series to read from DICOM folders (number, UID or description), None: the
-            selection rule's choice (see :func:`ctlesion.io.read_volumes`).
-        all_series: read every readable series of each DICOM folder.
-        tilt: gantry-tilted series: "refuse" or "resample" (onto an orthogonal grid).
         dicom_seg: also write each DICOM study's lesions as a DICOM SEG
             (:mod:`ctlesion.report.dicom_seg`).
         dicom_sr: also write the SEG and a DICOM SR measurement report (TID 1500) referring
@@ -67,10 +63,6 @@ class DetectOptions:
 
     score_threshold: float = 0.5
     batch_size: int = 4
-    allow_non_ct: bool = False
-    series: str | None = None
-    all_series: bool = False
-    tilt: str = "refuse"
     dicom_seg: bool = False
     dicom_sr: bool = False
 
@@ -141,23 +133,6 @@ def detect_volume(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     return lesions, network_volume.slice_interval_mm
 
 
-def study_name(path: Path, taken: set[str], suffix: str = "") -> str:
-    """A file-name-safe, unique name for a study from its path (folder name or NIfTI stem) + suffix."""
-    base = (re.sub(r"\.nii(\.gz)?$", "", Path(path).name) or "study") + suffix
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base)
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}_{n}", n + 1
-    taken.add(name)
-    return name
-
-
-def _series_tag(pending: PendingVolume, position: int) -> str:
-    """SeriesNumber of a pending volume, or its 1-based position among its folder's series when it has none."""
-    number = pending.info.series_number
-    return str(number if number is not None else position + 1)
-
-
 def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Volume, labels: np.ndarray,
                          lesions: list[Lesion], model_info: dict, *, with_sr: bool) -> tuple[str | None, str | None]:
     """Write ``<name>_lesions.seg.dcm`` (and with ``with_sr`` ``<name>_lesions.sr.dcm``) into the
@@ -194,46 +169,6 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
     return seg_name, sr_name
 
 
-@dataclass(frozen=True)
-class PlannedStudy:
-    """One study ``detect`` will read: its output name and its volume, checked from headers.
-
-    Attributes:
-        name: file-name-safe unique name of the study's outputs (``<name>_lesions.nii.gz`` ...).
-        pending: the volume, found and checked from its headers, not yet decoded.
-    """
-
-    name: str
-    pending: PendingVolume
-
-
-def plan_studies(inputs: Sequence[Path], options: DetectOptions = DetectOptions()) -> list[PlannedStudy]:
-    """Find and check every input from its headers, without decoding any pixel data.
-
-    Fast (about a second for a folder of a few hundred files), so that a missing path, a
-    folder without CT, an unmatched ``--series`` or a refused tilt fails before a model is
-    loaded or any volume decoded.
-
-    Args:
-        inputs: DICOM series folders and/or NIfTI files. A folder gives one study per series read
-            (``options.series`` / ``options.all_series``); several series of one folder are named
-            ``<folder>_s<SeriesNumber>``.
-        options: series selection, ``allow_non_ct`` and ``tilt`` are used.
-
-    Returns:
-        The studies in input order.
-
-    Raises:
-        CtlesionError: an input is missing or unreadable, holds no usable series, or a series
-            is refused (one line naming the file and the problem).
-    """
-    per_input = [pending_volumes(Path(p), series=options.series, all_series=options.all_series,
-                                 allow_non_ct=options.allow_non_ct, tilt=options.tilt) for p in inputs]
-    taken: set[str] = set()
-    return [PlannedStudy(study_name(Path(p), taken, "" if len(found) == 1 else f"_s{_series_tag(v, k)}"), v)
-            for p, found in zip(inputs, per_input) for k, v in enumerate(found)]
-
-
 def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
                options: DetectOptions = DetectOptions(), device: torch.device | str = "cpu",
                progress=None) -> dict:
@@ -244,7 +179,7 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
     place only when every study succeeded.
 
     Args:
-        studies: from :func:`plan_studies`.
+        studies: from :func:`ctlesion.io.studies.plan_studies` (headers checked).
         results_path: the results.json to write; label maps ``<study>_lesions.nii.gz``,
             overlays ``<study>_lesionNN.png``, a summary sheet ``<study>_lesions.png`` (when
             the study has lesions) and (``options.dicom_seg`` / ``dicom_sr``) DICOM

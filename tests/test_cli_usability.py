@@ -88,3 +88,11 @@ def test_staged_file_errors_name_the_destination(tmp_path):
             (stage / "sub" / "lesion.png").read_bytes()
     assert caught.value.filename == str(out_dir / "sub" / "lesion.png")
     assert not out_dir.exists()
+
+
+def test_study_names_drop_file_suffixes_and_stay_unique():
+    from ctlesion.io.studies import study_name
+
+    taken: set[str] = set()
+    names = [study_name(Path(p), taken) for p in ("a/eCT_Supplemental.dcm", "b/scan.nii.gz", "c/scan.NII", "d/scan")]
+    assert names == ["eCT_Supplemental", "scan", "scan_2", "scan_3"]

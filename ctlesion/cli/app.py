@@ -379,18 +379,21 @@ def detect(
 ) -> None:
     """Find lesions in CT studies; write results.json, a NIfTI label map and overlay PNGs (and DICOM SEGs)."""
     from ctlesion.atomic import check_output_folder  # noqa: PLC0415
-    from ctlesion.detect import DetectOptions, plan_studies, run_detect  # noqa: PLC0415
-    from ctlesion.progress import make_progress  # noqa: PLC0415
+    from ctlesion.io.studies import plan_studies  # noqa: PLC0415 (no torch: a bad input fails in a second)
 
     _setup_logging(verbose)
     if series is not None and all_series:
         _error("--series and --all-series exclude each other")
         raise typer.Exit(2)
-    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, allow_non_ct=allow_non_ct,
-                            series=series, all_series=all_series, tilt=tilt.value, dicom_seg=dicom_seg,
-                            dicom_sr=dicom_sr)
-    studies = _run(plan_studies, inputs, options)  # headers only: bad inputs fail before the model loads
+    studies = _run(plan_studies, inputs, series=series, all_series=all_series, allow_non_ct=allow_non_ct,
+                   tilt=tilt.value)  # headers only, before the model loads
     _run(check_output_folder, out.parent)
+
+    from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
+    from ctlesion.progress import make_progress  # noqa: PLC0415
+
+    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, dicom_seg=dicom_seg,
+                            dicom_sr=dicom_sr)
     dev = _run(_device, device)
     model, info = _load_model(weights, dev, context, slices)
 
