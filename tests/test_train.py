@@ -190,7 +190,7 @@ def test_training_fills_the_named_mask_cache_and_refuses_a_bad_augment_choice(da
     assert list(cache.rglob("*.npz"))  # the masks went to the named cache
     assert read_run_options(run).augment is None
     bad = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "--augment", "x"])
-    assert bad.exit_code == 2 and "--augment must be one of paper, flip, none" in bad.output
+    assert bad.exit_code == 2 and "'paper', 'flip', 'none'" in bad.output
 
 
 def test_channels_last_gives_the_same_features_and_trains(dataset, tmp_path):
