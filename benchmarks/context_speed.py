@@ -9,6 +9,11 @@ the median seconds per window, the ratio against the 2.5D baseline (the 2D netwo
 parameter count, and the peak CUDA memory (on GPU). Repeats alternate between the contexts so
 that machine noise hits them alike. With ``--channels-last`` each context also runs with the
 same weights laid out channels-last (``to_channels_last``, channels-last input), side by side.
+``--authors`` adds the AlignShift network with the authors' conventions (what
+``ctlesion import-weights`` makes of their paper-size checkpoints: mmdetection-1 box geometry,
+[0, 255] - 50 input, no depth-reduction bias); ``--weights FILE`` (repeatable) adds checkpoints
+as they are (their own window depth and input size). The peak resident memory of the process is
+printed at the end (CPU).
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from ctlesion.checkpoint import load_detector
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, to_channels_last
 
 CONTEXTS = ("2.5d", "tsm", "alignshift")
@@ -43,6 +51,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true", help="also time channels-last layouts")
+    parser.add_argument("--authors", action="store_true", help="also the AlignShift network with the authors' "
+                        "conventions (an imported model's)")
+    parser.add_argument("--weights", type=Path, action="append", default=[], help="also this checkpoint")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -58,6 +69,16 @@ def main() -> None:
             twin.load_state_dict(model.state_dict())
             variants[f"{model.config.name} CL"] = (to_channels_last(twin),
                                                    images.contiguous(memory_format=torch.channels_last_3d))
+    if args.authors:
+        config = DetectorConfig(num_slices=depth, image_size_px=size, padding="keep", input_scaling="mmdet",
+                                box_convention="mmdet1", reduction_bias=False)
+        variants[f"{config.name} authors'"] = (AlignShiftDetector(config).to(args.device).eval(), images * 255 - 50)
+    for path in args.weights:
+        model, _ = load_detector(path, args.device)
+        config = model.config
+        variants[f"{path.stem} ({config.name})"] = (
+            model, torch.rand(batch, 1, config.num_slices, config.image_size_px, config.image_size_px,
+                              device=args.device))
     times: dict[str, list[float]] = {name: [] for name in variants}
     peak_mib: dict[str, float] = {}
     for name, (model, inputs) in variants.items():  # warm-up (and CUDA peak memory of one forward)
@@ -76,12 +97,14 @@ def main() -> None:
     print(f"input: {batch} x {depth}-slice window(s) of {size} x {size} px; median of {args.repeats} repeats"
           + ("; CL: channels-last" if args.channels_last else ""))
     base = statistics.median(next(iter(times.values()))) / batch
-    print(f"{'context':<18}{'s/window':>10}{'vs 2.5D':>9}{'params (M)':>12}" + ("  peak MiB" if peak_mib else ""))
+    width = max(18, *(len(name) + 2 for name in variants))
+    print(f"{'context':<{width}}{'s/window':>10}{'vs 2.5D':>9}{'params (M)':>12}" + ("  peak MiB" if peak_mib else ""))
     for name, (model, _) in variants.items():
         per_window = statistics.median(times[name]) / batch
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        line = f"{name:<18}{per_window:>10.3f}{per_window / base:>8.2f}x{params:>12.1f}"
+        line = f"{name:<{width}}{per_window:>10.3f}{per_window / base:>8.2f}x{params:>12.1f}"
         print(line + (f"{peak_mib[name]:>10.0f}" if peak_mib else ""))
+    print(f"peak resident memory of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
 
 
 if __name__ == "__main__":

@@ -21,3 +21,9 @@ SPLITS: dict[str, int] = {"train": 1, "val": 2, "test": 3}
 PREPARE_SPLITS = ("all", *SPLITS)
 #: FROC overlap criteria: ``iou`` (DeepLesion protocol), ``iobb`` (intersection over the detection's area).
 CRITERIA = ("iou", "iobb")
+#: How HU become network input: ``unit`` (the HU window mapped to [0, 1], ctlesion's models) or
+#: ``mmdet`` (the window mapped to [0, 255] minus 50, the authors' released loader).
+INPUT_SCALINGS = ("unit", "mmdet")
+#: Box geometry of the detector heads: ``torchvision`` (continuous coordinates) or ``mmdet1``
+#: (mmdetection 1.0: +1 box widths, rounded anchors, +1 RoI ends; the authors' models).
+BOX_CONVENTIONS = ("torchvision", "mmdet1")

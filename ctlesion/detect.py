@@ -24,9 +24,10 @@ from ctlesion.io.studies import PlannedStudy
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
 from ctlesion.preprocess import (
+    air_input_value,
     fit_in_plane,
+    network_input,
     network_interval_mm,
-    normalize_hu,
     num_resampled_slices,
     resample_to_reference,
     volume_window,
@@ -41,10 +42,11 @@ from ctlesion.report.dicom_sr import lesion_measurement_report
 from ctlesion.report.overlays import write_overlay
 from ctlesion.report.results import label_map, study_record, write_results_json
 from ctlesion.report.summary_sheet import write_summary_sheet
+from ctlesion.store import SHIPPED_DEMO_WEIGHTS
 from ctlesion.volume import Volume
 
 log = logging.getLogger(__name__)
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "ctlesion_demo_sim.safetensors"
+DEFAULT_WEIGHTS = SHIPPED_DEMO_WEIGHTS  # the shipped demo model (models/ of the source checkout)
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,13 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     num = volume.shape_zyx[0]
     interval = torch.tensor(network_interval_mm(volume.slice_interval_mm, config.ref_interval_mm,
                                                 config.resample_thick), dtype=torch.float32)
+    air = air_input_value(config)
     per_slice: list[SliceDetections] = []
     for start in range(0, num, options.batch_size):
         indices = range(start, min(start + options.batch_size, num))
         windows = (volume_window(volume, z, config.num_slices, config.ref_interval_mm, config.resample_thick)
                    for z in indices)
-        stacks, transforms = zip(*(fit_in_plane(normalize_hu(w, config.hu_window), config.image_size_px)
+        stacks, transforms = zip(*(fit_in_plane(network_input(w, config), config.image_size_px, air)
                                    for w in windows))
         images = torch.from_numpy(np.stack(stacks)[:, None]).to(device)
         outputs = model(images, interval.expand(len(indices)).to(device))

@@ -48,6 +48,64 @@ def normalize_hu(hu: np.ndarray, window_hu: tuple[float, float] = (HU_MIN, HU_MA
     return out
 
 
+@dataclass(frozen=True)
+class InputMapping:
+    """How a model turns HU into its input (a :class:`~ctlesion.networks.detector.DetectorConfig`
+    carries the same two fields).
+
+    Attributes:
+        hu_window: (low, high) HU clipped and mapped linearly.
+        input_scaling: ``"unit"``: the window onto [0, 1] (ctlesion's models); ``"mmdet"``: onto
+            [0, 255], then minus 50 (the released AlignShift loader's ``windowing``).
+    """
+
+    hu_window: tuple[float, float] = (HU_MIN, HU_MAX)
+    input_scaling: str = "unit"
+
+
+#: ``input_scaling`` -> (gain, offset) applied to the [0, 1] window: ``unit``: identity;
+#: ``mmdet``: x 255 - 50 (M3DV/AlignShift ``deeplesion/dataset/DeepLesionDataset_align.py``, ``windowing``).
+_SCALING_AFFINE = {"unit": (1.0, 0.0), "mmdet": (255.0, -50.0)}
+
+
+def network_input(hu: np.ndarray, config) -> np.ndarray:
+    """Turn HU into what a model's network takes, by its configuration.
+
+    The HU are clipped to ``config.hu_window`` and mapped linearly onto [0, 1]
+    (:func:`normalize_hu`), then by ``config.input_scaling``: ``"unit"`` keeps [0, 1],
+    ``"mmdet"`` maps to [0, 255] and subtracts 50, as the authors' released loader does. Every
+    command (detect, evaluate, training) builds the network input with this function.
+
+    Args:
+        hu: HU array of any shape and real dtype.
+        config: a :class:`~ctlesion.networks.detector.DetectorConfig` or :class:`InputMapping`
+            (its ``hu_window`` and ``input_scaling``).
+
+    Returns:
+        float32 array of the same shape (float64 for float64 input, for exactness checks).
+
+    Raises:
+        ValueError: an unknown ``input_scaling``.
+    """
+    if config.input_scaling not in _SCALING_AFFINE:
+        raise ValueError(f"input_scaling must be one of {tuple(_SCALING_AFFINE)}, got {config.input_scaling!r}")
+    hu = np.asarray(hu)
+    dtype = np.float64 if hu.dtype == np.float64 else np.float32
+    low, high = (float(v) for v in config.hu_window)
+    out = (np.clip(hu.astype(dtype, copy=True), low, high) - dtype(low)) / dtype(high - low)
+    gain, offset = _SCALING_AFFINE[config.input_scaling]
+    if (gain, offset) != (1.0, 0.0):
+        out *= dtype(gain)
+        out += dtype(offset)
+    return out
+
+
+def air_input_value(config) -> float:
+    """The network input value of air (the HU window's low end): what padding and augmentation
+    write outside the image (0.0 for ``unit``, -50.0 for ``mmdet``)."""
+    return float(network_input(np.array([config.hu_window[0]], np.float64), config)[0])
+
+
 def network_interval_mm(slice_interval_mm: float, ref_interval_mm: float = REF_INTERVAL_MM,
                         resample_thick: bool = False) -> float:
     """Slice interval the network sees: r for thin data (it is resampled to r), s otherwise.
@@ -207,10 +265,11 @@ class InPlaneTransform:
         return boxes
 
 
-def fit_in_plane(stack: np.ndarray, size_px: int) -> tuple[np.ndarray, InPlaneTransform]:
-    """Resize a (D, Y, X) stack to fit ``size_px`` x ``size_px`` keeping aspect, pad with 0.
+def fit_in_plane(stack: np.ndarray, size_px: int, fill: float = 0.0) -> tuple[np.ndarray, InPlaneTransform]:
+    """Resize a (D, Y, X) stack to fit ``size_px`` x ``size_px`` keeping aspect, pad with ``fill``.
 
-    Bilinear interpolation (OpenCV). Use after :func:`normalize_hu`, so that 0 is air.
+    Bilinear interpolation (OpenCV). Use after :func:`network_input`, with ``fill`` the input
+    value of air (:func:`air_input_value`; 0 for [0, 1] inputs).
 
     Returns:
         The (D, size_px, size_px) float32 stack and the :class:`InPlaneTransform` used.
@@ -218,7 +277,7 @@ def fit_in_plane(stack: np.ndarray, size_px: int) -> tuple[np.ndarray, InPlaneTr
     depth, height, width = stack.shape
     transform = InPlaneTransform(scale=size_px / max(height, width), src_shape_yx=(height, width), size_px=size_px)
     new_h, new_w = transform.content_shape_yx
-    out = np.zeros((depth, size_px, size_px), dtype=np.float32)
+    out = np.full((depth, size_px, size_px), fill, dtype=np.float32)
     for d in range(depth):
         img = stack[d].astype(np.float32, copy=False)
         if (new_h, new_w) != (height, width):

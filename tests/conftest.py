@@ -22,6 +22,18 @@ def shared_data() -> Path:
     return SHARED_DATA_DIR
 
 
+#: Figures from the authors' own code, at ``../shared/reference`` from the repository root.
+SHARED_REFERENCE_DIR = SHARED_DATA_DIR.parent / "reference"
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """Path to ``../shared/reference`` (the authors' checkpoints and figures); skips when absent."""
+    if not SHARED_REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference figures not found at {SHARED_REFERENCE_DIR} (../shared/reference is absent)")
+    return SHARED_REFERENCE_DIR
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """Checkpoint of an untrained small detector (3 slices, 64 px input, FPN 32, FC 64): the real

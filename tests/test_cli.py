@@ -168,9 +168,9 @@ def test_bad_checkpoint_and_usage_errors(tmp_path):
 
 def test_missing_shipped_model_names_the_way_out(tmp_path, monkeypatch):
     """An installation without the source checkout's models/ (a plain wheel) says what to do."""
-    import ctlesion.detect
+    import ctlesion.store
 
-    monkeypatch.setattr(ctlesion.detect, "DEFAULT_WEIGHTS", tmp_path / "models" / "ctlesion_demo_sim.safetensors")
+    monkeypatch.setattr(ctlesion.store, "SHIPPED_DEMO_WEIGHTS", tmp_path / "models" / "ctlesion_demo_sim.safetensors")
     result = invoke("detect", SAMPLE, "--out", tmp_path / "r" / "results.json")
     assert result.exit_code == 1 and "shipped demo model is not part of this installation" in result.output
     assert "--weights" in result.output and not (tmp_path / "r").exists()

@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 bad input (one line naming the file and the problem), 2
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from enum import Enum
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ctlesion import __version__
 from ctlesion.choices import (
@@ -274,16 +276,29 @@ def _print_summary(summary: dict, title: str) -> None:
         stdout.print(f"thin minus thick, avg[0.5-4]: {100 * summary['thin_minus_thick_avg_0.5_4']:+.1f} points")
 
 
-def _load_model(weights: Optional[Path], device: str, context: Optional[Enum] = None, slices: Optional[int] = None):
-    """Load a checkpoint; ``context`` / ``slices``, when given, must be the network it holds (exit 1)."""
-    from ctlesion.checkpoint import load_detector  # noqa: PLC0415
-    from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
+def _weights_path(weights: Optional[Path], model: Optional[str]) -> Path:
+    """The checkpoint to load: ``--weights`` as given, ``--model`` resolved through the model store
+    (no torch: an unknown name fails at once), else the shipped demo model (exit 1 when absent)."""
+    from ctlesion.store import demo_weights, resolve_model  # noqa: PLC0415
 
-    path = weights or DEFAULT_WEIGHTS
-    if weights is None and not path.is_file():
+    if model is not None:
+        return _run(resolve_model, model)
+    if weights is not None:
+        return weights
+    path = demo_weights()
+    if not path.is_file():
         _error(f"{path}: the shipped demo model is not part of this installation (it lives in the source "
-               "checkout's models/ folder: `pip install -e .` from a checkout); name a checkpoint with --weights")
+               "checkout's models/ folder: `pip install -e .` from a checkout); name a checkpoint with --weights "
+               "or an installed model with --model (`ctlesion models` lists them)")
         raise typer.Exit(1)
+    return path
+
+
+def _load_model(path: Path, device: str, context: Optional[Enum] = None, slices: Optional[int] = None):
+    """Load the checkpoint at ``path`` (see :func:`_weights_path`); ``context`` / ``slices``, when given,
+    must be the network it holds (exit 1)."""
+    from ctlesion.checkpoint import load_detector  # noqa: PLC0415
+
     model, info = _run(load_detector, path, device)
     config = model.config
     context = None if context is None else context.value
@@ -299,6 +314,9 @@ ModelContext = Annotated[Optional[Context], typer.Option(
     "--context", help="Expected network (alignshift, tsm, 2.5d, none): the checkpoint must hold it.")]
 ModelSlices = Annotated[Optional[int], typer.Option(
     "--slices", help="Expected window depth (3 or 7): the checkpoint must hold it.")]
+ModelName = Annotated[Optional[str], typer.Option(
+    "--model", help="Installed model by name (`ctlesion models` lists them; demo: the shipped demo model); "
+                    "excludes --weights.")]
 
 
 @app.command()
@@ -319,6 +337,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     context: ModelContext = None,
     slices: ModelSlices = None,
+    model_name: ModelName = None,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
@@ -336,18 +355,20 @@ def evaluate(
     if predictions is not None and weights is not None:
         _error("--predictions and --weights exclude each other")
         raise typer.Exit(2)
+    if model_name is not None and (weights is not None or predictions is not None):
+        _error(f"--model and {'--weights' if weights is not None else '--predictions'} exclude each other")
+        raise typer.Exit(2)
     if out.suffix.lower() == ".json" or out.is_file():
         _error(f"--out takes a folder (evaluation.json, evaluation.md and froc.png go into it), got {out}")
         raise typer.Exit(2)
     if predictions is not None:
         evaluation = _run(run_evaluation, data, out, options, predictions_path=predictions)
     else:
-        from ctlesion.detect import DEFAULT_WEIGHTS  # noqa: PLC0415
-
+        path = _weights_path(weights, model_name)
         dev = _run(_device, device)
-        model, info = _load_model(weights, dev, context, slices)
-        evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=weights or DEFAULT_WEIGHTS,
-                          model_info=info, device=dev)
+        model, info = _load_model(path, dev, context, slices)
+        evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=path, model_info=info,
+                          device=dev)
     _print_summary(evaluation["summary"], f"DeepLesion FROC, {split.value} split: sensitivity % at FP/image, avg[0.5-4]")
     if evaluation.get("model_note"):
         stderr.print(f"note: {evaluation['model_note']}", highlight=False)
@@ -374,6 +395,7 @@ def detect(
                            "study (<study>_lesions.sr.dcm).")] = False,
     context: ModelContext = None,
     slices: ModelSlices = None,
+    model_name: ModelName = None,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
@@ -385,6 +407,10 @@ def detect(
     if series is not None and all_series:
         _error("--series and --all-series exclude each other")
         raise typer.Exit(2)
+    if model_name is not None and weights is not None:
+        _error("--model and --weights exclude each other")
+        raise typer.Exit(2)
+    path = _weights_path(weights, model_name)  # an unknown --model fails at once
     studies = _run(plan_studies, inputs, series=series, all_series=all_series, allow_non_ct=allow_non_ct,
                    tilt=tilt.value)  # headers only, before the model loads
     _run(check_output_folder, out.parent)
@@ -395,7 +421,7 @@ def detect(
     options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, dicom_seg=dicom_seg,
                             dicom_sr=dicom_sr)
     dev = _run(_device, device)
-    model, info = _load_model(weights, dev, context, slices)
+    model, info = _load_model(path, dev, context, slices)
 
     def detect_with_progress():  # the bar closes before an error line is printed
         with make_progress() as progress:
@@ -427,6 +453,102 @@ def info(
 
     _setup_logging(verbose)
     _run(show_info, paths, json_output)
+
+
+def _some(names: list[str], limit: int = 10) -> str:
+    """The first ``limit`` names, comma-separated, and how many more."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... and {len(names) - limit} more" if len(names) > limit else "")
+
+
+@app.command("import-weights")
+def import_weights(
+    src: Annotated[Path, typer.Argument(
+        help="The authors' AlignShift checkpoint (mmdetection 1.0 .pth); read with torch.load(weights_only=True), "
+             "never unpickled.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option(
+        help="ctlesion checkpoint to write (.safetensors; its .json sidecar goes beside it).")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Install into the model store (CTLESION_HOME/models, default ~/.ctlesion/models) under this name "
+             "(letters, digits, . _ -), for --model NAME.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an installed model of that name (or the --out checkpoint).")] = False,
+    allow_partial: Annotated[bool, typer.Option(
+        "--allow-partial", help="Write even when source tensors are unmatched or model tensors missing (listed; "
+                                "missing ones keep their random initialisation): for inspection only.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Convert the authors' AlignShift checkpoint into a ctlesion checkpoint (--out) or install it (--name).
+
+    Exactly one of --out and --name. Nothing is written unless the whole import succeeds.
+    """
+    from ctlesion.store import checkpoint_destination, install_path, write_checkpoint_staged  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    if (out is None) == (name is None):
+        _error("give exactly one of --out DST.safetensors and --name NAME")
+        raise typer.Exit(2)
+    if out is not None and out.suffix != ".safetensors":
+        _error(f"--out takes a .safetensors file (its .json sidecar goes beside it), got {out}")
+        raise typer.Exit(2)
+    if not src.is_file():
+        _error(f"{src}: {'is a folder, not a checkpoint file' if src.is_dir() else 'does not exist'}")
+        raise typer.Exit(1)
+    _run(lambda: open(src, "rb").close())  # unreadable: one line naming it
+    if name is not None:
+        dst = _run(install_path, name, overwrite=overwrite)
+    else:
+        dst = _run(checkpoint_destination, out, overwrite=overwrite)
+
+    from ctlesion.networks import mmdet_import  # noqa: PLC0415 (imports torch)
+
+    report = _run(write_checkpoint_staged, dst,
+                  lambda path: mmdet_import.import_mmdet_checkpoint(src, path, allow_partial=allow_partial))
+    config = report.config
+    stdout.print(f"{src.name}: {config.name} network ({config.num_slices} slices, FPN {config.fpn_channels}, "
+                 f"FC {config.fc_channels}, input {config.image_size_px} px), {report.num_mapped} tensors mapped",
+                 markup=False, highlight=False)
+    if report.unmatched:
+        stdout.print(f"unmatched source tensors ({len(report.unmatched)}): {_some(report.unmatched)}",
+                     markup=False, highlight=False)
+    if report.missing:
+        stdout.print(f"model tensors not in the source, left at random initialisation ({len(report.missing)}): "
+                     f"{_some(report.missing)}", markup=False, highlight=False)
+    if report.unmatched or report.missing:
+        log.warning("partial import (--allow-partial): %s is for inspection, not for detection", dst.name)
+    stdout.print(f"wrote {dst} and {dst.with_suffix('.json').name}", markup=False, highlight=False)
+    if name is not None:
+        stdout.print(f"installed as {name}: ctlesion detect STUDY --model {name}", markup=False, highlight=False)
+
+
+@app.command()
+def models(
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """List the models --model can name: the shipped demo, then those installed in CTLESION_HOME/models."""
+    from ctlesion.store import HOME_ENV, list_models, models_dir  # noqa: PLC0415
+
+    _setup_logging(verbose)
+    entries = _run(list_models)
+    if json_output:
+        sys.stdout.write(json.dumps([entry.to_dict() for entry in entries], indent=1) + "\n")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  caption=f"model store: {models_dir()} (set {HOME_ENV} to move it)")
+    for column in ("name", "network", "trained on", "licence / terms", "source", "weights"):
+        table.add_column(column, no_wrap=column in ("name", "network"), overflow="fold")
+    missing, store = "not recorded", models_dir()
+    for entry in entries:  # Text: recorded values are shown as written, never read as markup
+        weights = entry.weights.name if entry.weights.parent == store else str(entry.weights)
+        table.add_row(*(Text(value) for value in (
+            entry.name, entry.network or "unreadable", entry.trained_on or missing, entry.licence or missing,
+            entry.problem or entry.source or missing, weights)))
+    if entries:
+        stdout.print(table, highlight=False)
+    if not any(not entry.demo for entry in entries):
+        stdout.print(f"no model installed in {models_dir()}; install one with "
+                     "`ctlesion import-weights SRC --name NAME`", markup=False, highlight=False)
 
 
 @app.callback(invoke_without_command=True)

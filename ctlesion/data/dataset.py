@@ -39,8 +39,10 @@ from ctlesion.preprocess import (
     HU_MAX,
     HU_MIN,
     InPlaneTransform,
+    InputMapping,
+    air_input_value,
     fit_in_plane,
-    normalize_hu,
+    network_input,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,8 +81,10 @@ class DeepLesionDataset(Dataset):
 
     ``dataset[i]`` returns ``(image, slice_interval_mm, target)``:
 
-    * ``image``: float32 tensor (1, D, S, S), HU clipped to ``hu_window`` and scaled to
-      [0, 1], resized keeping aspect and zero-padded at the bottom/right to S x S;
+    * ``image``: float32 tensor (1, D, S, S), the network input of the HU
+      (:func:`ctlesion.preprocess.network_input`: ``hu_window`` onto [0, 1], or [0, 255] - 50
+      with ``input_scaling="mmdet"``), resized keeping aspect and padded with air at the
+      bottom/right to S x S;
     * ``slice_interval_mm``: the interval the network sees (2 mm for thin series, else s);
     * ``target``: ``boxes`` float32 (N, 4) network pixels (x1, y1, x2, y2); ``labels`` int64
       ones (N,); ``masks`` uint8 (N, S, S) GrabCut pseudo-masks (only with ``with_masks``);
@@ -119,7 +123,8 @@ class DeepLesionDataset(Dataset):
         drop_noisy: drop Possibly_noisy lesions (SPEC section 7).
         with_masks: provide pseudo-masks.
         seed: seed of the augmentation draws.
-        hu_window: HU mapped to [0, 1].
+        hu_window: HU window of the network input (:func:`ctlesion.preprocess.network_input`).
+        input_scaling: "unit" ([0, 1]) or "mmdet" ([0, 255] - 50), as the model's configuration.
         resample_thick: neighbours 2 mm apart for thick series too (TSM / 2.5D).
         augment: training augmentation; None for none (evaluation).
         mask_cache_dir: pseudo-mask cache folder; None for ``<root>/ctlesion_cache/pseudo_masks``.
@@ -144,6 +149,7 @@ class DeepLesionDataset(Dataset):
         with_masks: bool = True,
         seed: int = 0,
         hu_window: tuple[float, float] = (HU_MIN, HU_MAX),
+        input_scaling: str = "unit",
         resample_thick: bool = False,
         augment: AugmentConfig | None = None,
         mask_cache_dir: Path | None = None,
@@ -168,7 +174,7 @@ class DeepLesionDataset(Dataset):
         self.with_masks = with_masks
         self.augment = augment
         self.seed = seed
-        self.hu_window = tuple(hu_window)
+        self.input_mapping = InputMapping(tuple(hu_window), input_scaling)
         self.resample_thick = bool(resample_thick)
         self.epoch = 0
         self.mask_cache = PseudoMaskCache(open_mask_cache_dir(self.root, mask_cache_dir)) if with_masks else None
@@ -178,7 +184,8 @@ class DeepLesionDataset(Dataset):
         """The dataset a detector configuration (``DetectorConfig``) reads: its window depth,
         input size, HU window and neighbour spacing; ``kwargs`` as in the constructor."""
         return cls(root, split, num_slices=config.num_slices, image_size_px=config.image_size_px,
-                   hu_window=config.hu_window, resample_thick=config.resample_thick, **kwargs)
+                   hu_window=config.hu_window, input_scaling=config.input_scaling,
+                   resample_thick=config.resample_thick, **kwargs)
 
     def _present(self, keys: list[KeySlice]) -> list[KeySlice]:
         """The key slices whose PNG exists (one stat each); the others are dropped with one
@@ -231,13 +238,14 @@ class DeepLesionDataset(Dataset):
         window_hu, interval_mm = load_key_slice_window(self.images_dir, key, self.num_slices,
                                                        resample_thick=self.resample_thick)
         masks_src = self.pseudo_masks(index, window_hu[self.num_slices // 2]) if self.with_masks else None
-        window = normalize_hu(window_hu, self.hu_window)
+        window = network_input(window_hu, self.input_mapping)
+        air = air_input_value(self.input_mapping)
         boxes_src = key.boxes_px.astype(np.float64)
         if self.augment is not None:
             draw = draw_augmentation(self.augment, np.random.default_rng([self.seed, index, self.epoch]))
-            item = augment_item(window, boxes_src, draw, recist_px=key.recist_px, masks=masks_src)
+            item = augment_item(window, boxes_src, draw, recist_px=key.recist_px, masks=masks_src, fill=air)
             window, boxes_src, masks_src = item.window, item.boxes_px, item.masks
-        image, transform = fit_in_plane(window, self.image_size_px)
+        image, transform = fit_in_plane(window, self.image_size_px, air)
         target = {
             "boxes": torch.from_numpy((boxes_src * transform.scale).astype(np.float32).reshape(-1, 4)),
             "labels": torch.ones(len(boxes_src), dtype=torch.int64),

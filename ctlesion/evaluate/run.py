@@ -169,10 +169,10 @@ class EvaluateOptions:
 
 def _model_note(weights_path: Path | None, model_info: dict | None) -> str | None:
     """A warning for the report when the model is the shipped demo (trained on simulated lesions)."""
-    from ctlesion.detect import DEFAULT_WEIGHTS
+    from ctlesion.store import demo_weights
 
     description = ((model_info or {}).get("training") or {}).get("description", "")
-    if weights_path is not None and Path(weights_path).resolve() == DEFAULT_WEIGHTS.resolve():
+    if weights_path is not None and Path(weights_path).resolve() == demo_weights().resolve():
         return ("These figures are for the demo model shipped with ctlesion, trained on simulated lesions in real "
                 "CT (not on DeepLesion): they say nothing about performance on real lesions.")
     if "simulated" in description.lower():

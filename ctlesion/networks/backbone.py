@@ -30,17 +30,19 @@ class DepthReduction(nn.Module):
     """Learned Conv3d with kernel (D, 1, 1) collapsing D slices into one 2D map.
 
     Initialised to the mean over slices (identity on channels) so the untrained network starts
-    from an average of the slices' features; training then learns its own weighting.
+    from an average of the slices' features; training then learns its own weighting. The
+    authors' released layer has no bias (``bias=False``).
     """
 
-    def __init__(self, channels: int, num_slices: int):
+    def __init__(self, channels: int, num_slices: int, bias: bool = True):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, kernel_size=(num_slices, 1, 1))
+        self.conv = nn.Conv3d(channels, channels, kernel_size=(num_slices, 1, 1), bias=bias)
         with torch.no_grad():
             self.conv.weight.zero_()
             idx = torch.arange(channels)
             self.conv.weight[idx, idx] = 1.0 / num_slices
-            self.conv.bias.zero_()
+            if bias:
+                self.conv.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) -> (B, C, H, W)."""
@@ -81,6 +83,7 @@ class AlignShiftDenseNet(nn.Module):
         ref_interval_mm: reference interval r (paper: 2 mm).
         densenet_2d: optional torchvision DenseNet-121 whose weights are copied (e.g. ImageNet);
             its 3-channel stem is reduced to the middle input channel. Random init otherwise.
+        reduction_bias: a bias in the depth reductions (the authors' released layers have none).
 
     Input (B, 1, D, H, W) with H, W divisible by 16 and slice intervals (B,) in mm;
     output (B, fpn_channels, H / 4, W / 4).
@@ -88,7 +91,7 @@ class AlignShiftDenseNet(nn.Module):
 
     def __init__(self, num_slices: int = 3, context: str = "alignshift", fpn_channels: int = 512,
                  fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0,
-                 densenet_2d: DenseNet | None = None):
+                 densenet_2d: DenseNet | None = None, reduction_bias: bool = True):
         super().__init__()
         net = convert_to_3d(densenet_2d if densenet_2d is not None else densenet121(weights=None), context,
                             in_channels=1, fold_div=fold_div, padding=padding, ref_interval_mm=ref_interval_mm)
@@ -96,7 +99,7 @@ class AlignShiftDenseNet(nn.Module):
         self.block1, self.block2, self.block3 = net.blocks[:3]
         self.transition1, self.transition2 = net.transitions[:2]
         channels = net.block_channels[:3]
-        self.reduce = nn.ModuleList(DepthReduction(c, num_slices) for c in channels)
+        self.reduce = nn.ModuleList(DepthReduction(c, num_slices, reduction_bias) for c in channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
         self.num_slices = num_slices
         self.out_channels = fpn_channels
@@ -163,8 +166,10 @@ class DenseNet25d(nn.Module):
 
 
 def build_backbone(context: str, num_slices: int, fpn_channels: int, *, fold_div: int = 8, padding: str = "zero",
-                   ref_interval_mm: float = 2.0, densenet_2d: DenseNet | None = None) -> nn.Module:
+                   ref_interval_mm: float = 2.0, densenet_2d: DenseNet | None = None,
+                   reduction_bias: bool = True) -> nn.Module:
     """The detector backbone of a context: :class:`DenseNet25d` for "2.5d", else :class:`AlignShiftDenseNet`."""
     if context == "2.5d":
         return DenseNet25d(num_slices, fpn_channels, densenet_2d)
-    return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, densenet_2d)
+    return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, densenet_2d,
+                              reduction_bias)

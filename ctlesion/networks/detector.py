@@ -37,8 +37,19 @@ from torchvision.models.detection.roi_heads import (
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from ctlesion.choices import DETECTOR_CONTEXTS
+from ctlesion.choices import BOX_CONVENTIONS, DETECTOR_CONTEXTS, INPUT_SCALINGS
 from ctlesion.networks.backbone import build_backbone
+from ctlesion.networks.mmdet_conventions import (
+    LEGACY_ANCHOR_SCALES,
+    LEGACY_ROI_WEIGHTS,
+    LEGACY_RPN_WEIGHTS,
+    LegacyAnchorGenerator,
+    LegacyBoxCoder,
+    LegacyRegionProposalNetwork,
+    LegacyRoIAlign,
+    paste_masks_legacy,
+    postprocess_detections_legacy,
+)
 
 ANCHOR_SIZES_PX = (16, 24, 32, 48, 96, 192)
 ANCHOR_RATIOS = (0.5, 1.0, 2.0)
@@ -53,6 +64,12 @@ class DetectorConfig:
     ``context`` picks the network of the paper's comparison: "alignshift" (3D, shift by the
     slice interval), "tsm" (3D, one-slice shift), "2.5d" (slices as input channels of the 2D
     network) or "none" (3D, slices meet only in the depth reduction).
+
+    The conventions of a model's origin travel with it: ``input_scaling`` (how HU become input,
+    :func:`ctlesion.preprocess.network_input`), ``box_convention`` ("torchvision", ctlesion's
+    own models, or "mmdet1": the box geometry of the authors' mmdetection-1 code, for their
+    imported weights), ``reduction_bias`` (a bias in the depth reductions; the authors' have
+    none), ``mask_channels`` (the mask head's width; paper 256) and ``padding``.
     """
 
     backbone: str = "densenet121"
@@ -65,6 +82,10 @@ class DetectorConfig:
     padding: str = "zero"
     ref_interval_mm: float = 2.0
     hu_window: tuple[float, float] = (-1024.0, 2050.0)
+    input_scaling: str = "unit"
+    box_convention: str = "torchvision"
+    reduction_bias: bool = True
+    mask_channels: int = 256
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +128,12 @@ class DetectorConfig:
             raise ValueError(f"image_size_px must be a multiple of 32, got {self.image_size_px}")
         if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
+        if self.input_scaling not in INPUT_SCALINGS:
+            raise ValueError(f"input_scaling {self.input_scaling!r} must be one of {', '.join(INPUT_SCALINGS)}")
+        if self.box_convention not in BOX_CONVENTIONS:
+            raise ValueError(f"box_convention {self.box_convention!r} must be one of {', '.join(BOX_CONVENTIONS)}")
+        if self.mask_channels < 1:
+            raise ValueError(f"mask_channels must be positive, got {self.mask_channels}")
 
 
 def anchor_sizes_px(image_size_px: int) -> tuple[int, ...]:
@@ -238,28 +265,11 @@ class AlignShiftDetector(nn.Module):
         self.config = config
         self.backbone = build_backbone(
             config.context, config.num_slices, config.fpn_channels, fold_div=config.fold_div, padding=config.padding,
-            ref_interval_mm=config.ref_interval_mm, densenet_2d=densenet_2d,
+            ref_interval_mm=config.ref_interval_mm, densenet_2d=densenet_2d, reduction_bias=config.reduction_bias,
         )
-        channels = config.fpn_channels
-        anchors = AnchorGenerator(sizes=(anchor_sizes_px(config.image_size_px),), aspect_ratios=(ANCHOR_RATIOS,))
-        self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]),
-            fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=32, positive_fraction=0.5,
-            pre_nms_top_n=dict(training=12000, testing=6000), post_nms_top_n=dict(training=2000, testing=300),
-            nms_thresh=0.7,
-        )
-        self.roi_heads = LesionRoIHeads(
-            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
-            box_head=TwoMLPHead(channels * 7 * 7, config.fc_channels),
-            box_predictor=FastRCNNPredictor(config.fc_channels, 2),
-            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=64, positive_fraction=0.25,
-            bbox_reg_weights=None, score_thresh=0.001, nms_thresh=0.5, detections_per_img=50,
-            mask_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=2),
-            mask_head=MaskRCNNHeads(channels, [256, 256, 256, 256], 1),
-            mask_predictor=MaskRCNNPredictor(256, 256, 2),
-        )
-        self.rpn.fg_bg_sampler = SeededSampler(32, 0.5)
-        self.roi_heads.fg_bg_sampler = SeededSampler(64, 0.25)
+        self.rpn = _region_proposal_network(config)
+        self.roi_heads = _roi_heads(config)
+        self.paste_masks = paste_masks_legacy if config.box_convention == "mmdet1" else paste_masks_in_image
 
     def _seed_samplers(self, targets: list[dict] | None) -> None:
         """Per-image generators for the RPN and RoI samplers when every target has a ``sample_seed``."""
@@ -286,8 +296,57 @@ class AlignShiftDetector(nn.Module):
         if self.training:
             return {**rpn_losses, **head_losses}
         for det in detections:
-            det["masks"] = paste_masks_in_image(det["masks"], det["boxes"], tuple(size))
+            det["masks"] = self.paste_masks(det["masks"], det["boxes"], tuple(size))
         return detections
+
+
+class LegacyLesionRoIHeads(LesionRoIHeads):
+    """:class:`LesionRoIHeads` with mmdetection-1 box post-processing (clipping to the last pixel,
+    inclusive-pixel NMS; :func:`~ctlesion.networks.mmdet_conventions.postprocess_detections_legacy`)."""
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):  # noqa: D102
+        return postprocess_detections_legacy(class_logits, box_regression, proposals, image_shapes, self.box_coder,
+                                             self.score_thresh, self.nms_thresh, self.detections_per_img)
+
+
+def _region_proposal_network(config: DetectorConfig) -> RegionProposalNetwork:
+    """The single-level RPN of SPEC section 6 with the box geometry of ``config.box_convention``:
+    torchvision's, or mmdetection 1's (legacy anchors, box coder and proposal selection)."""
+    settings = dict(fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=32, positive_fraction=0.5,
+                    pre_nms_top_n=dict(training=12000, testing=6000), post_nms_top_n=dict(training=2000, testing=300),
+                    nms_thresh=0.7)
+    if config.box_convention == "mmdet1":
+        anchors = LegacyAnchorGenerator(LEGACY_ANCHOR_SCALES, ANCHOR_RATIOS)
+        rpn = LegacyRegionProposalNetwork(
+            anchors, RPNHead(config.fpn_channels, anchors.num_anchors_per_location()[0]), **settings)
+        rpn.box_coder = LegacyBoxCoder(LEGACY_RPN_WEIGHTS)
+    else:
+        anchors = AnchorGenerator(sizes=(anchor_sizes_px(config.image_size_px),), aspect_ratios=(ANCHOR_RATIOS,))
+        rpn = RegionProposalNetwork(anchors, RPNHead(config.fpn_channels, anchors.num_anchors_per_location()[0]),
+                                    **settings)
+    rpn.fg_bg_sampler = SeededSampler(32, 0.5)
+    return rpn
+
+
+def _roi_heads(config: DetectorConfig) -> LesionRoIHeads:
+    """Box and mask heads of SPEC section 6 with the box geometry of ``config.box_convention``
+    (mmdetection 1: +1 RoI ends in RoIAlign, legacy box coder and post-processing)."""
+    legacy = config.box_convention == "mmdet1"
+    pool, heads = (LegacyRoIAlign, LegacyLesionRoIHeads) if legacy else (MultiScaleRoIAlign, LesionRoIHeads)
+    channels, mask = config.fpn_channels, config.mask_channels
+    roi_heads = heads(
+        box_roi_pool=pool(["0"], output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(channels * 7 * 7, config.fc_channels),
+        box_predictor=FastRCNNPredictor(config.fc_channels, 2),
+        fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=64, positive_fraction=0.25,
+        bbox_reg_weights=None, score_thresh=0.001, nms_thresh=0.5,
+        detections_per_img=50, mask_roi_pool=pool(["0"], output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(channels, [mask] * 4, 1), mask_predictor=MaskRCNNPredictor(mask, mask, 2),
+    )
+    if legacy:
+        roi_heads.box_coder = LegacyBoxCoder(LEGACY_ROI_WEIGHTS)
+    roi_heads.fg_bg_sampler = SeededSampler(64, 0.25)
+    return roi_heads
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
