@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from ctlesion import __version__
-from ctlesion.errors import CtlesionError
-from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
 from ctlesion.atomic import atomic_write_text
+from ctlesion.errors import CtlesionError
+from ctlesion.networks.config import DetectorConfig
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written, so that sidecars load fast
+    import torch
+
+    from ctlesion.networks.detector import AlignShiftDetector
 
 log = logging.getLogger(__name__)
 FORMAT = "ctlesion-detector"
@@ -50,6 +52,8 @@ def save_checkpoint(model: AlignShiftDetector, weights_path: Path, *, training: 
     Raises:
         OSError: the files could not be written (an earlier file of the same name is intact).
     """
+    from safetensors.torch import save_file  # noqa: PLC0415
+
     weights_path = Path(weights_path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
@@ -98,6 +102,11 @@ def load_detector(weights_path: Path, device: torch.device | str = "cpu") -> tup
     Raises:
         CtlesionError: unreadable or mismatching checkpoint.
     """
+    from safetensors import SafetensorError  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    from ctlesion.networks.detector import AlignShiftDetector  # noqa: PLC0415
+
     info = read_checkpoint_info(weights_path)
     try:
         config = DetectorConfig.from_dict(info["config"])

@@ -13,8 +13,8 @@ The shipped demo model (:data:`ctlesion.detect.DEFAULT_WEIGHTS`, in the source c
 take that name.
 
 Model names: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most
-64 characters. Nothing here imports torch except :func:`list_models` (it reads each network's
-configuration), so an unknown ``--model`` fails in well under a second.
+64 characters. Nothing here imports torch (checkpoint sidecars are plain JSON), so ``ctlesion
+models`` and an unknown ``--model`` answer in well under a second.
 """
 
 from __future__ import annotations
@@ -210,8 +210,8 @@ def _source_text(source: Any) -> str | None:
 
 def _entry(name: str, weights: Path, *, demo: bool = False) -> ModelEntry:
     """Describe one checkpoint from its sidecar; an unreadable one is described by its problem."""
-    from ctlesion.checkpoint import read_checkpoint_info  # imports torch
-    from ctlesion.networks.detector import DetectorConfig
+    from ctlesion.checkpoint import read_checkpoint_info
+    from ctlesion.networks.config import DetectorConfig
 
     defaults = _DEMO_DEFAULTS if demo else {}
     try:
