@@ -399,28 +399,29 @@ def disjoint_lesions(lesions: Sequence[Lesion], spacing_zyx_mm: tuple[float, flo
     if not 0.0 < duplicate_overlap <= 1.0:
         raise ValueError(f"duplicate_overlap must be in (0, 1], got {duplicate_overlap}")
     order = sorted(range(len(lesions)), key=lambda i: (-lesions[i].score, i))
-    kept: list[Lesion] = []
+    kept: list[tuple[Lesion, int]] = []  # with their voxel counts, counted once
     for lesion in (lesions[i] for i in order):
         size = int(lesion.mask_zyx.sum())
         own = lesion.mask_zyx.copy()
         duplicate = size == 0
-        for other in kept:
+        for other, other_size in kept:
             region = _overlap_region(lesion, other) if not duplicate else None
             if region is None:
                 continue
             shared = own[region[0]] & other.mask_zyx[region[1]]
             count = int(shared.sum())
-            if count and count >= duplicate_overlap * min(size, int(other.mask_zyx.sum())):
+            if count and count >= duplicate_overlap * min(size, other_size):
                 duplicate = True
             own[region[0]] &= ~shared
-        if duplicate or not own.any():
+        own_size = int(own.sum())
+        if duplicate or own_size == 0:
             logger.debug("dropped a lesion of score %.3f at %s: %s", lesion.score, lesion.mask_offset_zyx,
                          "no voxel" if size == 0 else "duplicate of a higher-scoring lesion")
             continue
-        kept.append(lesion if own.sum() == size else
-                    _measured_lesion(lesion.score, lesion.box_vox, lesion.key_slice, own, lesion.mask_offset_zyx,
-                                     spacing_zyx_mm))
-    return kept
+        kept.append((lesion if own_size == size else
+                     _measured_lesion(lesion.score, lesion.box_vox, lesion.key_slice, own, lesion.mask_offset_zyx,
+                                      spacing_zyx_mm), own_size))
+    return [lesion for lesion, _ in kept]
 
 
 def _mask_hull_mm(mask_yx: np.ndarray, spacing_yx_mm: tuple[float, float]) -> np.ndarray:
