@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/train_speed.py [--device cpu|cuda] [--context alignshift] [--slices 7]
        [--image-size 512] [--batch-size 4] [--repeats 5] [--fpn-channels 512] [--fc-channels 2048]
-       [--variants fp32,bf16,bf16-cl,bf16-ckpt] [--key-slices 22484]
+       [--variants fp32,bf16,bf16-cl,bf16-ckpt] [--key-slices 22484] [--crop-size PX]
 
 One step is what ``ctlesion train`` does per batch (its ``build_model``, ``build_optimizer``,
 ``mixed_precision`` and ``optimisation_step``): forward with losses, backward, gradient clipping (L2 35) and an
@@ -23,6 +23,14 @@ split; pass your split's count for the exact figure), which is the expected epoc
 loader keeps up (``benchmarks/loader_speed.py``). Defaults are
 the paper's configuration (7 slices, 512 px, FPN 512, FC 2048, batch 4); on a CPU pass a
 smaller one.
+
+``--crop-size PX`` times what ``ctlesion train --crop-size PX`` steps on: the model is the
+``--image-size`` one (its anchors), its input PX x PX crops (boxes drawn within them). To
+compare whole slices with crops at the native scale, e.g. on the CPU demo model::
+
+    python benchmarks/train_speed.py --slices 3 --fpn-channels 256 --fc-channels 512 --variants fp32 --image-size 256
+    python benchmarks/train_speed.py --slices 3 --fpn-channels 256 --fc-channels 512 --variants fp32 --image-size 512 \
+        --crop-size 192
 """
 
 from __future__ import annotations
@@ -108,6 +116,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", default=None,
                         help="comma-separated (default: fp32,bf16,bf16-cl,bf16-ckpt on CUDA; fp32,fp32-cl on CPU)")
+    parser.add_argument("--crop-size", type=int, default=None,
+                        help="input side, px, as `train --crop-size` (default: whole --image-size inputs)")
     parser.add_argument("--key-slices", type=int, default=22484,
                         help="key slices per epoch for the epoch time (default: 70 %% of DeepLesion's 32,120)")
     args = parser.parse_args()
@@ -118,7 +128,8 @@ def main() -> None:
                             fpn_channels=args.fpn_channels, fc_channels=args.fc_channels)
     torch.manual_seed(0)
     state = AlignShiftDetector(config).state_dict()
-    batch = synthetic_batch(args.batch_size, args.slices, args.image_size)
+    input_px = args.image_size if args.crop_size is None else args.crop_size
+    batch = synthetic_batch(args.batch_size, args.slices, input_px)
     variants, peak_mib = [], {}
     for name in names:  # build, warm up twice (cuDNN autotuning, allocator), record the peak memory
         variant = Variant(name, config, state, batch, args.device)
@@ -137,7 +148,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads "
           f"({torch.get_num_threads()} used by torch), torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if cuda else ""))
-    print(f"model: {config.name}, {args.image_size} px, FPN {args.fpn_channels}, FC {args.fc_channels}; "
+    crops = "" if args.crop_size is None else f" on {args.crop_size} px crops"
+    print(f"model: {config.name}, {args.image_size} px{crops}, FPN {args.fpn_channels}, FC {args.fc_channels}; "
           f"batch {args.batch_size}; median of {args.repeats} alternating repeats after 2 warm-up steps")
     base = statistics.median(times[variants[0].name])
     print(f"{'variant':<12}{'s/step':>9}{'img/s':>9}{'vs ' + variants[0].name:>10}"

@@ -27,3 +27,6 @@ INPUT_SCALINGS = ("unit", "mmdet")
 #: Box geometry of the detector heads: ``torchvision`` (continuous coordinates) or ``mmdet1``
 #: (mmdetection 1.0: +1 box widths, rounded anchors, +1 RoI ends; the authors' models).
 BOX_CONVENTIONS = ("torchvision", "mmdet1")
+#: Where training masks come from: ``auto`` (a dataset's true masks, ``masks/``, where present,
+#: else GrabCut pseudo-masks from the RECIST axes) or ``grabcut`` (always the pseudo-masks).
+MASK_SOURCES = ("auto", "grabcut")

@@ -13,6 +13,13 @@ synchronised, gradients are averaged by DDP, the RPN/RoI sampling of each image 
 (seed, epoch, image) and the mask loss is averaged per image, so N processes compute what one
 process computes with the same global batch. Only rank 0 logs, validates and writes files.
 
+Crops (``crop``, ``ctlesion train --crop-size PX``): each training item is a PX x PX crop of the
+key-slice window at the model's native pixel scale, around a lesion or (``negative_fraction``)
+anywhere in the body (:mod:`ctlesion.data.augment`), so a CPU step costs (PX / S)^2 of a whole
+slice's and sees lesions at the size they have at inference; validation and ``evaluate`` stay
+on whole slices. Masks (``mask_source``): the dataset's true masks where it has them
+(``DATA/masks/``), else GrabCut pseudo-masks (:mod:`ctlesion.data.mask_cache`).
+
 A run folder holds ``config.json`` (the options), ``metrics.jsonl`` (one JSON line per step
 and per epoch), ``epoch_NNN.safetensors`` + ``.json`` (weights after every epoch, with the
 validation FROC), ``best.safetensors`` + ``.json`` (the epoch with the best validation
@@ -42,8 +49,9 @@ from torchvision.models import densenet121
 from ctlesion import __version__
 from ctlesion.checkpoint import save_checkpoint
 from ctlesion.choices import PRECISIONS
-from ctlesion.data.augment import AugmentConfig
+from ctlesion.data.augment import AugmentConfig, CropConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
+from ctlesion.data.mask_cache import MASK_SOURCES
 from ctlesion.distributed import (
     DistContext,
     barrier,
@@ -90,6 +98,8 @@ class TrainOptions:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a scaler) or fp32
     grad_checkpoint: bool = False  # recompute dense layers in backward (less memory, ~30 % slower)
     channels_last: bool = False  # channels-last weights and inputs (NDHWC convolutions; for CUDA)
+    crop: CropConfig | None = None  # train on crops at the native scale (data.augment); None: whole slices
+    mask_source: str = "auto"  # "auto": the dataset's true masks (DATA/masks/) where present, else GrabCut; "grabcut"
 
     @property
     def lr(self) -> float:
@@ -243,14 +253,21 @@ def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
 
 
 def train_dataset(options: TrainOptions) -> DeepLesionDataset:
-    """The training split (``Train_Val_Test`` = 1) as the run sees it: augmented, with pseudo-masks.
+    """The training split (``Train_Val_Test`` = 1) as the run sees it: augmented, cropped, with masks.
 
     Raises:
-        CtlesionError: as :class:`~ctlesion.data.dataset.DeepLesionDataset`.
+        CtlesionError: as :class:`~ctlesion.data.dataset.DeepLesionDataset`, or a crop larger
+            than the network input, or an unknown mask source.
     """
+    if options.crop is not None and options.crop.size_px > options.detector.image_size_px:
+        raise CtlesionError(f"crop size {options.crop.size_px} px exceeds the network input size "
+                            f"{options.detector.image_size_px} px", options.out_dir)
+    if options.mask_source not in MASK_SOURCES:
+        raise CtlesionError(f"unknown mask source {options.mask_source!r}; expected one of "
+                            f"{', '.join(MASK_SOURCES)}", options.out_dir)
     return DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, augment=options.augment,
                                           mask_cache_dir=options.mask_cache_dir, drop_noisy=not options.keep_noisy,
-                                          seed=options.seed)
+                                          seed=options.seed, crop=options.crop, mask_source=options.mask_source)
 
 
 def mixed_precision(options: TrainOptions, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
@@ -389,6 +406,12 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
     if len(dataset) == 0:
         raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
     iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)
+    mask_sources = dataset.mask_sources()
+    if ctx.is_main:
+        log.info("training on %d key slices, %s; masks: %d true (%s), %d GrabCut", len(dataset),
+                 "whole slices" if options.crop is None else
+                 f"{options.crop.size_px} px crops ({options.crop.negative_fraction:.0%} negative)",
+                 mask_sources["true"], options.data_dir / "masks", mask_sources["grabcut"])
     model = synchronise_batchnorm(build_model(options, resume).to(ctx.device), ctx)
     params, optimizer, scheduler = build_optimizer(model, options, iters_per_epoch)
     autocast, scaler = mixed_precision(options, ctx.device)
@@ -447,7 +470,8 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
                                            scheduler.last_epoch)
                 if options.checkpoint_every and run.step % options.checkpoint_every == 0 and run.step < iters_per_epoch:
                     save_state()
-            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, evaluate_model, metrics_file, writer)
+            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, evaluate_model, metrics_file, writer,
+                                            mask_sources)
             run.epoch, run.step, run.loss_sums = epoch + 1, 0, {}
             save_state()
             barrier(ctx)
@@ -457,8 +481,13 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
 
 
 def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunState, epoch: int, evaluate_model,
-                  metrics_file, writer) -> Path:
-    """Rank 0: validation FROC, the epoch's checkpoint, the best checkpoint, the epoch's metrics line."""
+                  metrics_file, writer, mask_sources: dict[str, int]) -> Path:
+    """Rank 0: validation FROC, the epoch's checkpoint, the best checkpoint, the epoch's metrics line.
+
+    The checkpoints' ``training`` record is the run's options (``crop``, ``mask_source`` among
+    them), the epoch, and ``mask_sources``: how many training key slices had true masks and how
+    many GrabCut pseudo-masks.
+    """
     path = options.out_dir / f"epoch_{epoch + 1:03d}.safetensors"
     if not ctx.is_main:
         return path
@@ -471,7 +500,7 @@ def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunS
         log.info("epoch %d: val avg[0.5-4] sensitivity %.3f", epoch + 1, val["summary"]["all"]["avg_0.5_4"])
     metrics_file.write(json.dumps(record) + "\n")
     metrics_file.flush()
-    training = {**options.to_json(), "epoch": epoch + 1}
+    training = {**options.to_json(), "epoch": epoch + 1, "mask_sources": dict(mask_sources)}
     avg = record.get("val", {}).get("all", {}).get("avg_0.5_4")
     try:
         save_checkpoint(model, path, training=training, metrics=record.get("val", {}))
@@ -507,6 +536,8 @@ def read_run_options(run_dir: Path) -> TrainOptions:
         data["augment"] = AugmentConfig.flip_only(flip_p)
     if isinstance(data.get("augment"), dict):
         data["augment"] = AugmentConfig(**data["augment"])
+    if isinstance(data.get("crop"), dict):  # runs made before crops have no "crop": whole slices
+        data["crop"] = CropConfig(**data["crop"])
     if data.get("mask_cache_dir") is not None:
         data["mask_cache_dir"] = Path(data["mask_cache_dir"])
     return TrainOptions(**data)

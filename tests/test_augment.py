@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_deeplesion import build_tiny_deeplesion
 from torch.utils.data import DataLoader
 
 from ctlesion.data.augment import (
@@ -23,7 +24,6 @@ from ctlesion.data.augment import (
     warp_window,
 )
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
-from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset
 
 
 def _rectangle_scene(shape_yx=(100, 100), rect=(20, 10, 40, 60), depth=3):
@@ -188,8 +188,9 @@ def test_warp_helpers_shapes_and_fill() -> None:
 
 @pytest.fixture(scope="module")
 def sim_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hand-made 96 px dataset (tests/tiny_deeplesion.py): 4 training key slices, 1-3 lesions each."""
     root = tmp_path_factory.mktemp("augment_sim") / "data"
-    simulate_dataset(root, backgrounds=[SAMPLE_BACKGROUND], num_series=4, image_size_px=96, seed=1)
+    build_tiny_deeplesion(root, shape_yx=(96, 96))
     return root
 
 

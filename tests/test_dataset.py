@@ -15,7 +15,7 @@ import torch
 from ctlesion.data.augment import AugmentConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection, flip_boxes_x
 from ctlesion.data.masks import recist_polygon_mask, recist_pseudo_mask, window_to_uint8
-from ctlesion.data.simulate import simulate_from_volumes
+from ctlesion.data.simulate import read_key_slice_masks, simulate_from_volumes
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import read_dl_info, read_png_hu
 from ctlesion.preprocess import fit_in_plane, normalize_hu
@@ -145,23 +145,26 @@ def test_simulated_items(sim_root: Path, split: str) -> None:
             assert box[1] - 1 <= ys.min() and ys.max() + 0.5 <= box[3] + 1
 
 
-def test_masks_follow_the_lesions(sim_root: Path) -> None:
-    # On the phantom (no real anatomy), GrabCut masks cover most of the annotated ellipses.
+def test_true_masks_are_the_lesions(sim_root: Path) -> None:
+    # The simulator's true key-slice masks reach the targets unchanged (same pixel grid here),
+    # one per DL_info row, each inside its box; mask_source="grabcut" ignores them.
     dataset = DeepLesionDataset(sim_root, "train", num_slices=1, image_size_px=128)
-    ious = []
+    assert dataset.use_true_masks
+    grabcut = DeepLesionDataset(sim_root, "train", num_slices=1, image_size_px=128, mask_source="grabcut")
+    assert not grabcut.use_true_masks
+    compared = 0
     for index, key in enumerate(dataset.keys):
         _, _, target = dataset[index]
-        for mask, recist, box in zip(target["masks"].numpy().astype(bool), key.recist_px, key.boxes_px):
-            if (box[2] - box[0]) * (box[3] - box[1]) >= 40:
-                centre = (recist[:2] + recist[2:4]) / 2
-                a, b = np.linalg.norm(recist[2:4] - recist[:2]) / 2, np.linalg.norm(recist[6:8] - recist[4:6]) / 2
-                axis = (recist[2:4] - recist[:2]) / (2 * a)
-                yy, xx = np.mgrid[:128, :128] + 0.5
-                u = (xx - centre[0]) * axis[0] + (yy - centre[1]) * axis[1]
-                v = -(xx - centre[0]) * axis[1] + (yy - centre[1]) * axis[0]
-                ious.append(_iou(mask, (u / a) ** 2 + (v / b) ** 2 <= 1))
-    assert len(ious) >= 3
-    assert np.median(ious) > 0.6
+        truth = read_key_slice_masks(sim_root, key.file_name)
+        np.testing.assert_array_equal(target["masks"].numpy().astype(bool), truth)
+        for mask, box in zip(truth, key.boxes_px):
+            ys, xs = np.nonzero(mask)
+            assert box[0] - 1 <= xs.min() and xs.max() + 0.5 <= box[2] + 1
+            assert box[1] - 1 <= ys.min() and ys.max() + 0.5 <= box[3] + 1
+            compared += 1
+        _, _, target_g = grabcut[index]
+        assert target_g["masks"].shape == target["masks"].shape
+    assert compared >= 3
 
 
 def test_flip_moves_boxes_and_masks(sim_root: Path) -> None:
@@ -178,8 +181,11 @@ def test_flip_moves_boxes_and_masks(sim_root: Path) -> None:
         np.testing.assert_allclose(image_f.numpy(), image.numpy()[..., ::-1], atol=1e-5)
         for mask, box in zip(target_f["masks"].numpy(), target_f["boxes"].numpy()):
             ys, xs = np.nonzero(mask)
-            assert box[0] - 1 <= xs.min() and xs.max() + 0.5 <= box[2] + 1
-        assert target_f["masks"].sum() == pytest.approx(float(target["masks"].sum()), rel=0.1)
+            if xs.size:  # (a lesion of 1-2 source pixels can vanish at 0.75 scale)
+                assert box[0] - 1 <= xs.min() and xs.max() + 0.5 <= box[2] + 1
+        # Nearest-neighbour resampling of a flipped mask may gain or lose a pixel per row at an edge.
+        tolerance = max(0.1 * float(target["masks"].sum()), 2.0 * len(target["masks"]))
+        assert abs(float(target_f["masks"].sum()) - float(target["masks"].sum())) <= tolerance
     # Half-probability flips are seeded by (seed, index, epoch): repeatable, varying by epoch.
     half = DeepLesionDataset(sim_root, "train", num_slices=1, image_size_px=96, augment=AugmentConfig.flip_only(0.5),
                              with_masks=False)
@@ -284,23 +290,27 @@ def test_corrupt_png_mid_epoch_is_replaced_by_the_next_key_slice(
 ) -> None:
     root = _copy_dataset(sim_root, tmp_path)
     dataset = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, mask_cache_dir=tmp_path / "masks")
+    keys = dataset.keys
     assert len(dataset) >= 3
-    expected = dataset[2]
-    bad = dataset.keys[1].png_path(root / "Images_png")
+    # A key slice followed by one of another series (whose window cannot read the corrupted PNG).
+    bad_index = next(i for i in range(len(keys) - 1) if keys[i].series_dir != keys[i + 1].series_dir)
+    expected = dataset[bad_index + 1]
+    bad = keys[bad_index].png_path(root / "Images_png")
     bad.write_bytes(bad.read_bytes()[:100])  # truncated after construction, as if corrupted on disk
     with caplog.at_level(logging.WARNING, logger="ctlesion.data.dataset"):
-        image, interval_mm, target = dataset[1]
+        image, interval_mm, target = dataset[bad_index]
     assert f"{bad}: cannot decode PNG slice" in caplog.text
-    assert target["key"] == dataset.keys[2].file_name == expected[2]["key"]
+    assert target["key"] == keys[bad_index + 1].file_name == expected[2]["key"]
     assert torch.equal(image, expected[0]) and interval_mm == expected[1]
     assert torch.equal(target["masks"], expected[2]["masks"])
     # The other items are untouched; a full pass does not stop.
-    assert dataset[0][2]["key"] == dataset.keys[0].file_name
+    other = next(i for i in range(len(keys)) if keys[i].series_dir != keys[bad_index].series_dir)
+    assert dataset[other][2]["key"] == keys[other].file_name
     assert len([dataset[i] for i in range(len(dataset))]) == len(dataset)
     strict = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, with_masks=False,
                                skip_unreadable=False)
     with pytest.raises(CtlesionError, match="cannot decode PNG slice"):
-        strict[1]
+        strict[bad_index]
 
 
 def test_dl_info_without_a_column(sim_root: Path, tmp_path: Path) -> None:

@@ -84,12 +84,12 @@ def test_dataset_uses_the_default_cache_and_reads_it_back(
 ) -> None:
     root = tmp_path / "copy"
     shutil.copytree(sim_root, root)
-    dataset = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64)
+    dataset = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, mask_source="grabcut")
     assert dataset.mask_cache.cache_dir == root / "ctlesion_cache" / "pseudo_masks" == default_mask_cache_dir(root)
     first = [dataset[i][2]["masks"] for i in range(len(dataset))]
     assert len(list(default_mask_cache_dir(root).rglob("*.npz"))) == len(dataset)
     _no_grabcut(monkeypatch)
-    again = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64)
+    again = DeepLesionDataset(root, "train", num_slices=3, image_size_px=64, mask_source="grabcut")
     for index, masks in enumerate(first):
         assert (again[index][2]["masks"] == masks).all()
 
@@ -181,7 +181,7 @@ def test_concurrent_writers_leave_a_valid_file(sim_root: Path, keys: list[KeySli
 
 def test_prepare_fills_the_cache_reproducibly(sim_root: Path, keys: list[KeySlice], tmp_path: Path) -> None:
     cache_dir = tmp_path / "cache"
-    result = invoke("prepare", "--data", sim_root, "--mask-cache", cache_dir, "--workers", 2)
+    result = invoke("prepare", "--data", sim_root, "--mask-cache", cache_dir, "--workers", 2, "--mask-source", "grabcut")
     assert result.exit_code == 0, result.output
     assert f"{len(keys)} computed, 0 already cached, 0 failed" in result.output
     # Masks made in the spawned workers (one OpenCV thread each) equal masks made here,
@@ -191,7 +191,8 @@ def test_prepare_fills_the_cache_reproducibly(sim_root: Path, keys: list[KeySlic
     for key in keys:
         hu = _hu(sim_root, key)
         np.testing.assert_array_equal(fresh.lookup(key, hu.shape), fresh.compute(key, hu))
-    again = invoke("prepare", "--data", sim_root, "--cache", cache_dir, "--workers", 0, "--split", "train")
+    again = invoke("prepare", "--data", sim_root, "--cache", cache_dir, "--workers", 0, "--split", "train",
+                   "--mask-source", "grabcut")
     assert again.exit_code == 0, again.output
     num_train = sum(k.split == 1 for k in keys)
     assert f"0 computed, {num_train} already cached, 0 failed" in again.output
@@ -201,7 +202,7 @@ def test_prepare_counts_missing_pngs(sim_root: Path, keys: list[KeySlice], tmp_p
     root = tmp_path / "data"
     shutil.copytree(sim_root, root)
     keys[0].png_path(root / "Images_png").unlink()
-    result = invoke("prepare", "--data", root, "--workers", 0)
+    result = invoke("prepare", "--data", root, "--workers", 0, "--mask-source", "grabcut")
     assert result.exit_code == 0, result.output
     assert f"{len(keys) - 1} computed, 0 already cached, 1 failed" in result.output
     assert (root / "ctlesion_cache" / "pseudo_masks").is_dir()

@@ -184,7 +184,8 @@ def test_training_fills_the_named_mask_cache_and_refuses_a_bad_augment_choice(da
     cache = tmp_path / "masks"
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(run), "--batch-size", "2",
-                                      "--mask-cache", str(cache), "--augment", "none", *STEPS[:3], "1",
+                                      "--mask-cache", str(cache), "--mask-source", "grabcut", "--augment", "none",
+                                      *STEPS[:3], "1",
                                       *STEPS[4:], *CLI_TINY])
     assert result.exit_code == 0, result.output
     assert list(cache.rglob("*.npz"))  # the masks went to the named cache
@@ -237,3 +238,62 @@ def test_possibly_noisy_lesions_are_dropped_unless_kept(dataset, tmp_path):
     lesions = {keep: sum(k.num_lesions for k in train_dataset(_options(data, tmp_path / "r", keep_noisy=keep)).keys)
                for keep in (False, True)}
     assert lesions[True] == len(train_rows) and lesions[False] == len(train_rows) - 1
+
+
+def test_crop_training_resumes_exactly_and_records_its_choices(dataset, tmp_path, monkeypatch):
+    """Crops are drawn from (seed, index, epoch): a run cut short mid-epoch resumes to the same weights."""
+    from ctlesion.data.augment import CropConfig
+
+    crop = CropConfig(32, negative_fraction=0.5)
+    reference = tmp_path / "reference"
+    train(_options(dataset, reference, crop=crop), device="cpu", progress=False)
+    run = tmp_path / "cut"
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.torch, "save", failing_save)
+    with pytest.raises(CtlesionError, match="No space left"):
+        train(_options(dataset, run, crop=crop), device="cpu", progress=False)
+    monkeypatch.undo()
+    assert torch.load(run / "state.pt", map_location="cpu", weights_only=True)["run"]["step"] == 2
+    options = read_run_options(run)
+    assert options.crop == crop and options.mask_source == "auto"
+    train(options, resume=True, device="cpu", progress=False)
+    _assert_same_weights(_weights(run), _weights(reference), atol=1e-6)
+    training = json.loads((run / "epoch_001.json").read_text())["training"]
+    assert training["crop"] == {"size_px": 32, "negative_fraction": 0.5, "min_visible_fraction": 0.5}
+    assert training["mask_source"] == "auto"
+    sources = train_module.train_dataset(options).mask_sources()
+    assert training["mask_sources"] == sources and sum(sources.values()) > 0
+    # Runs made before crops (no "crop" in config.json) read back as whole-slice runs.
+    config = json.loads((run / "config.json").read_text())
+    del config["crop"], config["mask_source"]
+    (run / "config.json").write_text(json.dumps(config))
+    old = read_run_options(run)
+    assert old.crop is None and old.mask_source == "auto"
+
+
+def test_crop_and_mask_source_options_on_the_command_line(dataset, tmp_path, monkeypatch):
+    from ctlesion.data.augment import CropConfig
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda options, **kwargs: seen.append(options) or Path("last"))
+    base = ["train", "--data", str(dataset), "--out", str(tmp_path / "run"), *CLI_TINY]
+    result = CliRunner().invoke(app, [*base, "--crop-size", "32", "--negative-crop-fraction", "0.4",
+                                      "--mask-source", "grabcut"])
+    assert result.exit_code == 0, result.output
+    assert seen[-1].crop == CropConfig(32, negative_fraction=0.4) and seen[-1].mask_source == "grabcut"
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 0 and seen[-1].crop is None and seen[-1].mask_source == "auto"
+    for bad, message in ((["--crop-size", "48"], "multiple of 32"), (["--crop-size", "96"], "exceeds --image-size"),
+                         (["--crop-size", "32", "--negative-crop-fraction", "1.5"], "1.5"),
+                         (["--mask-source", "truth"], "'auto', 'grabcut'")):
+        result = CliRunner().invoke(app, [*base, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output
+    with pytest.raises(CtlesionError, match="exceeds the network input size"):
+        train_module.train_dataset(_options(dataset, tmp_path / "r", crop=CropConfig(96)))

@@ -24,6 +24,7 @@ from ctlesion import __version__
 from ctlesion.choices import (
     CRITERIA,
     DETECTOR_CONTEXTS,
+    MASK_SOURCES,
     PADDINGS,
     PRECISIONS,
     PREPARE_SPLITS,
@@ -95,6 +96,7 @@ Context = _choice("Context", DETECTOR_CONTEXTS)
 Padding = _choice("Padding", PADDINGS)
 Precision = _choice("Precision", PRECISIONS)
 Augment = _choice("Augment", ("paper", "flip", "none"))
+MaskSource = _choice("MaskSource", MASK_SOURCES)
 Split = _choice("Split", SPLITS)
 PrepareSplit = _choice("PrepareSplit", PREPARE_SPLITS)
 Criterion = _choice("Criterion", CRITERIA)
@@ -109,17 +111,31 @@ def simulate(
     num_series: Annotated[int, typer.Option(min=1, help="Number of simulated CT series.")] = 40,
     image_size: Annotated[int, typer.Option(min=64, help="In-plane size of the PNG slices, px.")] = 512,
     background: Annotated[Optional[list[Path]], typer.Option(
-        help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable. "
-             "Default: the shipped sample series.")] = None,
+        help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable; each is one patient. "
+             "Organ masks NAME.seg.nii.gz beside NAME.nii.gz (or NAME/) are used. Default (no --background, "
+             "no --background-dir): every real CT of ../shared/data when it exists (9 backgrounds of 8 "
+             "patients, fixed split), else the shipped sample series.")] = None,
+    background_dir: Annotated[Optional[list[Path]], typer.Option(
+        help="Folder whose every NIfTI file and DICOM sub-folder is a background (masks by the same "
+             "NAME.seg.nii.gz convention); repeatable.")] = None,
+    organ_masks: Annotated[Optional[list[str]], typer.Option(
+        help="BACKGROUND=MASKS: a TotalSegmentator v2 'total' label map for a background (any grid, "
+             "aligned by position); repeatable.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds)."""
-    from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset  # noqa: PLC0415
+    """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds).
+
+    DL_info.csv, Images_png/ (1 and 5 mm series), masks/ (true key-slice masks), simulation.json.
+    """
+    from ctlesion.data.backgrounds import parse_mask_pairs  # noqa: PLC0415
+    from ctlesion.data.simulate import simulate_dataset  # noqa: PLC0415
 
     _setup_logging(verbose)
-    csv_path = _run(simulate_dataset, out, backgrounds=list(background or [SAMPLE_BACKGROUND]), num_series=num_series,
+    pairs = _run(parse_mask_pairs, organ_masks or [])
+    csv_path = _run(simulate_dataset, out, backgrounds=list(background or []),
+                    background_dirs=list(background_dir or []), organ_masks=pairs, num_series=num_series,
                     image_size_px=image_size, seed=seed, overwrite=overwrite)
     stdout.print(f"wrote {csv_path}")
 
@@ -132,15 +148,19 @@ def prepare(
     workers: Annotated[Optional[int], typer.Option(
         min=0, help="Worker processes (default: one per CPU; 0: in this process).")] = None,
     split: Annotated[PrepareSplit, typer.Option(help="Key slices to prepare: all, or one split.")] = "all",
+    mask_source: Annotated[MaskSource, typer.Option(
+        help="auto: skip key slices whose true masks the dataset holds (DATA/masks/); grabcut: prepare all.")] = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Compute the GrabCut pseudo-masks of a DeepLesion-layout dataset once and cache them on disk."""
     from ctlesion.data.mask_cache import prepare_mask_cache  # noqa: PLC0415
 
     _setup_logging(verbose)
-    report = _run(prepare_mask_cache, data, cache_dir=cache, split=split.value, workers=workers)
+    report = _run(prepare_mask_cache, data, cache_dir=cache, split=split.value, workers=workers,
+                  mask_source=mask_source.value)
+    true_masks = f", {report.true_masks} with true masks (skipped)" if report.true_masks else ""
     stdout.print(f"pseudo-masks of {report.total} key slices in {report.cache_dir}: {report.computed} computed, "
-                 f"{report.cached} already cached, {report.failed} failed")
+                 f"{report.cached} already cached, {report.failed} failed{true_masks}")
 
 
 @app.command()
@@ -171,6 +191,16 @@ def train(
         help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), flip (flips only) or none.")] = "paper",
     mask_cache: Annotated[Optional[Path], typer.Option(
         help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks; see `ctlesion prepare`).")] = None,
+    mask_source: Annotated[MaskSource, typer.Option(
+        help="Lesion masks: auto (the dataset's true masks in DATA/masks/ where present, else GrabCut "
+             "pseudo-masks) or grabcut (always GrabCut).")] = "auto",
+    crop_size: Annotated[Optional[int], typer.Option(
+        min=32, help="Train on PX x PX crops (a multiple of 32, at most --image-size) at the model's native scale, "
+                     "around lesions or anywhere in the body, instead of whole slices (default: whole slices). "
+                     "Validation and evaluate use whole slices.")] = None,
+    negative_crop_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="With --crop-size: share of crops drawn anywhere in the body instead of around "
+                               "a lesion.")] = 0.25,
     keep_noisy: Annotated[bool, typer.Option(
         "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
     checkpoint_every: Annotated[int, typer.Option(
@@ -195,7 +225,7 @@ def train(
     Several GPUs: `ctlesion train --gpus N ...` on one machine, or `torchrun --nproc-per-node N
     [--nnodes ...] -m ctlesion train ...` for several machines; --batch-size is the global batch.
     """
-    from ctlesion.data.augment import AugmentConfig  # noqa: PLC0415
+    from ctlesion.data.augment import AugmentConfig, CropConfig  # noqa: PLC0415
     from ctlesion.networks.detector import DetectorConfig  # noqa: PLC0415
     from ctlesion.train import TrainOptions, read_run_options  # noqa: PLC0415
     from ctlesion.train import train as train_run
@@ -214,6 +244,9 @@ def train(
                                       fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding.value,
                                       hu_window=tuple(hu_window))
             detector.validate()
+            crop = None if crop_size is None else CropConfig(crop_size, negative_fraction=negative_crop_fraction)
+            if crop is not None and crop.size_px > image_size:
+                raise ValueError(f"--crop-size {crop_size} exceeds --image-size {image_size}")
         except ValueError as exc:
             _error(f"{exc}")
             raise typer.Exit(2) from None
@@ -227,7 +260,8 @@ def train(
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
                                augment=augmentations[augment.value], mask_cache_dir=mask_cache, keep_noisy=keep_noisy,
                                pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision.value,
-                               grad_checkpoint=grad_checkpoint, channels_last=channels_last)
+                               grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
+                               mask_source=mask_source.value)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
 

@@ -31,16 +31,46 @@ lesion out of the image, is kept).
 Draws come from a caller-supplied :class:`numpy.random.Generator` (the dataset seeds it from
 (seed, index, epoch), so the same item gets the same augmentation whatever the number of
 DataLoader workers).
+
+Crops (``ctlesion train --crop-size PX``, :class:`CropConfig`): instead of the whole slice, the
+network sees a PX x PX piece of the key-slice window at the model's native pixel scale, i.e.
+cut from the image :func:`ctlesion.preprocess.fit_in_plane` makes for the whole slice (after
+the augmentation above), so lesions keep the size they have at inference, where the network
+(fully convolutional, anchors in network pixels) still runs on whole slices. A crop is drawn
+(:func:`draw_crop`) from its own generator, after the augmentation, by these rules:
+
+* with probability ``negative_fraction`` (or when the slice has no lesion) a **negative crop**:
+  a pixel drawn uniformly from the body (:func:`body_mask` of the key slice, carried through
+  the augmentation and the resize) becomes the crop's centre (the crop is then moved inside
+  the image); lesions that happen to lie in it are kept by the rule below;
+* otherwise a **lesion crop**: one of the slice's lesions drawn uniformly; along each axis the
+  crop's integer position is drawn uniformly among those that hold the lesion's box wholly
+  and stay inside the image (a crop centred on the lesion, jittered by up to half the room
+  left, ``(PX - side) / 2``, either way). A box wider than the crop gets a crop lying wholly
+  within the box's extent instead; in the rare case where no integer position exists (a box
+  within 1 px of PX wide) the crop is centred on the box;
+* boxes and masks are shifted by the crop's offset and clipped to it (:func:`crop_item`); a
+  lesion is kept when at least ``min_visible_fraction`` of its box area lies in the crop (and
+  at least one pixel centre, and a non-empty mask), except that the lesion a crop was drawn
+  around is always kept (it is wholly inside when it fits).
+
+The crop never leaves the padded S x S image, so with a source that does not fill it (non-square
+slices) a crop can include padding, as whole slices do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from ctlesion.data.masks import box_pixel_range
+
+#: Key-slice HU above which a pixel counts as body for negative crops (air is -1000, lung ~ -850,
+#: fat ~ -100): the simulator's body threshold; the lungs are added back by filling holes.
+BODY_THRESHOLD_HU = -500.0
 
 #: Directions of the box sides in image coordinates (x right, y down): left, top, right, bottom.
 _SIDE_DIRECTIONS = np.array([[-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
@@ -368,3 +398,201 @@ def augment_item(
         draw=draw,
     )
 
+
+
+# --------------------------------------------------------------------------- crops
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """Training on crops at the model's native pixel scale (module doc, "Crops").
+
+    Attributes:
+        size_px: side PX of the square crop, network pixels: a multiple of 32 (the network's
+            stride), at most the model's ``image_size_px``.
+        negative_fraction: probability of a negative crop (anywhere in the body) instead of a
+            crop around a lesion.
+        min_visible_fraction: a lesion cut by the crop's border is kept when at least this
+            fraction of its box area lies inside the crop (else it is dropped from the targets).
+
+    Raises:
+        ValueError: for a size that is not a positive multiple of 32, or a fraction outside [0, 1].
+    """
+
+    size_px: int
+    negative_fraction: float = 0.25
+    min_visible_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if int(self.size_px) != self.size_px or self.size_px < 32 or self.size_px % 32:
+            raise ValueError(f"crop size must be a positive multiple of 32 px, got {self.size_px}")
+        if not (0.0 <= self.negative_fraction <= 1.0 and 0.0 <= self.min_visible_fraction <= 1.0):
+            raise ValueError(f"crop fractions must lie in [0, 1]: {self}")
+
+
+@dataclass(frozen=True)
+class CropDraw:
+    """One drawn crop.
+
+    Attributes:
+        offset_xy_px: (x0, y0) network pixels: the crop holds columns x0 .. x0 + PX - 1 and
+            rows y0 .. y0 + PX - 1 of the fitted (S, S) image; crop coordinate = image
+            coordinate - offset.
+        size_px: PX.
+        lesion: index of the lesion the crop was drawn around; None for a negative crop.
+    """
+
+    offset_xy_px: tuple[int, int]
+    size_px: int
+    lesion: int | None
+
+    @property
+    def negative(self) -> bool:
+        """Whether the crop was drawn anywhere in the body rather than around a lesion."""
+        return self.lesion is None
+
+
+def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """(Y, X) bool body of a CT slice: its largest 4-connected region above ``threshold_hu``, holes filled.
+
+    Filling the holes puts the lungs and bowel gas back inside the body. A slice with nothing
+    above the threshold gives an empty mask.
+    """
+    above = (np.asarray(slice_hu) > threshold_hu).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
+    if count <= 1:
+        return np.zeros(above.shape, dtype=bool)
+    body = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    outside = np.pad((~body).astype(np.uint8), 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), 2)  # everything not body that reaches the border
+    return body | (outside[1:-1, 1:-1] == 1)
+
+
+def apply_draw_to_masks(masks: np.ndarray, draw: AugmentDraw) -> np.ndarray:
+    """(N, Y, X) masks moved by a draw exactly as :func:`augment_item` moves lesion masks; returns bool.
+
+    Pass the draw :func:`augment_item` actually applied (``AugmentedItem.draw``).
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if draw.has_affine:
+        return warp_masks(masks, affine_matrix(draw, masks.shape[1:]))
+    return np.ascontiguousarray(masks[:, :, ::-1]) if draw.flip else masks
+
+
+def _lesion_offset(rng: np.random.Generator, low: float, high: float, image_px: int, crop_px: int) -> int:
+    """Integer crop start along one axis for a box [low, high): uniform over the starts that hold
+    the box wholly (or, for a box longer than the crop, lie within it), inside [0, image - crop]."""
+    a, b = sorted((low, high - crop_px))
+    first, last = max(int(np.ceil(a - 1e-9)), 0), min(int(np.floor(b + 1e-9)), image_px - crop_px)
+    if first > last:  # no integer position: centre on the box
+        return int(np.clip(round((low + high - crop_px) / 2), 0, image_px - crop_px))
+    return int(rng.integers(first, last + 1))
+
+
+def draw_crop(
+    config: CropConfig,
+    rng: np.random.Generator,
+    boxes_px: np.ndarray,
+    image_size_px: int,
+    body: Callable[[], np.ndarray | None] | None = None,
+) -> CropDraw:
+    """Draw one crop of an (S, S) network image by the rules of the module doc.
+
+    Draw order: one number deciding negative or not, then the lesion and the x and y starts
+    (lesion crops), or the body pixel (negative crops).
+
+    Args:
+        config: the crop settings.
+        rng: the generator (the dataset seeds it from (seed, index, epoch)).
+        boxes_px: (N, 4) lesion boxes (x1, y1, x2, y2) in the image, network pixels.
+        image_size_px: S; must be >= ``config.size_px``.
+        body: returns the (S, S) bool body mask of the image, called only for a negative
+            crop; None (or an empty mask) places negative crops uniformly in the image.
+
+    Raises:
+        ValueError: if the crop is larger than the image.
+    """
+    size = config.size_px
+    room = image_size_px - size
+    if room < 0:
+        raise ValueError(f"crop of {size} px larger than the {image_size_px} px image")
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    negative = bool(rng.random() < config.negative_fraction) or len(boxes) == 0
+    if not negative:
+        lesion = int(rng.integers(len(boxes)))
+        x1, y1, x2, y2 = boxes[lesion]
+        x0 = _lesion_offset(rng, x1, x2, image_size_px, size)
+        y0 = _lesion_offset(rng, y1, y2, image_size_px, size)
+        return CropDraw((x0, y0), size, lesion)
+    mask = None if body is None else body()
+    pixels = np.empty(0, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+    if pixels.size == 0:
+        x0, y0 = (int(v) for v in rng.integers(0, room + 1, 2))
+        return CropDraw((x0, y0), size, None)
+    row, col = divmod(int(pixels[rng.integers(pixels.size)]), image_size_px)
+    # Pixel (row, col) at the crop's centre (pixel PX / 2), the crop then moved inside the image.
+    x0, y0 = (int(np.clip(v - size // 2, 0, room)) for v in (col, row))
+    return CropDraw((x0, y0), size, None)
+
+
+@dataclass(frozen=True)
+class CroppedItem:
+    """A network image, boxes and masks after a crop.
+
+    Attributes:
+        image: (D, PX, PX) float32.
+        boxes_px: (N', 4) float64 boxes in crop pixels, clipped to the crop.
+        masks: (N', PX, PX) masks (the input's dtype), or None when none were given.
+        kept: (N',) int64 indices of the input lesions that remain.
+        draw: the crop.
+    """
+
+    image: np.ndarray
+    boxes_px: np.ndarray
+    masks: np.ndarray | None
+    kept: np.ndarray
+    draw: CropDraw
+
+
+def crop_item(
+    image: np.ndarray,
+    boxes_px: np.ndarray,
+    draw: CropDraw,
+    *,
+    masks: np.ndarray | None = None,
+    min_visible_fraction: float = 0.5,
+) -> CroppedItem:
+    """Cut a drawn crop from a network image with its lesions' boxes and masks (module doc).
+
+    Args:
+        image: (D, S, S) network image (after :func:`ctlesion.preprocess.fit_in_plane`).
+        boxes_px: (N, 4) boxes (x1, y1, x2, y2), network pixels of the image.
+        draw: from :func:`draw_crop`.
+        masks: optional (N, S, S) masks (any dtype; nonzero = lesion).
+        min_visible_fraction: keep a lesion with at least this fraction of its box area in the
+            crop (the lesion the crop was drawn around is always kept).
+
+    Returns:
+        The :class:`CroppedItem`: pixels, boxes and masks shifted by exactly ``-offset``.
+    """
+    x0, y0 = draw.offset_xy_px
+    size = draw.size_px
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    moved = boxes - np.array([x0, y0, x0, y0], dtype=np.float64)
+    clipped = clip_boxes(moved, (size, size))
+    cut = None if masks is None else masks[:, y0 : y0 + size, x0 : x0 + size]
+    keep = []
+    for n in range(len(boxes)):
+        area = float(np.prod(moved[n, 2:] - moved[n, :2]))
+        shown = float(np.prod(np.maximum(clipped[n, 2:] - clipped[n, :2], 0.0)))
+        enough = n == draw.lesion or (area > 0 and shown >= min_visible_fraction * area)
+        if enough and _visible(clipped[n], (size, size)) and (cut is None or cut[n].any()):
+            keep.append(n)
+    kept = np.array(keep, dtype=np.int64)
+    return CroppedItem(
+        image=np.ascontiguousarray(image[:, y0 : y0 + size, x0 : x0 + size]),
+        boxes_px=clipped[kept].reshape(-1, 4),
+        masks=None if cut is None else np.ascontiguousarray(cut[kept]),
+        kept=kept,
+        draw=draw,
+    )

@@ -1,11 +1,13 @@
-"""The DeepLesion training dataset: key-slice windows, boxes and GrabCut pseudo-masks.
+"""The DeepLesion training dataset: key-slice windows, boxes and lesion masks.
 
 One item is one annotated key slice of a DeepLesion-layout folder (``DL_info.csv`` +
 ``Images_png/``, the real dataset or :mod:`ctlesion.data.simulate`'s): the window of the key
 slice and its neighbours (``load_key_slice_window``, SPEC section 4), normalised to [0, 1],
 optionally augmented (:mod:`ctlesion.data.augment`) and fitted into the network's square
-input (``fit_in_plane``), with its lesions' boxes in network pixels and their GrabCut
-pseudo-masks (SPEC section 7) from the disk cache of :mod:`ctlesion.data.mask_cache`.
+input (``fit_in_plane``), optionally cropped (``crop``, training on crops at the native
+scale), with its lesions' boxes in network pixels and their masks: the dataset's true masks
+where it has them (``masks/``, e.g. a simulated dataset), else GrabCut pseudo-masks (SPEC
+section 7) from the disk cache of :mod:`ctlesion.data.mask_cache`.
 
 An item holds only its own arrays: nothing accumulates per item in the dataset object, so
 DataLoader workers stay at constant memory over an epoch.
@@ -23,11 +25,24 @@ from torch.utils.data import Dataset
 
 from ctlesion.data.augment import (
     AugmentConfig,
+    AugmentDraw,
+    CropConfig,
+    apply_draw_to_masks,
     augment_item,
+    body_mask,
+    crop_item,
     draw_augmentation,
+    draw_crop,
     flip_boxes_x,
 )
-from ctlesion.data.mask_cache import PseudoMaskCache, open_mask_cache_dir
+from ctlesion.data.mask_cache import (
+    MASK_SOURCES,
+    TRUE_MASKS_DIRNAME,
+    PseudoMaskCache,
+    open_mask_cache_dir,
+    read_true_masks,
+    true_masks_path,
+)
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import (
     KeySlice,
@@ -46,6 +61,11 @@ from ctlesion.preprocess import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Extra seed word of the crop's generator: crops draw from (seed, index, epoch, _CROP_STREAM),
+#: apart from the augmentation's (seed, index, epoch), so turning crops on leaves the
+#: augmentation of every item as it was.
+_CROP_STREAM = 0x63726F70
 
 __all__ = ["DeepLesionDataset", "collate_detection", "fit_masks_in_plane", "flip_boxes_x"]
 
@@ -87,18 +107,24 @@ class DeepLesionDataset(Dataset):
       bottom/right to S x S;
     * ``slice_interval_mm``: the interval the network sees (2 mm for thin series, else s);
     * ``target``: ``boxes`` float32 (N, 4) network pixels (x1, y1, x2, y2); ``labels`` int64
-      ones (N,); ``masks`` uint8 (N, S, S) GrabCut pseudo-masks (only with ``with_masks``);
-      ``key`` the file name; ``scale`` network px per source px; ``boxes_src_px`` float64
-      (N, 4) source pixels (after augmentation, if any: ``boxes / scale``);
-      ``slice_interval_src_mm`` the series' own interval.
+      ones (N,); ``masks`` uint8 (N, S, S) lesion masks (only with ``with_masks``); ``key`` the
+      file name; ``scale`` network px per source px; ``boxes_src_px`` float64 (N, 4) source
+      pixels (after augmentation, if any: ``(boxes + crop offset) / scale``);
+      ``slice_interval_src_mm`` the series' own interval; with ``crop``, ``crop_xy_px`` (x0,
+      y0) int, the crop's offset in the whole fitted image (crop px = image px - offset).
 
     Lesions marked Possibly_noisy are dropped (``drop_noisy``), and key slices left without
     lesions are skipped.
 
-    Pseudo-masks are computed on the key slice at source resolution and kept in a disk cache
+    Masks (``mask_source``): with ``"auto"`` (default), a key slice whose true masks the
+    dataset holds (``<root>/masks/<series_dir>/<slice:03d>.npz``, one mask per DL_info row of
+    the key slice; the contract is in :mod:`ctlesion.data.mask_cache`) uses them; the others,
+    and every key slice with ``"grabcut"``, use GrabCut pseudo-masks, computed on the key
+    slice at source resolution and kept in a disk cache
     (:class:`~ctlesion.data.mask_cache.PseudoMaskCache`) in ``mask_cache_dir``, by default
     ``<root>/ctlesion_cache/pseudo_masks``; fill it beforehand with ``ctlesion prepare``, or
-    it fills on first use (safe with many workers and processes).
+    it fills on first use (safe with many workers and processes). A dataset without
+    ``masks/`` behaves as before true masks existed.
 
     Augmentation (``augment``, training only) is applied to the normalised window at source
     resolution, before ``fit_in_plane``, with its boxes and masks
@@ -107,6 +133,14 @@ class DeepLesionDataset(Dataset):
     (seed, index, epoch): the same for any number of DataLoader workers; call
     :meth:`set_epoch` before each epoch, or every epoch repeats the same draws; flips alone
     are ``AugmentConfig.flip_only(p)``.
+
+    Crops (``crop``, training only; :class:`~ctlesion.data.augment.CropConfig`): the item is a
+    PX x PX crop of the fitted S x S image (after augmentation), around one of its lesions or,
+    with probability ``negative_fraction``, anywhere in the body; boxes and masks follow it
+    (rules in :mod:`ctlesion.data.augment`). The crop is drawn from a generator seeded with
+    (seed, index, epoch, a crop tag), so the augmentation is the one the whole-slice item
+    gets, and crops are as repeatable and worker-independent as the augmentation. Without
+    ``crop`` items are whole slices, exactly as before crops existed.
 
     Unreadable data (``skip_unreadable``): key slices whose PNG is missing are dropped at
     construction with one warning giving their count; an item whose PNGs turn out corrupt or
@@ -128,7 +162,9 @@ class DeepLesionDataset(Dataset):
         resample_thick: neighbours 2 mm apart for thick series too (TSM / 2.5D).
         augment: training augmentation; None for none (evaluation).
         mask_cache_dir: pseudo-mask cache folder; None for ``<root>/ctlesion_cache/pseudo_masks``.
-        skip_unreadable: skip missing / corrupt PNGs instead of raising.
+        skip_unreadable: skip missing / corrupt PNGs (and malformed true-mask files) instead of raising.
+        crop: train on crops at the native scale; None for whole slices (evaluation).
+        mask_source: ``"auto"`` (true masks where the dataset has them, else GrabCut) or ``"grabcut"``.
 
     An empty split gives an empty dataset (with a logged warning).
 
@@ -136,6 +172,7 @@ class DeepLesionDataset(Dataset):
         CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png``, the table lacks a
             column, the split name is unknown, the mask cache folder cannot be written (with
             ``with_masks``), or a key slice PNG is missing and ``skip_unreadable`` is False.
+        ValueError: a crop larger than ``image_size_px``, or an unknown ``mask_source``.
     """
 
     def __init__(
@@ -154,7 +191,13 @@ class DeepLesionDataset(Dataset):
         augment: AugmentConfig | None = None,
         mask_cache_dir: Path | None = None,
         skip_unreadable: bool = True,
+        crop: CropConfig | None = None,
+        mask_source: str = "auto",
     ) -> None:
+        if crop is not None and crop.size_px > image_size_px:
+            raise ValueError(f"crop size {crop.size_px} px exceeds the network input size {image_size_px} px")
+        if mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
         self.root = Path(root)
         self.images_dir = self.root / "Images_png"
         if not self.images_dir.is_dir():
@@ -177,7 +220,18 @@ class DeepLesionDataset(Dataset):
         self.input_mapping = InputMapping(tuple(hu_window), input_scaling)
         self.resample_thick = bool(resample_thick)
         self.epoch = 0
+        self.crop = crop
+        self.mask_source = mask_source
         self.mask_cache = PseudoMaskCache(open_mask_cache_dir(self.root, mask_cache_dir)) if with_masks else None
+        self.use_true_masks = with_masks and mask_source == "auto" and (self.root / TRUE_MASKS_DIRNAME).is_dir()
+        # Rows of DL_info (per key slice) that the true-mask files index, where Possibly_noisy
+        # lesions were dropped: file name -> (indices of the kept rows, number of rows).
+        self._true_mask_rows: dict[str, tuple[np.ndarray, int]] = {}
+        if self.use_true_masks and drop_noisy:
+            kept = {key.file_name for key in self.keys}
+            for full in read_dl_info(self.root / "DL_info.csv", split=split_code(split), drop_noisy=False):
+                if full.file_name in kept and full.noisy.any():
+                    self._true_mask_rows[full.file_name] = (np.flatnonzero(~full.noisy), full.num_lesions)
 
     @classmethod
     def for_detector(cls, root: Path, split: str, config, **kwargs) -> "DeepLesionDataset":
@@ -208,6 +262,40 @@ class DeepLesionDataset(Dataset):
         """Set the epoch that, with the seed and the index, decides the random augmentation."""
         self.epoch = int(epoch)
 
+    def true_masks(self, index: int, shape_yx: tuple[int, int]) -> np.ndarray | None:
+        """(N, Y, X) bool true masks of key slice ``index`` from ``<root>/masks/``, or None when it has none.
+
+        Always None with ``mask_source="grabcut"`` or without ``masks/``.
+
+        Raises:
+            CtlesionError: a malformed true-mask file (:func:`~ctlesion.data.mask_cache.read_true_masks`).
+        """
+        if not self.use_true_masks:
+            return None
+        key = self.keys[index]
+        rows, num_rows = self._true_mask_rows.get(key.file_name, (None, key.num_lesions))
+        return read_true_masks(true_masks_path(self.root, key), tuple(shape_yx), num_rows, rows)
+
+    def lesion_masks(self, index: int, key_slice_hu: np.ndarray) -> np.ndarray:
+        """(N, Y, X) bool masks of key slice ``index``: its true masks when the dataset has them, else GrabCut's.
+
+        Raises:
+            CtlesionError: without masks (``with_masks=False``), or a malformed true-mask file.
+        """
+        masks = self.true_masks(index, np.shape(key_slice_hu)) if self.with_masks else None
+        return masks if masks is not None else self.pseudo_masks(index, key_slice_hu)
+
+    def mask_sources(self) -> dict[str, int]:
+        """How many key slices get true masks and how many GrabCut pseudo-masks (one stat per key slice).
+
+        Returns:
+            ``{"true": n, "grabcut": m}`` (both 0 without masks).
+        """
+        if not self.with_masks:
+            return {"true": 0, "grabcut": 0}
+        true = sum(true_masks_path(self.root, key).is_file() for key in self.keys) if self.use_true_masks else 0
+        return {"true": int(true), "grabcut": len(self.keys) - int(true)}
+
     def pseudo_masks(self, index: int, key_slice_hu: np.ndarray) -> np.ndarray:
         """(N, Y, X) bool GrabCut pseudo-masks of key slice ``index`` (from the disk cache, else computed).
 
@@ -237,23 +325,49 @@ class DeepLesionDataset(Dataset):
         key = self.keys[index]
         window_hu, interval_mm = load_key_slice_window(self.images_dir, key, self.num_slices,
                                                        resample_thick=self.resample_thick)
-        masks_src = self.pseudo_masks(index, window_hu[self.num_slices // 2]) if self.with_masks else None
+        key_hu = window_hu[self.num_slices // 2]
+        masks_src = self.lesion_masks(index, key_hu) if self.with_masks else None
         window = network_input(window_hu, self.input_mapping)
         air = air_input_value(self.input_mapping)
         boxes_src = key.boxes_px.astype(np.float64)
+        applied = AugmentDraw()  # the identity
         if self.augment is not None:
             draw = draw_augmentation(self.augment, np.random.default_rng([self.seed, index, self.epoch]))
             item = augment_item(window, boxes_src, draw, recist_px=key.recist_px, masks=masks_src, fill=air)
-            window, boxes_src, masks_src = item.window, item.boxes_px, item.masks
+            window, boxes_src, masks_src, applied = item.window, item.boxes_px, item.masks, item.draw
         image, transform = fit_in_plane(window, self.image_size_px, air)
+        masks = None if masks_src is None else fit_masks_in_plane(masks_src, transform)
+        extra = {}
+        if self.crop is not None:
+            image, boxes, masks, offset = self._crop(index, image, boxes_src * transform.scale, masks, key_hu,
+                                                     applied, transform)
+            boxes_src = (boxes + np.array([*offset, *offset], dtype=np.float64)) / transform.scale
+            extra["crop_xy_px"] = offset
+        else:
+            boxes = boxes_src * transform.scale
         target = {
-            "boxes": torch.from_numpy((boxes_src * transform.scale).astype(np.float32).reshape(-1, 4)),
+            "boxes": torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)),
             "labels": torch.ones(len(boxes_src), dtype=torch.int64),
             "key": key.file_name,
             "scale": float(transform.scale),
             "boxes_src_px": torch.from_numpy(boxes_src.reshape(-1, 4)),
             "slice_interval_src_mm": float(key.slice_interval_mm),
+            **extra,
         }
-        if masks_src is not None:
-            target["masks"] = torch.from_numpy(fit_masks_in_plane(masks_src, transform))
+        if masks is not None:
+            target["masks"] = torch.from_numpy(masks)
         return torch.from_numpy(image)[None], float(interval_mm), target
+
+    def _crop(self, index: int, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
+              key_hu: np.ndarray, applied: AugmentDraw, transform: InPlaneTransform):
+        """Draw and cut the item's crop from the (D, S, S) image with its boxes (network px) and
+        masks: (image (D, PX, PX), kept boxes in crop px, masks (N', PX, PX) or None, offset (x0, y0))."""
+
+        def body() -> np.ndarray:  # the key slice's body, moved like the lesion masks
+            moved = apply_draw_to_masks(body_mask(key_hu)[None], applied)
+            return fit_masks_in_plane(moved, transform)[0].astype(bool)
+
+        rng = np.random.default_rng([self.seed, index, self.epoch, _CROP_STREAM])
+        draw = draw_crop(self.crop, rng, boxes, self.image_size_px, body)
+        cut = crop_item(image, boxes, draw, masks=masks, min_visible_fraction=self.crop.min_visible_fraction)
+        return cut.image, cut.boxes_px, cut.masks, tuple(int(v) for v in draw.offset_xy_px)

@@ -30,6 +30,18 @@ same masks.
 Reproducible: OpenCV's RNG is seeded per lesion from its fingerprint (:func:`lesion_rng_seed`)
 right before GrabCut, so a mask does not depend on the order or the process it was computed
 in, nor on OpenCV's thread count (another OpenCV build may still differ in the last bits).
+
+True masks (mask source ``auto``, the default): a dataset that knows its lesions' true
+outlines (a simulated one) keeps them beside ``Images_png`` as
+``<data_dir>/masks/<series_dir>/<slice:03d>.npz`` (:func:`true_masks_path`; the same names as
+the key slice's PNG), an ``.npz`` archive holding ``masks``: (N, Y, X) bool (integer 0/1 is
+accepted), one mask per ``DL_info.csv`` row of that key slice, in the order the table lists
+them (Possibly_noisy rows included; rows ``read_dl_info`` skips for an empty required field
+break the count), at the key slice's PNG shape. Where that file exists it is used instead of
+GrabCut (:func:`read_true_masks`), and ``prepare`` skips the key slice; elsewhere, and with
+mask source ``grabcut``, the pseudo-masks above are used. A file of the wrong shape or count,
+an empty mask or an unreadable file raises :class:`~ctlesion.errors.CtlesionError` naming it
+(the training dataset then skips that key slice with a warning).
 """
 
 from __future__ import annotations
@@ -48,12 +60,15 @@ import cv2
 import numpy as np
 
 from ctlesion.atomic import atomic_write_bytes
-from ctlesion.choices import PREPARE_SPLITS
+from ctlesion.choices import MASK_SOURCES, PREPARE_SPLITS
 from ctlesion.data.masks import DEFAULT_WINDOW_HU, GRABCUT_ITERATIONS, recist_pseudo_mask
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import KeySlice, read_dl_info, read_png_hu
 
 logger = logging.getLogger(__name__)
+
+#: Folder of a dataset's true lesion masks, beside ``Images_png`` (module doc).
+TRUE_MASKS_DIRNAME = "masks"
 
 #: Version of the cache file format and of the mask recipe; bump it to invalidate old entries.
 CACHE_FORMAT_VERSION = 1
@@ -114,6 +129,51 @@ def lesion_fingerprint(
 def lesion_rng_seed(fingerprint: str) -> int:
     """OpenCV RNG seed of a lesion's GrabCut: the first 31 bits of its fingerprint."""
     return int(fingerprint[:8], 16) & 0x7FFFFFFF
+
+
+def true_masks_path(data_dir: Path, key: KeySlice) -> Path:
+    """``<data_dir>/masks/<series_dir>/<slice:03d>.npz``: where a key slice's true masks are (module doc)."""
+    return Path(data_dir) / TRUE_MASKS_DIRNAME / key.series_dir / f"{key.slice_index:03d}.npz"
+
+
+def read_true_masks(path: Path, shape_yx: tuple[int, int], num_rows: int,
+                    rows: np.ndarray | None = None) -> np.ndarray | None:
+    """A key slice's true lesion masks from its ``masks/`` file (module doc), or None when there is none.
+
+    Args:
+        path: the file (:func:`true_masks_path`).
+        shape_yx: the key slice's (Y, X).
+        num_rows: the number of ``DL_info.csv`` rows of the key slice (Possibly_noisy included).
+        rows: indices of the rows wanted (in that order); None for all.
+
+    Returns:
+        (M, Y, X) bool masks of the wanted rows, or None when the file does not exist.
+
+    Raises:
+        CtlesionError: an unreadable file, no ``masks`` array, a shape other than
+            (num_rows, Y, X), a non-integer dtype, or an empty mask among the wanted rows.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            masks = archive["masks"]
+    except FileNotFoundError:
+        return None
+    except KeyError:
+        raise CtlesionError("true-mask file holds no 'masks' array", path) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CtlesionError(f"unreadable true-mask file ({exc})", path) from None
+    expected = (int(num_rows), *(int(v) for v in shape_yx))
+    if masks.shape != expected or not (masks.dtype == bool or np.issubdtype(masks.dtype, np.integer)):
+        raise CtlesionError(f"true-mask file holds {masks.dtype} {masks.shape}, expected bool {expected} "
+                            "(one mask per DL_info row of the key slice)", path)
+    masks = masks != 0
+    if rows is not None:
+        masks = masks[np.asarray(rows, dtype=np.int64)]
+    empty = [int(n) for n in np.flatnonzero(~masks.any(axis=(1, 2)))]
+    if empty:
+        raise CtlesionError(f"true-mask file has an empty mask for lesion(s) {empty}", path)
+    return masks
 
 
 @dataclass(frozen=True)
@@ -249,16 +309,19 @@ class PrepareReport:
     computed: int
     cached: int
     failed: int
+    true_masks: int = 0  # key slices skipped because the dataset holds their true masks
 
     @property
     def total(self) -> int:
         """Key slices considered."""
-        return self.computed + self.cached + self.failed
+        return self.computed + self.cached + self.failed + self.true_masks
 
 
-def _prepare_one(task: tuple[PseudoMaskCache, Path, KeySlice]) -> tuple[str, str]:
-    """Fill one key slice's entry: ("cached" | "computed" | "failed", message)."""
-    cache, images_dir, key = task
+def _prepare_one(task: tuple[PseudoMaskCache, Path, KeySlice, bool]) -> tuple[str, str]:
+    """Fill one key slice's entry: ("true_masks" | "cached" | "computed" | "failed", message)."""
+    cache, images_dir, key, use_true = task
+    if use_true and true_masks_path(images_dir.parent, key).is_file():
+        return "true_masks", ""
     if cache.is_complete(key):
         return "cached", ""
     try:
@@ -291,13 +354,15 @@ def prepare_mask_cache(
     split: str = "all",
     workers: int | None = None,
     progress: bool = True,
+    mask_source: str = "auto",
 ) -> PrepareReport:
     """Compute and cache the pseudo-masks of every key slice of a DeepLesion-layout dataset.
 
     All lesions are prepared, Possibly_noisy ones included, so the cache serves training with
     and without them. Entries already complete are counted as cached (only their
     fingerprints are read). A key slice whose PNG is missing or corrupt counts as failed
-    (the first few are logged as warnings).
+    (the first few are logged as warnings). With ``mask_source="auto"``, key slices whose
+    true masks the dataset holds (``masks/``, module doc) are skipped and counted apart.
 
     Args:
         data_dir: folder holding ``DL_info.csv`` and ``Images_png/``.
@@ -305,29 +370,32 @@ def prepare_mask_cache(
         split: ``"all"``, ``"train"``, ``"val"`` or ``"test"``.
         workers: worker processes (spawn-started); 0 works in this process; None uses every CPU.
         progress: show a rich progress bar on stderr.
+        mask_source: ``"auto"`` (skip key slices with true masks) or ``"grabcut"`` (prepare all).
 
     Returns:
-        The :class:`PrepareReport` (counts of computed, already cached and failed key slices).
+        The :class:`PrepareReport` (counts of computed, already cached, failed and true-mask key slices).
 
     Raises:
         CtlesionError: if the folder lacks ``DL_info.csv`` or ``Images_png/``, the table is
-            malformed, the split is unknown, the cache folder is not writable, or no key
-            slice at all could be prepared.
+            malformed, the split or mask source is unknown, the cache folder is not writable,
+            or no key slice at all could be prepared.
     """
     from ctlesion.progress import make_progress  # noqa: PLC0415 (rich only when preparing)
 
     data_dir = Path(data_dir)
     if split not in PREPARE_SPLITS:
         raise CtlesionError(f"unknown split {split!r}; expected one of {', '.join(PREPARE_SPLITS)}")
+    if mask_source not in MASK_SOURCES:
+        raise CtlesionError(f"unknown mask source {mask_source!r}; expected one of {', '.join(MASK_SOURCES)}")
     images_dir = data_dir / "Images_png"
     if not images_dir.is_dir():
         raise CtlesionError("not a DeepLesion folder: Images_png/ is missing", data_dir)
     keys = read_dl_info(data_dir / "DL_info.csv", split=None if split == "all" else split, drop_noisy=False)
     cache = PseudoMaskCache(open_mask_cache_dir(data_dir, cache_dir))
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    counts = {"computed": 0, "cached": 0, "failed": 0}
+    counts = {"computed": 0, "cached": 0, "failed": 0, "true_masks": 0}
     failures: list[str] = []
-    tasks = [(cache, images_dir, key) for key in keys]
+    tasks = [(cache, images_dir, key, mask_source == "auto") for key in keys]
     with make_progress(enabled=progress) as bar:
         task = bar.add_task("pseudo-masks", total=len(tasks), info="")
         for status, message in _results(tasks, min(workers, len(tasks))):
@@ -336,9 +404,12 @@ def prepare_mask_cache(
                 failures.append(message)
                 if len(failures) <= _MAX_FAILURES_LOGGED:
                     logger.warning("%s", message)
-            bar.update(task, advance=1, info=", ".join(f"{v} {k}" for k, v in counts.items()))
+            bar.update(task, advance=1, info=", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()))
     if len(failures) > _MAX_FAILURES_LOGGED:
         logger.warning("%d key slices failed in all (first %d shown)", len(failures), _MAX_FAILURES_LOGGED)
+    if counts["true_masks"]:
+        logger.info("%d key slice(s) have true masks in %s: no GrabCut for them", counts["true_masks"],
+                    data_dir / TRUE_MASKS_DIRNAME)
     if keys and counts["failed"] == len(keys):
         raise CtlesionError(f"none of the {len(keys)} key slices could be prepared (first: {failures[0]})", data_dir)
     if not keys:

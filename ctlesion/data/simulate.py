@@ -1,131 +1,200 @@
-"""A simulated DeepLesion-style dataset: synthetic lesions inserted into real CT backgrounds.
+"""A simulated DeepLesion-style dataset: realistic synthetic lesions inserted into real CT.
 
 What is simulated
 -----------------
-For each series, one real CT background (a :class:`~ctlesion.volume.Volume`, e.g. the
-repository's ``sample_data/abdomen_ct_dicom``) is
+Backgrounds are real CT volumes (:mod:`ctlesion.data.backgrounds`: by default every real CT of
+``../shared/data``, split by patient into train / val / test; the shipped sample series alone
+without it). Each background gets a tissue map (:mod:`ctlesion.data.anatomy`: organ masks where
+they exist, HU and connectivity rules elsewhere). For each series, the chosen background is
 
-1. cropped in-plane to a random square field of view (70-100 % of the smaller side, random
-   position), optionally mirrored left-right, and resampled to ``image_size_px`` square
-   (bilinear, OpenCV);
-2. resampled along z to a 1 mm grid by linear interpolation over a random contiguous block
-   (``ctlesion.preprocess.plan_slices``), so that series differ in content and position;
-3. given 1-3 **lesions**: solid ellipsoids (long diameter 5-40 mm, short 55-100 % of it,
-   z extent 60-120 % of it, random in-plane orientation) placed wholly inside the body
-   (HU > -500, largest connected region per slice), at least 90 % in soft tissue
-   (-150..250 HU) and clear of the other objects by half their size, with a
-   contrast of +/- 20-80 HU against the median of the tissue they replace (hypo- and
-   hyper-dense), homogeneous but keeping the scan's fine noise texture, and a Gaussian edge
-   blur (sigma 0.5-1.5 mm);
-4. given 1-2 **tube-shaped look-alikes**: elliptic cylinders of the same cross-sections and
-   contrasts running through every slice of the series with a slow in-plane drift, like
-   vessels. On one slice they look like lesions; only the 3-D context tells them apart.
-   They are not lesions and get no DL_info row.
+1. **cropped and resampled in-plane** to ``image_size_px`` square (bilinear; the tissue map by
+   nearest neighbour): a random square field of view of 75-100 % of the background's smaller
+   side or, where the body lies wholly within the background's image, a field of view of
+   320-480 mm (DeepLesion's: 512 pixels of 0.6-0.95 mm) centred on it with air around, turned
+   by a small rotation (uniform within +/- :data:`ROTATION_DEG` degrees) about its
+   centre. The anatomy is **never mirrored** (the patient's right stays on the image's left,
+   the liver on the image's left for a standard axial scan). A random **scale** s in
+   :data:`SCALE_RANGE` makes the patient s times larger: the written pixel spacing is the
+   source field of view x s / size and each 1 mm step of the series is 1/s mm of the
+   background;
+2. **resampled along z** to a 1 mm grid by linear interpolation over a random contiguous block
+   (48-96 mm thin, 50-100 mm thick), clear of any z range the background asks to avoid (a
+   block in which no lesion fits is drawn again, up to 10 times);
+3. given 1-4 **lesions** (:mod:`ctlesion.data.lesion_synthesis`): a coarse type among those
+   whose placement region (:func:`ctlesion.data.anatomy.lesion_regions`) the block holds, drawn
+   with DeepLesion's type frequencies divided by the fraction of the dataset's series whose
+   background offers the type (so that, over the dataset, the mix comes near DeepLesion's even
+   though only a few backgrounds have a liver mask or a pelvis; ``type_weights`` in
+   ``simulation.json``); a kind, long diameter, deformed shape and appearance of
+   that type. A lesion is **placed** with its centre in its type's region and wholly inside its
+   type's compartment (:func:`ctlesion.data.anatomy.lesion_compartments`: the organ for bone,
+   liver, lung and kidney lesions, loose tissue for nodes and masses): every voxel within 1 mm
+   of its surface lies in the compartment (the compartment eroded by the lesion, checked voxel
+   by voxel on its actual shape), so it never straddles an organ's border and keeps clear of
+   vessels, gas, other organs and bone (all outside the compartments); lymph nodes and masses
+   of types 2, 3 and
+   8 also replace at least 30 % fat (they sit in fat); lesions keep 3 mm from each other and
+   from the block's edges. Up to 40 positions and 3 sizes are tried (the third 0.6 x its draw),
+   so tight regions get smaller lesions: the drawn sizes follow DeepLesion's distribution, the
+   placed ones are smaller (median about 14 mm instead of 19 mm over the default set; each
+   lesion's ``drawn_long_mm`` in ``simulation.json`` is the size it was placed with). The host HU is the median of the
+   tissue the lesion replaces;
+4. **blended** into the 1 mm block: inside a lesion the background is replaced by its level map
+   (texture included) plus the scanner's own noise, taken from the same block (the high-pass
+   residual ``hu - blur(hu)`` of a homogeneous soft-tissue patch of the same slices; synthetic
+   correlated noise of the same standard deviation where no patch is large enough); ground
+   glass is added to the lung instead. Where the background is coarser than the 1 mm grid or
+   the output pixels (its slices thicker than 1 mm, its pixels larger), the lesion's edges and
+   texture are blurred to the background's resolution (Gaussian, FWHM = the background's slice
+   interval along z and pixel size in-plane), so a lesion is as sharp as the anatomy around it.
 
-Each series is then written either **thin** (1 mm interval: the 1 mm slices) or **thick**
-(5 mm: each slice the mean of 5 consecutive 1 mm slices, as scanners reconstruct thick
-slices), half of the series each, as 16-bit PNGs in the DeepLesion layout (1-based slice
-numbers), with DL_info rows (all 18 official columns). A lesion's key slice is the written
-slice with its largest cross-section. Key slices are annotated completely: each gets a row
-for its own lesion and for every other lesion whose section there is at least half its
-largest (smaller caps of other lesions stay unannotated). On a thick slice a lesion's
-annotated outline is the region covered on at least 3 of its 5 thin slices; for an
-ellipsoid that is again an ellipse (a scaled copy of the central section), from which the
-RECIST axes, diameters and the tight bounding box (pixels whose centres lie inside, pixel i
-covering [i, i+1)) are computed exactly.
-Patients (one or two studies, one series each) are assigned wholly to train / val / test
-(about 70 / 15 / 15 %, at least one series each when there are >= 3 series).
-``simulation.json`` beside ``DL_info.csv`` records the parameters of every series.
+Each series is then written **thin** (1 mm interval: the 1 mm slices) or **thick** (5 mm: each
+slice the mean of 5 consecutive 1 mm slices, as scanners reconstruct thick slices, which gives
+the partial-volume blur of thick slices), as 16-bit PNGs in the DeepLesion layout (1-based slice
+numbers). Backgrounds take turns (the first turns go to one background of each split, so even
+a few series cover train, val and test), and each one's series alternate thin and thick.
+
+Annotations
+-----------
+A lesion's **true mask** on a written slice is where its (resolution-blurred) occupancy is at
+least 0.5 (on a thick slice: its mean over the 5 thin slices). Its key slice is the written
+slice with the largest mask; a lesion whose largest mask is under 7 mm2 (a 3 mm disc: a small
+lesion averaged into a thick slice) is not inserted at all. Key slices are annotated
+completely: besides the lesion whose
+largest section it holds, every other lesion whose section there is at least half its largest
+(in linear size) gets a row too. Each row (all 18 DL_info columns) is measured on the mask:
+``Bounding_boxes`` is its tight box (pixel i covering [i, i + 1)), ``Measurement_coordinates``
+and ``Lesion_diameters_Pixel_`` are the RECIST long axis (maximum Feret diameter) and the
+longest perpendicular chord (:func:`ctlesion.postprocess.recist_axes`), ``Coarse_lesion_type``
+the lesion's type, ``DICOM_windows`` the type's usual window (lung and bone: -1500, 500).
+
+**Mask files.** Beside ``Images_png/``, ``masks/<patient>_<study>_<series>/<slice:03d>.npz``
+holds each key slice's true masks: a compressed NumPy archive with one array ``masks`` of
+shape (N, Y, X), dtype bool, N = the DL_info rows of that key slice in their order in the CSV
+(``File_name`` ``<series>_<slice:03d>.png``). They can replace GrabCut pseudo-masks in training.
+
+Splits: patients (backgrounds of one patient) go wholly to train / val / test
+(:func:`ctlesion.data.backgrounds.assign_splits`); each series of a patient is a study of it.
+With fewer than 3 patients (e.g. the sample series alone) synthetic patients are split instead
+(one or two series each, about 70 / 15 / 15 %), so the splits then share the background's
+anatomy (a warning says so). ``simulation.json`` beside ``DL_info.csv`` records the background
+set with its patients and splits, and every series' choices and lesions.
 
 Limits
 ------
-Lesions are homogeneous ellipsoids without anatomy-aware placement (they may straddle organ
-boundaries), look-alikes are straight-ish cylinders, and the backgrounds are few and, where
-they are thicker than 1 mm, interpolated (so thin series are smoother along z than a real
-1 mm scan). ``Coarse_lesion_type`` is 7 (soft tissue) for every lesion and the z of
-``Normalized_lesion_location`` is the relative position within the background scan, not
-DeepLesion's body-part regression score. The data suits pipeline tests, demos and
-thin-vs-thick sanity checks, not claims about clinical performance.
+The anatomy is that of the few backgrounds; liver and kidney lesions need organ masks; no mass
+effect (tissue around a lesion is not displaced) and no contrast phase dynamics (the lesion's
+level is set relative to the host's HU); the z of ``Normalized_lesion_location`` is the
+relative position within the background scan, not DeepLesion's body-part score.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ctlesion.data import anatomy
+from ctlesion.data.anatomy import (
+    NODE_TYPES,
+    TissueMap,
+    align_labels,
+    lesion_compartments,
+    lesion_regions,
+    tissue_map,
+)
+from ctlesion.data.backgrounds import (
+    ALL_TYPES,
+    SAMPLE_BACKGROUND,
+    BackgroundSource,
+    assign_splits,
+    backgrounds_in_folder,
+    default_backgrounds,
+    describe,
+    round_robin,
+    with_conventional_masks,
+    with_masks,
+)
+from ctlesion.data.lesion_synthesis import (
+    DICOM_WINDOWS,
+    LONG_DIAMETER_RANGE_MM,
+    TYPE_COUNTS,
+    Appearance,
+    LesionShape,
+    RenderedLesion,
+    correlated_noise,
+    draw_appearance,
+    draw_kind,
+    draw_long_diameter_mm,
+    draw_shape,
+    draw_type,
+    gaussian_blur_z,
+    lesion_box,
+    render_lesion,
+)
 from ctlesion.errors import CtlesionError
 from ctlesion.io import read_volume
 from ctlesion.io.deeplesion import write_dl_info, write_png_hu
+from ctlesion.postprocess import recist_axes
 from ctlesion.preprocess import apply_plan, plan_slices
 from ctlesion.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-#: The repository's own real CT background (present in a source checkout).
-SAMPLE_BACKGROUND = Path(__file__).resolve().parents[2] / "sample_data" / "abdomen_ct_dicom"
+__all__ = ["MASKS_DIR", "SAMPLE_BACKGROUND", "default_backgrounds", "read_key_slice_masks", "simulate_dataset",
+           "simulate_from_volumes"]
 
 THIN_INTERVAL_MM = 1.0
 THICK_INTERVAL_MM = 5.0
 _THIN_PER_THICK = 5
-BODY_THRESHOLD_HU = -500.0
-SOFT_TISSUE_HU = (-150.0, 250.0)
-LESION_DIAMETER_MM = (5.0, 40.0)
-TUBE_DIAMETER_MM = (5.0, 25.0)
-CONTRAST_HU = (20.0, 80.0)
-EDGE_SIGMA_MM = (0.5, 1.5)
-_TEXTURE_SIGMA_PX = 1.5
-LESION_TYPE_SOFT_TISSUE = 7
-_MIN_DIAMETER_PX = 4.0
-_PLACEMENT_TRIES = 40
-_CLEARANCE = 1.5  # objects keep this multiple of their own size clear of earlier ones
-_ANNOTATE_SCALE = 0.5  # other lesions on a key slice are annotated from this section scale on
-_SOFT_FRACTION = 0.9  # least fraction of an object's voxels in the soft-tissue HU range
+THIN_SLICES = (48, 96)
+THICK_SLICES = (10, 20)
+FOV_FRACTION = (0.75, 1.0)
+FOV_MM = (320.0, 480.0)
+AIR_HU = -1024.0
+ROTATION_DEG = 5.0
+SCALE_RANGE = (0.9, 1.1)
+LESIONS_PER_SERIES = (1, 4)
+NODE_FAT_FRACTION = 0.3
+#: Folder of the true key-slice masks, beside Images_png.
+MASKS_DIR = "masks"
+_FOOTPRINT_MM = 1.0  # every voxel within this distance of the surface lies in the region
+_CLEARANCE_MM = 3.0  # lesions keep this far from each other
+_POSITION_TRIES = 40
+_SIZE_TRIES = 3
+_LAST_SIZE_FACTOR = 0.6  # the last size tried is 0.6 x a fresh draw
+_ANNOTATE_SCALE = 0.5
+_MIN_KEY_AREA_PX = 3
+_MIN_KEY_AREA_MM2 = 7.0  # a 3 mm disc: DeepLesion's smallest lesions (5th percentile of lung: 3.2 mm)
+_HIGH_PASS_SIGMA_PX = 1.5
+_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+_NOISE_TISSUES = (anatomy.SOFT, anatomy.LIVER, anatomy.SPLEEN)
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_SERIES_TRIES = 10  # fields of view tried per series until a lesion fits
+
+
+class _NothingFits(Exception):
+    """No lesion could be placed in a series' block (another field of view is tried)."""
 
 
 @dataclass(frozen=True)
-class _Ellipsoid:
-    """An ellipsoid (or, with ``tube``, an elliptic cylinder along z) in the 1 mm grid.
+class SeriesPlan:
+    """Random choices of one series (recorded in ``simulation.json``).
 
-    In-plane coordinates are output pixels (continuous, pixel i covering [i, i+1)); z is the
-    1 mm slice index. ``drift_px_per_mm`` moves a tube's centre per mm of z.
+    In-plane, ``crop_centre_xy_px`` is the centre of the field of view in the background's
+    continuous pixel coordinates and ``crop_side_mm`` its side in the background's millimetres;
+    ``z0_mm`` is the first thin slice's distance from the background's first slice (background
+    mm); ``pixel_mm`` the written pixel spacing (``crop_side_mm * scale / size``).
     """
-
-    centre_xyz: tuple[float, float, float]
-    semi_axes_px: tuple[float, float]
-    semi_axis_z_mm: float
-    angle_rad: float
-    tube: bool = False
-    drift_px_per_mm: tuple[float, float] = (0.0, 0.0)
-
-    def rho2(self, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Squared normalised radius at voxel centres (broadcast z, y, x); <= 1 inside."""
-        cx = self.centre_xyz[0] + self.drift_px_per_mm[0] * (z - self.centre_xyz[2])
-        cy = self.centre_xyz[1] + self.drift_px_per_mm[1] * (z - self.centre_xyz[2])
-        dx, dy = x + 0.5 - cx, y + 0.5 - cy
-        cos, sin = math.cos(self.angle_rad), math.sin(self.angle_rad)
-        u = (dx * cos + dy * sin) / self.semi_axes_px[0]
-        v = (-dx * sin + dy * cos) / self.semi_axes_px[1]
-        rho2 = u * u + v * v
-        if not self.tube:
-            rho2 = rho2 + ((z - self.centre_xyz[2]) / self.semi_axis_z_mm) ** 2
-        return rho2
-
-    def section_scale(self, z_mm: np.ndarray) -> np.ndarray:
-        """Scale of the cross-section at slice positions z relative to the central one (0..1)."""
-        t2 = 1.0 - ((np.asarray(z_mm, dtype=np.float64) - self.centre_xyz[2]) / self.semi_axis_z_mm) ** 2
-        return np.sqrt(np.clip(t2, 0.0, None))
-
-
-@dataclass(frozen=True)
-class _SeriesPlan:
-    """Random choices of one series (recorded in ``simulation.json``)."""
 
     patient: int
     study: int
@@ -135,206 +204,96 @@ class _SeriesPlan:
     background: str
     z0_mm: float
     num_thin_slices: int
-    crop_xy_px: tuple[float, float]
+    crop_centre_xy_px: tuple[float, float]
     crop_side_mm: float
-    flip: bool
+    rotation_deg: float
+    scale: float
+    pixel_mm: float
     age: int
     gender: str
 
+    @property
+    def name(self) -> str:
+        return f"{self.patient:06d}_{self.study:02d}_{self.series:02d}"
 
-def _gaussian_kernel(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian weights over +/- ceil(3 sigma) samples."""
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (x / max(sigma, 1e-6)) ** 2)
-    return (w / w.sum()).astype(np.float32)
-
-
-def _blur_3d(block: np.ndarray, sigma_z: float, sigma_yx: float) -> np.ndarray:
-    """Separable Gaussian blur of a (Z, Y, X) float32 block (edges replicated)."""
-    out = np.stack([cv2.GaussianBlur(s, (0, 0), sigma_yx, borderType=cv2.BORDER_REPLICATE) for s in block])
-    kernel = _gaussian_kernel(sigma_z)
-    radius = len(kernel) // 2
-    padded = np.pad(out, ((radius, radius), (0, 0), (0, 0)), mode="edge")
-    return sum(w * padded[k : k + block.shape[0]] for k, w in enumerate(kernel)).astype(np.float32)
+    @property
+    def num_written(self) -> int:
+        return self.num_thin_slices // (_THIN_PER_THICK if self.thick else 1)
 
 
-def _body_mask(hu: np.ndarray) -> np.ndarray:
-    """(Z, Y, X) bool: per slice, the largest connected region with HU > -500."""
-    body = np.zeros(hu.shape, dtype=bool)
-    for k, s in enumerate(hu):
-        count, labels, stats, _ = cv2.connectedComponentsWithStats((s > BODY_THRESHOLD_HU).astype(np.uint8), 4)
-        if count > 1:
-            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            body[k] = labels == largest
-    return body
+@dataclass
+class _Background:
+    """A background in memory: its volume, aligned organ labels and (lazily) its tissue map."""
+
+    name: str
+    volume: Volume
+    labels: np.ndarray | None
+    lesion_types: tuple[int, ...]
+    avoid_z_lps_mm: tuple[tuple[float, float], ...] = ()
+    _tissue: TissueMap | None = field(default=None, repr=False)
+
+    @property
+    def tissue(self) -> TissueMap:
+        if self._tissue is None:
+            self._tissue = tissue_map(self.volume, self.labels)
+        return self._tissue
+
+    @property
+    def air_bordered(self) -> bool:
+        """Whether the body lies within the image (its border is outside on >= 98 % of the
+        pixels of the middle slice), so that a wider field of view only adds air."""
+        codes = self.tissue.codes[self.volume.shape_zyx[0] // 2] & 0x0F
+        border = np.concatenate([codes[0], codes[-1], codes[:, 0], codes[:, -1]])
+        return bool(np.mean(border == anatomy.OUTSIDE) >= 0.98)
 
 
-def _inplane_resampler(volume: Volume, plan: _SeriesPlan, size_px: int):
-    """Function mapping a background slice index to its (S, S) float32 crop (bilinear)."""
-    _, row_mm, col_mm = volume.spacing_zyx_mm
-    step_x, step_y = plan.crop_side_mm / col_mm / size_px, plan.crop_side_mm / row_mm / size_px
-    x0, y0 = plan.crop_xy_px
-    # Inverse map: output pixel centre (u + 0.5) -> source pixel centre coordinates.
-    if plan.flip:
-        matrix = np.array([[-step_x, 0, x0 + plan.crop_side_mm / col_mm - 0.5 * step_x - 0.5],
-                           [0, step_y, y0 + 0.5 * step_y - 0.5]])
-    else:
-        matrix = np.array([[step_x, 0, x0 + 0.5 * step_x - 0.5], [0, step_y, y0 + 0.5 * step_y - 0.5]])
+@dataclass
+class _Lesion:
+    """A lesion inserted into a series: what it is and its occupancy on the 1 mm block."""
 
-    def resample(index: int) -> np.ndarray:
-        src = np.asarray(volume.hu[index], dtype=np.float32)
-        return cv2.warpAffine(src, matrix, (size_px, size_px), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
+    coarse_type: int
+    kind: str
+    drawn_long_mm: float
+    centre_zyx: tuple[float, float, float]
+    shape: LesionShape
+    appearance: Appearance
+    box: tuple[slice, slice, slice]
+    occupancy: np.ndarray  # resolution-blurred, on box
+    areas: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per written slice, px
+    key_index: int = -1
 
-    return resample
+    def written(self, index: int, thick: bool, size: int) -> np.ndarray:
+        """(S, S) float32 occupancy on written slice ``index``."""
+        zs, ys, xs = self.box
+        out = np.zeros((size, size), dtype=np.float32)
+        if thick:
+            thin = range(index * _THIN_PER_THICK, (index + 1) * _THIN_PER_THICK)
+            parts = [self.occupancy[z - zs.start] for z in thin if zs.start <= z < zs.stop]
+            if parts:
+                out[ys, xs] = np.sum(parts, axis=0) / _THIN_PER_THICK
+        elif zs.start <= index < zs.stop:
+            out[ys, xs] = self.occupancy[index - zs.start]
+        return out
 
+    def mask(self, index: int, thick: bool, size: int) -> np.ndarray:
+        return self.written(index, thick, size) >= 0.5
 
-def _background_block(volume: Volume, plan: _SeriesPlan, size_px: int) -> np.ndarray:
-    """The (N, S, S) float32 HU block on the 1 mm grid starting ``z0_mm`` into the background."""
-    positions = (plan.z0_mm + np.arange(plan.num_thin_slices) * THIN_INTERVAL_MM) / volume.slice_interval_mm
-    slice_plan = plan_slices(positions, volume.shape_zyx[0])
-    return apply_plan(slice_plan, _inplane_resampler(volume, plan, size_px))
-
-
-def _object_bounds(obj: _Ellipsoid, sigma_px: float, sigma_z: float, shape: tuple[int, int, int]):
-    """Index slices of the block holding the object and its blurred edge."""
-    num_z, height, width = shape
-    if obj.tube:
-        z1, z2 = 0, num_z
-        drift = max(abs(obj.drift_px_per_mm[0]), abs(obj.drift_px_per_mm[1])) * num_z
-    else:
-        pad_z = obj.semi_axis_z_mm + 3 * sigma_z + 1
-        z1, z2 = max(0, int(obj.centre_xyz[2] - pad_z)), min(num_z, int(math.ceil(obj.centre_xyz[2] + pad_z)) + 1)
-        drift = 0.0
-    pad = max(obj.semi_axes_px) + 3 * sigma_px + 2 + drift
-    x1, x2 = max(0, int(obj.centre_xyz[0] - pad)), min(width, int(math.ceil(obj.centre_xyz[0] + pad)))
-    y1, y2 = max(0, int(obj.centre_xyz[1] - pad)), min(height, int(math.ceil(obj.centre_xyz[1] + pad)))
-    return slice(z1, z2), slice(y1, y2), slice(x1, x2)
+    def record(self) -> dict[str, object]:
+        a, b, c = self.shape.semi_axes_mm
+        return {"coarse_type": self.coarse_type, "kind": self.kind, "drawn_long_mm": round(self.drawn_long_mm, 3),
+                "centre_zyx": [round(v, 3) for v in self.centre_zyx],
+                "semi_axes_mm": [round(a, 3), round(b, 3), round(c, 3)],
+                "angle_rad": round(self.shape.angle_rad, 4), "lobes": len(self.shape.lobes),
+                "spikes": len(self.shape.spikes), "appearance": self.appearance.record(),
+                "key_slice": self.key_index + 1, "areas_px": [int(a) for a in self.areas]}
 
 
-def _object_mask(obj: _Ellipsoid, bounds, scale: float = 1.0) -> np.ndarray:
-    """Binary mask of the object (enlarged by ``scale``) over its bounds (voxel centres inside)."""
-    zs, ys, xs = bounds
-    z = np.arange(zs.start, zs.stop, dtype=np.float64)[:, None, None]
-    y = np.arange(ys.start, ys.stop, dtype=np.float64)[None, :, None]
-    x = np.arange(xs.start, xs.stop, dtype=np.float64)[None, None, :]
-    return obj.rho2(z, y, x) <= scale * scale
+# ----------------------------------------------------------------------------- planning
 
 
-def _fits(obj: _Ellipsoid, body: np.ndarray, soft: np.ndarray, occupied: np.ndarray, bounds) -> bool:
-    """Whether the object lies in the body, mostly (90 %) in soft tissue, away from earlier
-    objects, and is not cut by the block's edges."""
-    inside = _object_mask(obj, bounds)
-    if not inside.any():
-        return False
-    if inside[:, 0].any() or inside[:, -1].any() or inside[:, :, 0].any() or inside[:, :, -1].any():
-        return False
-    if not obj.tube and (inside[0].any() or inside[-1].any()):
-        return False
-    near = _object_mask(obj, bounds, _CLEARANCE)
-    return (
-        bool(body[bounds][inside].all())
-        and soft[bounds][inside].mean() >= _SOFT_FRACTION
-        and not occupied[bounds][near].any()
-    )
-
-
-def _insert(hu: np.ndarray, obj: _Ellipsoid, bounds, contrast_hu: float, sigma_px: float, sigma_z: float) -> None:
-    """Blend the object into ``hu`` in place with a soft edge.
-
-    Interior: a constant level (median HU of the tissue it replaces + contrast) plus the
-    background's fine texture (the in-plane high-pass ``hu - blur(hu)``, sigma 1.5 px), so the
-    object is homogeneous but keeps the scan's noise.
-    """
-    inside = _object_mask(obj, bounds)
-    block = hu[bounds]
-    level_hu = float(np.median(block[inside])) + contrast_hu
-    soft = _blur_3d(inside.astype(np.float32), sigma_z, sigma_px)
-    texture = block - np.stack([cv2.GaussianBlur(s, (0, 0), _TEXTURE_SIGMA_PX) for s in block])
-    interior = level_hu + texture
-    hu[bounds] = block + soft * (interior - block)
-
-
-def _place(
-    rng: np.random.Generator,
-    candidates: np.ndarray,
-    body: np.ndarray,
-    soft: np.ndarray,
-    occupied: np.ndarray,
-    pixel_mm: float,
-    tube: bool,
-) -> _Ellipsoid | None:
-    """Draw an object that fits (shrinking after failures); None if none fits."""
-    num_z = body.shape[0]
-    low, high = TUBE_DIAMETER_MM if tube else LESION_DIAMETER_MM
-    low = max(low, _MIN_DIAMETER_PX * pixel_mm)
-    high = max(high, low)
-    shrink = 1.0
-    for attempt in range(_PLACEMENT_TRIES):
-        if attempt and attempt % 10 == 0:
-            shrink *= 0.75
-        long_mm = max(low, rng.uniform(low, high) * shrink)
-        short_mm = long_mm * rng.uniform(0.55, 1.0)
-        z_mm = min(max(long_mm * rng.uniform(0.6, 1.2), 6.0), num_z - 4.0)
-        cz, cy, cx = candidates[rng.integers(len(candidates))] + rng.uniform(-0.5, 0.5, 3)
-        if not tube:
-            cz = float(np.clip(cz, z_mm / 2 + 1, num_z - 2 - z_mm / 2))
-        drift = tuple(rng.uniform(-0.25, 0.25, 2) / pixel_mm) if tube else (0.0, 0.0)
-        obj = _Ellipsoid(
-            centre_xyz=(float(cx), float(cy), float(cz)),
-            semi_axes_px=(long_mm / 2 / pixel_mm, short_mm / 2 / pixel_mm),
-            semi_axis_z_mm=z_mm / 2,
-            angle_rad=float(rng.uniform(0, math.pi)),
-            tube=tube,
-            drift_px_per_mm=drift,
-        )
-        # Bounds wide enough for the clearance zone (3 sigma = (clearance - 1) x semi-axis).
-        margin = (_CLEARANCE - 1.0) / 3.0
-        bounds = _object_bounds(obj, margin * max(obj.semi_axes_px), margin * obj.semi_axis_z_mm, body.shape)
-        if _fits(obj, body, soft, occupied, bounds):
-            return obj
-    return None
-
-
-def _section_scales(obj: _Ellipsoid, thick: bool, num_written: int) -> np.ndarray:
-    """(num_written,) scale of a lesion's section on each written slice, relative to its centre.
-
-    Thin: the ellipsoid's section at the slice. Thick: the region covered on >= 3 of the
-    slice's 5 thin slices, which for an ellipsoid is the central ellipse scaled by the median
-    of the 5 thin sections' scales.
-    """
-    if not thick:
-        return obj.section_scale(np.arange(num_written, dtype=np.float64))
-    thin = obj.section_scale(np.arange(num_written * _THIN_PER_THICK, dtype=np.float64))
-    return np.median(thin.reshape(num_written, _THIN_PER_THICK), axis=1)
-
-
-def _annotation(obj: _Ellipsoid, scale: float, size_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Tight box (4,), RECIST endpoints (8,) and diameters (2,) of the scaled section, pixels."""
-    a, b = obj.semi_axes_px[0] * scale, obj.semi_axes_px[1] * scale
-    cx, cy = obj.centre_xyz[0], obj.centre_xyz[1]
-    cos, sin = math.cos(obj.angle_rad), math.sin(obj.angle_rad)
-    section = _Ellipsoid((cx, cy, 0.0), (a, b), 1.0, obj.angle_rad, tube=True)
-    r = int(math.ceil(a)) + 2
-    ys = np.arange(max(0, int(cy) - r), min(size_px, int(cy) + r + 1))
-    xs = np.arange(max(0, int(cx) - r), min(size_px, int(cx) + r + 1))
-    inside = section.rho2(np.zeros(1)[:, None, None], ys[None, :, None], xs[None, None, :])[0] <= 1.0
-    if inside.sum() < 2:
-        return None
-    rows, cols = np.nonzero(inside)
-    box = np.array([xs[cols.min()], ys[rows.min()], xs[cols.max()] + 1, ys[rows.max()] + 1], dtype=np.float64)
-    recist = np.array([cx - a * cos, cy - a * sin, cx + a * cos, cy + a * sin,
-                       cx + b * sin, cy - b * cos, cx - b * sin, cy + b * cos])
-    return box, recist, np.array([2 * a, 2 * b])
-
-
-def _assign_patients(rng: np.random.Generator, num_series: int) -> list[tuple[int, int, int]]:
-    """(patient, study, split) per series: 1-2 studies per patient, whole patients per split.
-
-    About 70 / 15 / 15 % of the patients go to train / val / test; with >= 3 patients (that
-    is, >= 3 series) every split gets at least one.
-    """
+def _assign_synthetic_patients(rng: np.random.Generator, num_series: int) -> list[tuple[int, int, int]]:
+    """(patient, study, split) per series with synthetic patients (1-2 studies each), whole
+    patients per split, about 70 / 15 / 15 %; every split present from 3 series on."""
     num_patients = num_series if num_series <= 3 else max(3, int(math.ceil(num_series / 1.5)))
     owners = list(range(num_patients)) + rng.integers(0, num_patients, num_series - num_patients).tolist()
     order = rng.permutation(num_patients)
@@ -350,239 +309,699 @@ def _assign_patients(rng: np.random.Generator, num_series: int) -> list[tuple[in
     return out
 
 
-def _plan_series(
-    rng: np.random.Generator, volumes: list[Volume], names: list[str], owner: tuple[int, int, int], thick: bool
-) -> tuple[_SeriesPlan, Volume]:
-    """Random background, crop, flip, z-block and patient data of one series."""
-    index = int(rng.integers(len(volumes)))
-    volume = volumes[index]
+def _slice_z_lps(volume: Volume, positions: np.ndarray) -> np.ndarray:
+    """LPS z (mm) of continuous slice positions (index units)."""
+    direction = np.asarray(volume.direction_lps)
+    return volume.origin_lps_mm[2] + direction[2, 2] * volume.slice_interval_mm * np.asarray(positions)
+
+
+def _plan_series(rng: np.random.Generator, background: _Background, owner: tuple[int, int, int], thick: bool,
+                 size_px: int, age: int, gender: str) -> SeriesPlan:
+    """Random field of view, rotation, scale and z block of one series (module doc)."""
+    volume = background.volume
     num_z, height, width = volume.shape_zyx
     interval_mm, row_mm, col_mm = volume.spacing_zyx_mm
-    available = int(math.floor((num_z - 1) * interval_mm / THIN_INTERVAL_MM + 1e-6)) + 1
+    scale = float(rng.uniform(*SCALE_RANGE))
+    length_mm = (num_z - 1) * interval_mm
+    available = int(math.floor(length_mm * scale / THIN_INTERVAL_MM + 1e-6)) + 1
     if thick:
-        num_thin = _THIN_PER_THICK * min(int(rng.integers(7, 13)), available // _THIN_PER_THICK)
+        low, high = THICK_SLICES
+        count = _THIN_PER_THICK * min(int(rng.integers(low, high + 1)), available // _THIN_PER_THICK)
     else:
-        num_thin = min(int(rng.integers(32, 65)), available)
-    z0_mm = float(rng.uniform(0.0, (available - num_thin) * THIN_INTERVAL_MM))
-    side_mm = float(rng.uniform(0.7, 1.0) * min(height * row_mm, width * col_mm))
-    x0 = float(rng.uniform(0.0, width - side_mm / col_mm))
-    y0 = float(rng.uniform(0.0, height - side_mm / row_mm))
-    plan = _SeriesPlan(
-        patient=owner[0], study=owner[1], series=1, split=owner[2], thick=thick, background=names[index],
-        z0_mm=z0_mm, num_thin_slices=num_thin, crop_xy_px=(x0, y0), crop_side_mm=side_mm,
-        flip=bool(rng.random() < 0.5), age=int(rng.integers(20, 86)), gender=str(rng.choice(["F", "M"])),
+        count = min(int(rng.integers(THIN_SLICES[0], THIN_SLICES[1] + 1)), available)
+    span_mm = (count - 1) * THIN_INTERVAL_MM / scale
+    z0_mm = None
+    for _ in range(100):
+        start = float(rng.uniform(0.0, max(0.0, length_mm - span_mm)))
+        z_lps = _slice_z_lps(volume, np.array([start, start + span_mm]) / interval_mm)
+        low_z, high_z = float(z_lps.min()), float(z_lps.max())
+        if all(high_z < a or low_z > b for a, b in background.avoid_z_lps_mm):
+            z0_mm = start
+            break
+    if z0_mm is None:
+        raise CtlesionError(f"no z block of background {background.name} keeps clear of {background.avoid_z_lps_mm}")
+    angle = float(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+    turn = abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))
+    side_mm = float(rng.uniform(*FOV_FRACTION) * min(height * row_mm, width * col_mm) / turn)
+    fov_mm = float(rng.uniform(*FOV_MM))
+    if background.air_bordered and fov_mm > side_mm:
+        # The body lies within the image: widen to a DeepLesion-like field of view, air around.
+        side_mm = fov_mm
+        cx = float(0.5 * width + rng.uniform(-0.05, 0.05) * width)
+        cy = float(0.5 * height + rng.uniform(-0.05, 0.05) * height)
+    else:
+        half_x, half_y = 0.5 * side_mm * turn / col_mm, 0.5 * side_mm * turn / row_mm
+        cx = float(rng.uniform(half_x, max(half_x, width - half_x)))
+        cy = float(rng.uniform(half_y, max(half_y, height - half_y)))
+    return SeriesPlan(
+        patient=owner[0], study=owner[1], series=1, split=owner[2], thick=thick, background=background.name,
+        z0_mm=z0_mm, num_thin_slices=count, crop_centre_xy_px=(cx, cy), crop_side_mm=side_mm, rotation_deg=angle,
+        scale=scale, pixel_mm=side_mm * scale / size_px, age=age, gender=gender,
     )
-    return plan, volume
 
 
-@dataclass(frozen=True)
-class _Lesion:
-    """An inserted lesion, its section scale per written slice and its key slice (0-based)."""
-
-    shape: _Ellipsoid
-    scales: np.ndarray
-    key_index: int
-
-
-def _object_record(obj: _Ellipsoid, contrast_hu: float, sigma_mm: float) -> dict[str, object]:
-    """JSON-ready description of an inserted object (for ``simulation.json``)."""
-    return dict(asdict(obj), kind="tube" if obj.tube else "lesion", contrast_hu=contrast_hu, edge_sigma_mm=sigma_mm)
-
-
-def _insert_objects(
-    rng: np.random.Generator, hu: np.ndarray, plan: _SeriesPlan, num_written: int, pixel_mm: float
-) -> tuple[list[_Lesion], list[dict[str, object]]]:
-    """Place and blend tubes (1-2) then lesions (1-3) into the 1 mm block ``hu`` in place."""
-    size_px = hu.shape[-1]
-    body = _body_mask(hu)
-    soft = body & (hu > SOFT_TISSUE_HU[0]) & (hu < SOFT_TISSUE_HU[1])
-    candidates = np.argwhere(soft[:, ::4, ::4]) * np.array([1, 4, 4]) + np.array([0, 0.5, 0.5])
-    if len(candidates) == 0:
-        raise CtlesionError(f"no soft tissue in the chosen block of background {plan.background}")
-    occupied = np.zeros(hu.shape, dtype=bool)
-    lesions, records = [], []
-    for tube in [True] * int(rng.integers(1, 3)) + [False] * int(rng.integers(1, 4)):
-        obj = _place(rng, candidates, body, soft, occupied, pixel_mm, tube)
-        if obj is None:
-            continue
-        if not tube:
-            scales = _section_scales(obj, plan.thick, num_written)
-            key_index = int(np.argmax(scales))
-            if _annotation(obj, float(scales[key_index]), size_px) is None:
-                continue
-            lesions.append(_Lesion(obj, scales, key_index))
-        sigma_mm = float(rng.uniform(*EDGE_SIGMA_MM))
-        contrast_hu = float(rng.choice([-1.0, 1.0]) * rng.uniform(*CONTRAST_HU))
-        bounds = _object_bounds(obj, sigma_mm / pixel_mm, sigma_mm, hu.shape)
-        _insert(hu, obj, bounds, contrast_hu, sigma_mm / pixel_mm, sigma_mm)
-        occupied[bounds] |= _object_mask(obj, bounds)
-        records.append(_object_record(obj, contrast_hu, sigma_mm))
-    if not lesions:
-        raise CtlesionError(f"could not place a lesion in background {plan.background} (body too small?)")
-    return lesions, records
+def _inplane_matrix(volume: Volume, plan: SeriesPlan, size_px: int) -> np.ndarray:
+    """2x3 inverse map (cv2 WARP_INVERSE_MAP): output pixel index -> background pixel index."""
+    _, row_mm, col_mm = volume.spacing_zyx_mm
+    step = plan.crop_side_mm / size_px
+    theta = math.radians(plan.rotation_deg)
+    cos, sin = math.cos(theta), math.sin(theta)
+    kx, ky = step / col_mm, step / row_mm
+    offset = 0.5 - size_px / 2.0
+    cx, cy = plan.crop_centre_xy_px[0] - 0.5, plan.crop_centre_xy_px[1] - 0.5
+    return np.array([[kx * cos, -kx * sin, cx + kx * (cos - sin) * offset],
+                     [ky * sin, ky * cos, cy + ky * (sin + cos) * offset]], dtype=np.float64)
 
 
-def _key_slice_annotations(lesions: list[_Lesion], size_px: int) -> list[tuple[int, _Lesion, tuple]]:
-    """(key index, lesion, (box, recist, diameters)) for every lesion shown on every key slice.
+def _block_positions(volume: Volume, plan: SeriesPlan) -> np.ndarray:
+    """Background slice positions (index units) of the series' 1 mm slices."""
+    return (plan.z0_mm + np.arange(plan.num_thin_slices) * THIN_INTERVAL_MM / plan.scale) / volume.slice_interval_mm
 
-    A key slice is annotated completely: besides the lesion whose largest section it holds,
-    every other lesion whose section there is at least half its largest one gets a row too.
-    """
-    out = []
-    for key_index in sorted({lesion.key_index for lesion in lesions}):
-        for lesion in lesions:
-            scale = float(lesion.scales[key_index])
-            if lesion.key_index != key_index and scale < _ANNOTATE_SCALE * float(lesion.scales.max()):
-                continue
-            annotation = _annotation(lesion.shape, scale, size_px)
-            if annotation is not None:
-                out.append((key_index, lesion, annotation))
+
+def _background_block(background: _Background, plan: SeriesPlan, size_px: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HU (N, S, S) float32, tissue codes (N, S, S) uint8 and body region (N,) of the series."""
+    volume = background.volume
+    matrix = _inplane_matrix(volume, plan, size_px)
+    positions = _block_positions(volume, plan)
+    border = cv2.BORDER_CONSTANT if background.air_bordered else cv2.BORDER_REPLICATE
+
+    def resample(index: int) -> np.ndarray:
+        return cv2.warpAffine(np.asarray(volume.hu[index], dtype=np.float32), matrix, (size_px, size_px),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border,
+                              borderValue=AIR_HU)
+
+    hu = apply_plan(plan_slices(positions, volume.shape_zyx[0]), resample)
+    tissue = background.tissue
+    nearest = np.clip(np.rint(positions), 0, volume.shape_zyx[0] - 1).astype(int)
+    codes = np.stack([cv2.warpAffine(tissue.codes[k], matrix, (size_px, size_px),
+                                     flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                     borderValue=0) for k in nearest.tolist()])
+    return hu, codes, tissue.region_z[nearest]
+
+
+# ---------------------------------------------------------------------------- placement
+
+
+@dataclass
+class _SeriesState:
+    """Per-series arrays shared by the lesions of a series."""
+
+    hu: np.ndarray
+    codes: np.ndarray
+    regions: dict[int, np.ndarray]
+    compartments: dict[int, np.ndarray]
+    pixel_mm: float
+    blur_xy_px: float
+    blur_z: float
+    occupied: np.ndarray
+    thick: bool
+    num_written: int
+    _distances: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    _areas: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def distance(self, coarse_type: int, z: int) -> np.ndarray:
+        """In-plane distance (px) to the outside of a type's compartment on slice z."""
+        key = (coarse_type, z)
+        if key not in self._distances:
+            region = np.pad(self.compartments[coarse_type][z].astype(np.uint8), 1)
+            self._distances[key] = cv2.distanceTransform(region, cv2.DIST_L2, 5)[1:-1, 1:-1]
+        return self._distances[key]
+
+    def area(self, coarse_type: int) -> np.ndarray:
+        """Compartment area (px) per slice, zero where the slice holds none of the region."""
+        if coarse_type not in self._areas:
+            holds = self.regions[coarse_type].any(axis=(1, 2))
+            self._areas[coarse_type] = self.compartments[coarse_type].sum(axis=(1, 2)) * holds
+        return self._areas[coarse_type]
+
+
+def _resolution_blur(array: np.ndarray, state: _SeriesState) -> np.ndarray:
+    """Blur a box array to the background's resolution (module doc, step 4)."""
+    out = array.astype(np.float32, copy=False)
+    if state.blur_xy_px > 0.3:
+        out = np.stack([cv2.GaussianBlur(s, (0, 0), state.blur_xy_px, borderType=cv2.BORDER_REPLICATE) for s in out])
+    if state.blur_z > 0.3:
+        out = gaussian_blur_z(out, state.blur_z)
     return out
 
 
-def _lesion_row(
-    key_index: int, lesion: _Lesion, annotation: tuple, plan: _SeriesPlan, series_name: str, num_written: int,
-    pixel_mm: float, size_px: int, background_extent_mm: float,
-) -> dict[str, object]:
-    """The 18-column DL_info row of one simulated lesion on one key slice."""
-    box, recist, diameters = annotation
+def _try_position(rng: np.random.Generator, state: _SeriesState, coarse_type: int, shape: LesionShape,
+                  margin_mm: float):
+    """A centre, box and signed distance field for the shape inside its region, or None."""
+    region = state.compartments[coarse_type]
+    centres = state.regions[coarse_type]
+    num_z = region.shape[0]
+    a, b, c = shape.semi_axes_mm
+    reach_z = shape.max_extent_mm() * c / max(a, b, c) + _FOOTPRINT_MM + 1
+    need_px = 0.8 * b / state.pixel_mm
+    areas = state.area(coarse_type)
+    z_ok = np.nonzero(areas >= math.pi * need_px**2)[0]
+    z_ok = z_ok[(z_ok >= reach_z) & (z_ok <= num_z - 1 - reach_z)]
+    if len(z_ok) == 0:
+        return None
+    surface = shape.surface_points_mm(_FOOTPRINT_MM)
+    inner = shape.surface_points_mm(0.0, count=100)
+    interior = np.concatenate([np.zeros((1, 3)), 0.35 * inner, 0.7 * inner, 0.95 * inner])
+    for _ in range(_POSITION_TRIES):
+        z = int(z_ok[rng.integers(len(z_ok))])
+        dist = state.distance(coarse_type, z)
+        ys, xs = np.nonzero((dist >= need_px) & centres[z])
+        if len(ys) == 0:
+            continue
+        pick = int(rng.integers(len(ys)))
+        centre = (z + float(rng.uniform(-0.5, 0.5)), ys[pick] + float(rng.uniform(0, 1)),
+                  xs[pick] + float(rng.uniform(0, 1)))
+        if not _samples_fit(state, coarse_type, centre, surface, interior):
+            continue
+        box = lesion_box(centre, shape, margin_mm, state.pixel_mm, region.shape)
+        signed, _ = shape.fields(_box_offsets(box, centre, state.pixel_mm))
+        footprint = signed <= _FOOTPRINT_MM
+        if _touches_edge(footprint, box, region.shape):
+            continue  # the lesion would be cut by the block's edge
+        if not region[box][footprint].all() or state.occupied[box][footprint].any():
+            continue
+        inside = signed <= 0
+        if inside.sum() < _MIN_KEY_AREA_PX:
+            continue  # smaller than a few voxels on this grid
+        if coarse_type in NODE_TYPES:
+            fat = (state.codes[box] & 0x0F) == anatomy.FAT
+            if fat[inside].mean() < NODE_FAT_FRACTION:
+                continue
+        return centre, box, signed
+    return None
+
+
+def _sample_index(state: _SeriesState, centre: tuple[float, float, float], points_mm: np.ndarray) -> np.ndarray | None:
+    index = np.floor(np.array(centre) + points_mm / np.array([THIN_INTERVAL_MM, state.pixel_mm, state.pixel_mm])
+                     ).astype(int)
+    if (index < 0).any() or (index >= np.array(state.occupied.shape)).any():
+        return None
+    return index
+
+
+def _samples_fit(state: _SeriesState, coarse_type: int, centre: tuple[float, float, float], surface_mm: np.ndarray,
+                 interior_mm: np.ndarray) -> bool:
+    """Cheap first check of a placement on sample points: the pushed-out surface and interior
+    points in the compartment and unoccupied, enough fat inside for nodes."""
+    region = state.compartments[coarse_type]
+    for points in (surface_mm, interior_mm):
+        index = _sample_index(state, centre, points)
+        if index is None:
+            return False
+        z, y, x = index.T
+        if not region[z, y, x].all() or state.occupied[z, y, x].any():
+            return False
+    if coarse_type in NODE_TYPES:
+        fat = (state.codes[z, y, x] & 0x0F) == anatomy.FAT
+        return bool(fat.mean() >= NODE_FAT_FRACTION)
+    return True
+
+
+def _touches_edge(footprint: np.ndarray, box: tuple[slice, slice, slice], shape: tuple[int, ...]) -> bool:
+    """Whether a footprint on a box reaches the first or last index of the block along an axis."""
+    for axis, (s, n) in enumerate(zip(box, shape)):
+        if (s.start == 0 and np.take(footprint, 0, axis=axis).any()) or (
+                s.stop == n and np.take(footprint, -1, axis=axis).any()):
+            return True
+    return False
+
+
+def _box_offsets(box, centre, pixel_mm):
+    zs, ys, xs = box
+    cz, cy, cx = centre
+    dz = (np.arange(zs.start, zs.stop, dtype=np.float64) - cz)[:, None, None] * THIN_INTERVAL_MM
+    dy = (np.arange(ys.start, ys.stop, dtype=np.float64) + 0.5 - cy)[None, :, None] * pixel_mm
+    dx = (np.arange(xs.start, xs.stop, dtype=np.float64) + 0.5 - cx)[None, None, :] * pixel_mm
+    return dz, dy, dx
+
+
+def _scanner_noise(rng: np.random.Generator, state: _SeriesState, box: tuple[slice, slice, slice],
+                   centre_z: int) -> np.ndarray:
+    """The scan's own noise for a box: the high-pass residual of a homogeneous soft-tissue patch
+    of the same slices (module doc, step 4), or synthetic noise of its standard deviation."""
+    zs, ys, xs = box
+    height, width = ys.stop - ys.start, xs.stop - xs.start
+    tissue = state.codes[centre_z] & 0x0F
+    soft = np.isin(tissue, _NOISE_TISSUES).astype(np.uint8)
+    dist = cv2.distanceTransform(np.pad(soft, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    need = 0.5 * math.hypot(height, width) + 2
+    size = state.hu.shape[1]
+    cy, cx = np.nonzero(dist >= need)
+    ok = (cy - height // 2 >= 0) & (cy - height // 2 + height <= size) & (cx - width // 2 >= 0) & (
+        cx - width // 2 + width <= size)
+    cy, cx = cy[ok], cx[ok]
+    if len(cy):
+        pick = int(rng.integers(len(cy)))
+        y0, x0 = int(cy[pick]) - height // 2, int(cx[pick]) - width // 2
+        patch = state.hu[zs, y0:y0 + height, x0:x0 + width]
+        return patch - _smooth_inplane(patch)
+    # Fallback: the residual's robust spread in the series' soft tissue, as correlated noise.
+    residual = state.hu[centre_z] - cv2.GaussianBlur(state.hu[centre_z], (0, 0), _HIGH_PASS_SIGMA_PX)
+    values = residual[soft > 0] if soft.any() else residual.ravel()
+    sd = 1.4826 * float(np.median(np.abs(values - np.median(values)))) if values.size else 10.0
+    noise = correlated_noise(rng, (zs.stop - zs.start, height, width), (0.5, 0.7, 0.7))
+    return (noise * sd).astype(np.float32)
+
+
+def _smooth_inplane(block: np.ndarray) -> np.ndarray:
+    return np.stack([cv2.GaussianBlur(s, (0, 0), _HIGH_PASS_SIGMA_PX, borderType=cv2.BORDER_REPLICATE)
+                     for s in block])
+
+
+def _insert_lesion(rng: np.random.Generator, state: _SeriesState, coarse_type: int) -> _Lesion | None:
+    """Draw, place, render and blend one lesion of a type into the series; None if none fits."""
+    kind = draw_kind(rng, coarse_type)
+    # Box margin: the widest edge's logistic tail (3 x 2.2 mm) and the resolution blur's (3 sigma).
+    margin_mm = 6.6 + 3.0 * max(state.blur_xy_px * state.pixel_mm, state.blur_z * THIN_INTERVAL_MM)
+    for attempt in range(_SIZE_TRIES):
+        drawn_mm = draw_long_diameter_mm(rng, coarse_type)
+        if attempt == _SIZE_TRIES - 1:
+            drawn_mm = max(LONG_DIAMETER_RANGE_MM[0], _LAST_SIZE_FACTOR * drawn_mm)
+        shape = draw_shape(rng, kind, drawn_mm)
+        found = _try_position(rng, state, coarse_type, shape, margin_mm)
+        if found is not None:
+            break
+    else:
+        return None
+    centre, box, signed = found
+    inside = signed <= 0
+    host = state.compartments[coarse_type][box] & inside
+    host_hu = float(np.median(state.hu[box][host])) if host.any() else float(np.median(state.hu[box][inside]))
+    appearance = draw_appearance(rng, kind, host_hu, drawn_mm)
+    rendered: RenderedLesion = render_lesion(rng, shape, appearance, centre, box, state.pixel_mm, THIN_INTERVAL_MM)
+    occupancy = _resolution_blur(rendered.occupancy, state)
+    lesion = _Lesion(coarse_type, kind, drawn_mm, centre, shape, appearance, box, occupancy)
+    size = state.hu.shape[1]
+    lesion.areas = np.array([lesion.mask(j, state.thick, size).sum() for j in range(state.num_written)])
+    lesion.key_index = int(np.argmax(lesion.areas))
+    if lesion.areas[lesion.key_index] < max(_MIN_KEY_AREA_PX, _MIN_KEY_AREA_MM2 / state.pixel_mm**2):
+        return None  # too small to annotate on its key slice (partial volume of a thick slice)
+    block = state.hu[box]
+    smooth = _smooth_inplane(block)
+    noise = _scanner_noise(rng, state, box, int(round(centre[0])))
+    replace = rendered.replace
+    delta = _resolution_blur(replace * (rendered.level - smooth), state)
+    delta += _resolution_blur(replace, state) * (noise - (block - smooth))
+    if rendered.added is not None:
+        delta += _resolution_blur(rendered.added, state)
+    state.hu[box] = block + delta
+    state.occupied[box] |= signed <= _CLEARANCE_MM
+    return lesion
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def _key_slice_rows(lesions: list[_Lesion], thick: bool, size: int
+                    ) -> list[tuple[int, list[tuple[_Lesion, np.ndarray]]]]:
+    """(key index, [(lesion, mask)...]) per key slice, rows complete (module doc)."""
+    out = []
+    for key_index in sorted({lesion.key_index for lesion in lesions}):
+        shown = []
+        for lesion in lesions:
+            largest = float(lesion.areas.max())
+            here = float(lesion.areas[key_index])
+            if lesion.key_index != key_index and (here < _MIN_KEY_AREA_PX
+                                                  or math.sqrt(here / largest) < _ANNOTATE_SCALE):
+                continue
+            shown.append((lesion, lesion.mask(key_index, thick, size)))
+        out.append((key_index, shown))
+    return out
+
+
+def _row(key_index: int, lesion: _Lesion, mask: np.ndarray, plan: SeriesPlan, extent_mm: float,
+         background: _Background) -> dict[str, object]:
+    """The 18-column DL_info row of one lesion on one key slice, measured on its mask."""
+    size = mask.shape[0]
+    rows, cols = np.nonzero(mask)
+    box = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
+    axes = recist_axes(mask, (plan.pixel_mm, plan.pixel_mm))
+    (l0, l1), (s0, s1) = axes.long_px, axes.short_px
     interval = THICK_INTERVAL_MM if plan.thick else THIN_INTERVAL_MM
-    # Centre of the key slice's thin slices, mm from the background's first slice.
-    key_z_mm = plan.z0_mm + (key_index + 0.5) * interval - 0.5 * THIN_INTERVAL_MM
+    per = _THIN_PER_THICK if plan.thick else 1
+    thin_centre = key_index * per + 0.5 * (per - 1)
+    key_z_mm = plan.z0_mm + thin_centre * THIN_INTERVAL_MM / plan.scale
     return {
-        "File_name": f"{series_name}_{key_index + 1:03d}.png",
+        "File_name": f"{plan.name}_{key_index + 1:03d}.png",
         "Patient_index": plan.patient,
         "Study_index": plan.study,
         "Series_ID": plan.series,
         "Key_slice_index": key_index + 1,
-        "Measurement_coordinates": recist,
+        "Measurement_coordinates": [*l0, *l1, *s0, *s1],
         "Bounding_boxes": box,
-        "Lesion_diameters_Pixel_": diameters,
-        "Normalized_lesion_location": [lesion.shape.centre_xyz[0] / size_px, lesion.shape.centre_xyz[1] / size_px,
-                                       key_z_mm / background_extent_mm],
-        "Coarse_lesion_type": LESION_TYPE_SOFT_TISSUE,
+        "Lesion_diameters_Pixel_": [axes.long_mm / plan.pixel_mm, axes.short_mm / plan.pixel_mm],
+        "Normalized_lesion_location": [float(cols.mean() + 0.5) / size, float(rows.mean() + 0.5) / size,
+                                       key_z_mm / extent_mm if extent_mm > 0 else 0.5],
+        "Coarse_lesion_type": lesion.coarse_type,
         "Possibly_noisy": 0,
-        "Slice_range": [1, num_written],
-        "Spacing_mm_px_": [pixel_mm, pixel_mm, interval],
-        "Image_size": [size_px, size_px],
-        "DICOM_windows": [-175, 275],
+        "Slice_range": [1, plan.num_written],
+        "Spacing_mm_px_": [plan.pixel_mm, plan.pixel_mm, interval],
+        "Image_size": [size, size],
+        "DICOM_windows": list(DICOM_WINDOWS[lesion.coarse_type]),
         "Patient_gender": plan.gender,
         "Patient_age": plan.age,
         "Train_Val_Test": plan.split,
     }
 
 
-def _simulate_series(
-    rng: np.random.Generator, plan: _SeriesPlan, volume: Volume, images_dir: Path, size_px: int
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Build, write and annotate one series; returns its DL_info rows and object records."""
-    pixel_mm = plan.crop_side_mm / size_px
-    num_written = plan.num_thin_slices // (_THIN_PER_THICK if plan.thick else 1)
-    hu = _background_block(volume, plan, size_px)
-    lesions, records = _insert_objects(rng, hu, plan, num_written, pixel_mm)
-    if plan.thick:
-        hu = hu.reshape(num_written, _THIN_PER_THICK, size_px, size_px).mean(axis=1)
-    series_dir = images_dir / f"{plan.patient:06d}_{plan.study:02d}_{plan.series:02d}"
-    for k in range(num_written):
-        write_png_hu(series_dir / f"{k + 1:03d}.png", hu[k])
-    extent_mm = (volume.shape_zyx[0] - 1) * volume.slice_interval_mm
-    rows = [
-        _lesion_row(key_index, lesion, annotation, plan, series_dir.name, num_written, pixel_mm, size_px, extent_mm)
-        for key_index, lesion, annotation in _key_slice_annotations(lesions, size_px)
-    ]
-    return rows, records
+def _write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """A compressed .npz with fixed timestamps (same arrays, same bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
 
 
-def simulate_from_volumes(
-    out_dir: Path,
-    volumes: list[Volume],
-    *,
-    num_series: int,
-    image_size_px: int = 512,
-    seed: int = 0,
-    overwrite: bool = False,
-) -> Path:
-    """Write a simulated DeepLesion-style dataset from background volumes (see module doc).
+def read_key_slice_masks(root: Path, file_name: str) -> np.ndarray:
+    """The true masks of a simulated key slice (module doc, "Mask files").
 
     Args:
-        out_dir: output folder; ``DL_info.csv``, ``simulation.json`` and ``Images_png/`` are
-            written.
-        volumes: real CT backgrounds (HU), each at least 5 mm long along z.
-        num_series: number of series (each with 1-3 lesions).
-        image_size_px: side of the square output slices, pixels (>= 64).
-        seed: random seed; the same seed and inputs give the same bytes.
-        overwrite: replace an existing ``Images_png/`` in ``out_dir`` (stale slices left in
-            it would otherwise become neighbours of the new ones).
+        root: the dataset folder (holding ``DL_info.csv`` and ``masks/``).
+        file_name: the key slice's DL_info ``File_name`` (``<series>_<slice:03d>.png``).
 
     Returns:
-        Path of the written ``DL_info.csv``.
+        (N, Y, X) bool, one mask per DL_info row of that key slice, in CSV order.
 
     Raises:
-        CtlesionError: for no or too-short backgrounds, a non-positive ``num_series``, or an
-            existing ``Images_png/`` without ``overwrite``.
+        CtlesionError: if the mask file is missing or unreadable.
     """
-    out_dir = Path(out_dir)
+    series, _, number = file_name.rpartition("_")
+    path = Path(root) / MASKS_DIR / series / f"{number[:-4]}.npz" if number.endswith(".png") else None
+    if path is None or not path.is_file():
+        raise CtlesionError("true key-slice mask file not found", path or file_name)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return archive["masks"].astype(bool)
+    except (OSError, KeyError, ValueError) as exc:
+        raise CtlesionError(f"cannot read true key-slice masks: {exc}", path) from exc
+
+
+# ------------------------------------------------------------------------------ one series
+
+
+def _simulate_series(rng: np.random.Generator, plan: SeriesPlan, background: _Background, out_dir: Path,
+                     size_px: int, type_weights: dict[int, float] | None = None
+                     ) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """Build, write and annotate one series; returns its DL_info rows and its record."""
+    volume = background.volume
+    hu, codes, region_z = _background_block(background, plan, size_px)
+    regions = lesion_regions(codes, region_z)
+    compartments = lesion_compartments(codes)
+    interval_mm, row_mm, col_mm = volume.spacing_zyx_mm
+    source_px = math.sqrt(row_mm * col_mm) / (plan.crop_side_mm / size_px)  # background pixel in output px
+    state = _SeriesState(
+        hu=hu, codes=codes, regions=regions, compartments=compartments, pixel_mm=plan.pixel_mm,
+        blur_xy_px=_FWHM_TO_SIGMA * math.sqrt(max(0.0, source_px**2 - 1.0)),
+        blur_z=_FWHM_TO_SIGMA * math.sqrt(max(0.0, (interval_mm * plan.scale / THIN_INTERVAL_MM) ** 2 - 1.0)),
+        occupied=np.zeros(hu.shape, dtype=bool), thick=plan.thick, num_written=plan.num_written,
+    )
+    min_voxels = 50
+    available = [t for t in background.lesion_types if regions[t].sum() >= min_voxels]
+    lesions: list[_Lesion] = []
+    wanted = int(rng.integers(LESIONS_PER_SERIES[0], LESIONS_PER_SERIES[1] + 1))
+    attempts = 0
+    while len(lesions) < wanted and available and attempts < 3 * wanted:
+        attempts += 1
+        # Diversity: a type already placed in this series is drawn half as often per lesion.
+        base = type_weights or dict(TYPE_COUNTS)
+        weights = {t: base[t] * 0.5 ** sum(lesion.coarse_type == t for lesion in lesions) for t in available}
+        coarse_type = draw_type(rng, available, weights)
+        lesion = _insert_lesion(rng, state, coarse_type)
+        if lesion is None:
+            # Nothing of this type fits this block: one lesion fewer (not one of another type,
+            # which would favour the types that fit everywhere, such as lung nodules).
+            available.remove(coarse_type)
+            wanted = max(1, wanted - 1)
+            continue
+        lesions.append(lesion)
+    if not lesions:
+        raise _NothingFits
+    if plan.thick:
+        hu = hu.reshape(plan.num_written, _THIN_PER_THICK, size_px, size_px).mean(axis=1)
+    series_dir = out_dir / "Images_png" / plan.name
+    for k in range(plan.num_written):
+        write_png_hu(series_dir / f"{k + 1:03d}.png", hu[k])
+    extent_mm = (volume.shape_zyx[0] - 1) * volume.slice_interval_mm
+    rows = []
+    for key_index, shown in _key_slice_rows(lesions, plan.thick, size_px):
+        for lesion, mask in shown:
+            rows.append(_row(key_index, lesion, mask, plan, extent_mm, background))
+        _write_npz(out_dir / MASKS_DIR / plan.name / f"{key_index + 1:03d}.npz",
+                   masks=np.stack([mask for _, mask in shown]))
+    record = dict(asdict(plan), lesions=[lesion.record() for lesion in lesions],
+                  lesion_types_available=sorted(t for t in background.lesion_types if regions[t].sum() >= min_voxels))
+    return rows, record
+
+
+# ------------------------------------------------------------------------------- datasets
+
+
+def _prepare_out(out_dir: Path, overwrite: bool) -> None:
     images_dir = out_dir / "Images_png"
     if images_dir.exists() and any(images_dir.iterdir()):
         if not overwrite:
             raise CtlesionError("already holds an Images_png folder; use an empty folder or overwrite", out_dir)
         shutil.rmtree(images_dir)
-    if not volumes:
-        raise CtlesionError("no background CT volumes given for the simulation", out_dir)
+    if (out_dir / MASKS_DIR).exists():
+        if not overwrite:
+            raise CtlesionError(f"already holds a {MASKS_DIR} folder; use an empty folder or overwrite", out_dir)
+        shutil.rmtree(out_dir / MASKS_DIR)
+
+
+def _offered_types(background: _Background) -> set[int]:
+    """Lesion types whose region the background holds (on every 4th slice: a quick look)."""
+    tissue = background.tissue
+    regions = lesion_regions(tissue.codes[::4], tissue.region_z[::4])
+    return {t for t in background.lesion_types if regions[t].sum() >= 50}
+
+
+def _type_weights(offered_per_series: Sequence[set[int]]) -> dict[int, float]:
+    """Type weights that bring the dataset's type mix towards DeepLesion's: each type's test-split
+    count divided by the fraction of the series whose background offers it (a type that only a
+    few backgrounds offer, such as liver or kidney, is drawn more often where it is offered)."""
+    total = max(1, len(offered_per_series))
+    weights = {}
+    for coarse_type, count in TYPE_COUNTS.items():
+        share = sum(coarse_type in offered for offered in offered_per_series) / total
+        if share > 0:
+            weights[coarse_type] = count / share
+    return weights
+
+
+def _simulate(out_dir: Path, loaders: Sequence, names: Sequence[str], patients: Sequence[str],
+              fixed_splits: Mapping[str, int] | None, descriptions: list[dict[str, object]], *, num_series: int,
+              image_size_px: int, seed: int, overwrite: bool) -> Path:
+    """Plan every series, then build them background by background (one volume in memory)."""
+    out_dir = Path(out_dir)
     if num_series < 1 or image_size_px < 64:
         raise CtlesionError(f"need num_series >= 1 and image_size_px >= 64, got {num_series}, {image_size_px}")
-    for volume in volumes:
-        if (volume.shape_zyx[0] - 1) * volume.slice_interval_mm < _THIN_PER_THICK * THIN_INTERVAL_MM:
-            raise CtlesionError("background CT is too short along z for the simulation (< 5 mm)", volume.source)
-    names = [Path(v.source).name or f"background_{i}" for i, v in enumerate(volumes)]
+    if not loaders:
+        raise CtlesionError("no background CT volumes given for the simulation", out_dir)
+    _prepare_out(out_dir, overwrite)
     master = np.random.default_rng(seed)
-    owners = _assign_patients(master, num_series)
-    thick_flags = master.permutation(np.arange(num_series) % 2 == 1).tolist()
+    groups = [fixed_splits[p] for p in patients] if fixed_splits is not None else None
+    assignment = round_robin(num_series, len(loaders), master, groups)
+    patient_order = list(dict.fromkeys(patients))
+    if fixed_splits is not None:
+        studies: dict[str, int] = {}
+        owners = []
+        for index, _ in assignment:
+            key = patients[index]
+            studies[key] = studies.get(key, 0) + 1
+            owners.append((patient_order.index(key) + 1, studies[key], fixed_splits[key]))
+    else:
+        logger.warning("fewer than 3 patients among the backgrounds: synthetic patients are split instead, "
+                       "so train, val and test share the backgrounds' anatomy")
+        owners = _assign_synthetic_patients(master, num_series)
+    demography = {}
+    for patient in sorted({o[0] for o in owners}):
+        person = np.random.default_rng([seed, patient])
+        demography[patient] = (int(person.integers(20, 86)), str(person.choice(["F", "M"])))
     series_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(num_series)]
-    rows, plans = [], []
-    for i in range(num_series):
-        plan, volume = _plan_series(series_rngs[i], volumes, names, owners[i], bool(thick_flags[i]))
-        series_rows, records = _simulate_series(series_rngs[i], plan, volume, images_dir, image_size_px)
-        rows.extend(series_rows)
-        plans.append(dict(asdict(plan), objects=records))
-        logger.debug("simulated series %d/%d (%s)", i + 1, num_series, plan.background)
+    # Pass 1: the tissue map of every background used, and the lesion types it offers.
+    tissue_maps: dict[int, TissueMap] = {}
+    offers: dict[int, set[int]] = {}
+    for index in sorted({b for b, _ in assignment}):
+        background = loaders[index]()
+        tissue_maps[index] = background.tissue
+        offers[index] = _offered_types(background)
+        del background
+    type_weights = _type_weights([offers[b] for b, _ in assignment])
+    # Pass 2: the series, background by background (one volume in memory).
+    rows_of: dict[int, list[dict[str, object]]] = {}
+    records: dict[int, dict[str, object]] = {}
+    for index in range(len(loaders)):
+        mine = [i for i, (b, _) in enumerate(assignment) if b == index]
+        if not mine:
+            continue
+        background = loaders[index]()
+        background._tissue = tissue_maps.pop(index)
+        for i in mine:
+            for attempt in range(_SERIES_TRIES):
+                plan = _plan_series(series_rngs[i], background, owners[i], assignment[i][1], image_size_px,
+                                    *demography[owners[i][0]])
+                try:
+                    rows_of[i], records[i] = _simulate_series(series_rngs[i], plan, background, out_dir,
+                                                              image_size_px, type_weights)
+                    break
+                except _NothingFits:
+                    if attempt == _SERIES_TRIES - 1:
+                        raise CtlesionError(f"could not place a lesion in background {background.name} in "
+                                            f"{_SERIES_TRIES} fields of view (image too small?)") from None
+            logger.debug("simulated series %d/%d (%s, %d lesions)", i + 1, num_series, plan.background,
+                         len(records[i]["lesions"]))
+        del background
+    rows = [row for i in range(num_series) for row in rows_of[i]]
     csv_path = out_dir / "DL_info.csv"
     write_dl_info(csv_path, rows)
     manifest = {"seed": seed, "num_series": num_series, "image_size_px": image_size_px,
-                "backgrounds": names, "series": plans}
+                "backgrounds": descriptions,
+                "type_weights": {str(t): round(w, 3) for t, w in type_weights.items()},
+                "split_by": "patient" if fixed_splits is not None else "synthetic patient",
+                "series": [records[i] for i in range(num_series)]}
     (out_dir / "simulation.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     logger.info("simulated %d series with %d lesion annotations in %s", num_series, len(rows), out_dir)
     return csv_path
 
 
-def simulate_dataset(
+def _check_volume(volume: Volume) -> None:
+    if (volume.shape_zyx[0] - 1) * volume.slice_interval_mm < _THIN_PER_THICK * THIN_INTERVAL_MM:
+        raise CtlesionError("background CT is too short along z for the simulation (< 5 mm)", volume.source)
+
+
+def simulate_from_volumes(
     out_dir: Path,
+    volumes: Sequence[Volume],
     *,
-    backgrounds: list[Path],
     num_series: int,
     image_size_px: int = 512,
     seed: int = 0,
     overwrite: bool = False,
+    organ_labels: Sequence[np.ndarray | None] | None = None,
+    patients: Sequence[str] | None = None,
+    splits: Sequence[int | None] | None = None,
+    lesion_types: Sequence[Sequence[int]] | None = None,
 ) -> Path:
-    """Read real CT backgrounds and write a simulated DeepLesion-style dataset (module doc).
+    """Write a simulated DeepLesion-style dataset from background volumes in memory (module doc).
 
     Args:
-        out_dir: output folder (``DL_info.csv``, ``simulation.json``, ``Images_png/``).
-        backgrounds: DICOM series folders or NIfTI files of real CT (read with
-            :func:`ctlesion.io.read_volume`); :data:`SAMPLE_BACKGROUND` is the repository's own.
-        num_series: number of series to write.
-        image_size_px: side of the square output slices, pixels.
-        seed: random seed (deterministic output).
-        overwrite: replace an existing ``Images_png/`` in ``out_dir``.
+        out_dir: output folder; ``DL_info.csv``, ``simulation.json``, ``Images_png/`` and
+            ``masks/`` are written.
+        volumes: real CT backgrounds (HU, LPS geometry), each at least 5 mm long along z.
+        num_series: number of series (each with 1-4 lesions).
+        image_size_px: side of the square output slices, pixels (>= 64).
+        seed: random seed; the same seed and inputs give the same bytes.
+        overwrite: replace an existing ``Images_png/`` and ``masks/`` in ``out_dir``.
+        organ_labels: per volume, TotalSegmentator v2 labels on its grid
+            (:func:`ctlesion.data.anatomy.align_labels`) or None.
+        patients: per volume, its patient key (default: one patient per volume).
+        splits: per volume, a fixed split (1/2/3) or None (seeded assignment).
+        lesion_types: per volume, the coarse lesion types it may receive (default all 8).
 
     Returns:
         Path of the written ``DL_info.csv``.
 
     Raises:
-        CtlesionError: if a background cannot be read or is unsuitable, or ``out_dir`` already
-            holds ``Images_png/`` without ``overwrite``.
+        CtlesionError: for no or too-short backgrounds, a non-positive ``num_series``, an
+            existing dataset without ``overwrite``, or a series in which no lesion fits.
     """
-    volumes = [read_volume(Path(p)) for p in backgrounds]
-    return simulate_from_volumes(
-        out_dir, volumes, num_series=num_series, image_size_px=image_size_px, seed=seed, overwrite=overwrite
-    )
+    volumes = list(volumes)
+    for volume in volumes:
+        _check_volume(volume)
+    names = [BackgroundSource(Path(Path(v.source).name or f"background_{i}")).name for i, v in enumerate(volumes)]
+    unique = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
+    sources = [BackgroundSource(Path(names[i]), patient=(patients[i] if patients else unique[i]),
+                                split=(splits[i] if splits else None),
+                                lesion_types=tuple(lesion_types[i]) if lesion_types else ALL_TYPES)
+               for i in range(len(volumes))]
+    split_of = assign_splits(sources, seed) if volumes else None
+    loaders = [
+        (lambda i=i: _Background(names[i], volumes[i], organ_labels[i] if organ_labels else None,
+                                 sources[i].lesion_types)) for i in range(len(volumes))
+    ]
+    return _simulate(out_dir, loaders, names, [s.patient_key for s in sources], split_of,
+                     describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
+                     overwrite=overwrite)
+
+
+def _load(source: BackgroundSource) -> _Background:
+    volume = read_volume(Path(source.ct))
+    _check_volume(volume)
+    labels = None
+    if source.masks is not None:
+        labels = align_labels(read_volume(Path(source.masks)), volume)
+        if (labels == anatomy.UNKNOWN_LABEL).all():
+            raise CtlesionError(f"organ masks do not overlap background {source.ct}", source.masks)
+    return _Background(source.name, volume, labels, source.lesion_types, source.avoid_z_lps_mm)
+
+
+def resolve_backgrounds(backgrounds: Sequence[Path | BackgroundSource] | None = None,
+                        folders: Sequence[Path] = (), organ_masks: Mapping[Path, Path] | None = None
+                        ) -> list[BackgroundSource]:
+    """The background set of a simulation: explicit backgrounds (paths get their conventional
+    masks), every background of ``folders``, explicit mask pairs; the default set
+    (:func:`ctlesion.data.backgrounds.default_backgrounds`) when neither paths nor folders are
+    given.
+
+    Raises:
+        CtlesionError: for a folder without backgrounds or masks paired with an unknown background.
+    """
+    sources: list[BackgroundSource] = []
+    for item in backgrounds or []:
+        sources.extend([item] if isinstance(item, BackgroundSource) else with_conventional_masks([Path(item)]))
+    for folder in folders:
+        sources.extend(backgrounds_in_folder(Path(folder)))
+    if not sources:
+        sources = default_backgrounds()
+    return with_masks(sources, organ_masks or {})
+
+
+def simulate_dataset(
+    out_dir: Path,
+    *,
+    backgrounds: Sequence[Path | BackgroundSource] | None = None,
+    num_series: int,
+    image_size_px: int = 512,
+    seed: int = 0,
+    overwrite: bool = False,
+    background_dirs: Sequence[Path] = (),
+    organ_masks: Mapping[Path, Path] | None = None,
+) -> Path:
+    """Read real CT backgrounds and write a simulated DeepLesion-style dataset (module doc).
+
+    Backgrounds are read one at a time, when their series are built.
+
+    Args:
+        out_dir: output folder (``DL_info.csv``, ``simulation.json``, ``Images_png/``, ``masks/``).
+        backgrounds: DICOM series folders or NIfTI files of real CT (read with
+            :func:`ctlesion.io.read_volume`), or :class:`BackgroundSource` entries; with neither
+            these nor ``background_dirs``, the default set (module doc).
+        num_series: number of series to write.
+        image_size_px: side of the square output slices, pixels.
+        seed: random seed (deterministic output).
+        overwrite: replace an existing dataset in ``out_dir``.
+        background_dirs: folders whose every CT is a background (masks by the ``NAME.seg.nii.gz``
+            convention).
+        organ_masks: {background path: TotalSegmentator label map} pairs.
+
+    Returns:
+        Path of the written ``DL_info.csv``.
+
+    Raises:
+        CtlesionError: if a background or mask cannot be read or is unsuitable, or ``out_dir``
+            already holds a dataset without ``overwrite``.
+    """
+    sources = resolve_backgrounds(backgrounds, background_dirs, organ_masks)
+    for source in sources:
+        if not Path(source.ct).exists():
+            raise CtlesionError("background CT not found", source.ct)
+    split_of = assign_splits(sources, seed)
+    loaders = [(lambda s=s: _load(s)) for s in sources]
+    return _simulate(out_dir, loaders, [s.name for s in sources], [s.patient_key for s in sources], split_of,
+                     describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
+                     overwrite=overwrite)
