@@ -215,6 +215,16 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert _digest(tmp_path / "c") == _digest(tmp_path / "a")
 
 
+def test_workers_write_the_same_bytes(tmp_path: Path) -> None:
+    """A pool of workers (several chunks per background) writes exactly what one process writes."""
+    volumes = [_phantom(source=f"p{i}.nii.gz") for i in range(3)]
+    simulate_from_volumes(tmp_path / "one", volumes, num_series=7, image_size_px=64, seed=4)
+    simulate_from_volumes(tmp_path / "pool", volumes, num_series=7, image_size_px=64, seed=4, workers=2)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "pool")
+    with pytest.raises(CtlesionError, match="workers"):
+        simulate_from_volumes(tmp_path / "bad", volumes, num_series=2, workers=-1)
+
+
 def test_no_mirroring(tmp_path: Path) -> None:
     """The background's left-right orientation is kept: its bright half stays on the image's left."""
     simulate_from_volumes(tmp_path, [_phantom(left_right=True)], num_series=4, image_size_px=64, seed=2)

@@ -76,3 +76,36 @@ def test_bad_background_options(tmp_path: Path) -> None:
     result = invoke("simulate", "--out", tmp_path / "o3", "--background", ct, "--organ-masks",
                     f"{tmp_path / 'x.nii.gz'}={ct}")
     assert result.exit_code == 1 and "not simulated" in result.output
+
+
+def test_background_list_declares_patients_and_splits(tmp_path: Path) -> None:
+    folder = tmp_path / "bg"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        _write_phantom(folder, f"{name}.nii.gz", "a.seg.nii.gz" if name == "a" else None)
+    listing = tmp_path / "backgrounds.json"
+    listing.write_text(json.dumps([
+        {"ct": "bg/a.nii.gz", "masks": "bg/a.seg.nii.gz", "patient": "one", "split": 1},
+        {"ct": "bg/b.nii.gz", "patient": "one", "split": 1, "lesion_types": [5, 7]},
+        {"ct": "bg/c.nii.gz", "split": 1},
+    ]))
+    result = invoke("simulate", "--out", tmp_path / "out", "--background-list", listing, "--num-series", 6,
+                    "--image-size", 96, "--seed", 2)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "simulation.json").read_text())
+    assert [(b["name"], b["patient"], b["split"]) for b in manifest["backgrounds"]] == [
+        ("a", "one", 1), ("b", "one", 1), ("c", "c", 1)]
+    assert {s["split"] for s in manifest["series"]} == {1}
+    assert all(l["coarse_type"] in (5, 7) for s in manifest["series"] if s["background"] == "b"
+               for l in s["lesions"])
+    # The simulation.json of a run is itself a background list (absolute paths): same dataset again.
+    result = invoke("simulate", "--out", tmp_path / "again", "--background-list", tmp_path / "out" / "simulation.json",
+                    "--num-series", 6, "--image-size", 96, "--seed", 2)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "again" / "DL_info.csv").read_bytes() == (tmp_path / "out" / "DL_info.csv").read_bytes()
+    for text, message in [("[]", "no entries"), ('[{"masks": "x"}]', "'ct' path"),
+                          ('[{"ct": "bg/a.nii.gz", "split": 4}]', "split must be"),
+                          ('[{"ct": "bg/a.nii.gz", "colour": 1}]', "unknown field"), ("{", "cannot read")]:
+        listing.write_text(text)
+        result = invoke("simulate", "--out", tmp_path / "bad", "--background-list", listing)
+        assert result.exit_code == 1 and message in result.output and "backgrounds.json" in result.output, text

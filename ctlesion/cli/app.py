@@ -113,7 +113,7 @@ def simulate(
     background: Annotated[Optional[list[Path]], typer.Option(
         help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable; each is one patient. "
              "Organ masks NAME.seg.nii.gz beside NAME.nii.gz (or NAME/) are used. Default (no --background, "
-             "no --background-dir): every real CT of ../shared/data when it exists (9 backgrounds of 8 "
+             "--background-dir or --background-list): every real CT of ../shared/data when it exists (9 backgrounds of 8 "
              "patients, fixed split), else the shipped sample series.")] = None,
     background_dir: Annotated[Optional[list[Path]], typer.Option(
         help="Folder whose every NIfTI file and DICOM sub-folder is a background (masks by the same "
@@ -121,7 +121,12 @@ def simulate(
     organ_masks: Annotated[Optional[list[str]], typer.Option(
         help="BACKGROUND=MASKS: a TotalSegmentator v2 'total' label map for a background (any grid, "
              "aligned by position); repeatable.")] = None,
+    background_list: Annotated[Optional[list[Path]], typer.Option(
+        help="JSON list of backgrounds with their patient, split (1/2/3), masks and lesion types (paths "
+             "relative to the file; an earlier simulation.json works); repeatable.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    workers: Annotated[int, typer.Option(
+        min=0, help="Worker processes (0: in this process); the dataset written does not depend on it.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -136,7 +141,8 @@ def simulate(
     pairs = _run(parse_mask_pairs, organ_masks or [])
     csv_path = _run(simulate_dataset, out, backgrounds=list(background or []),
                     background_dirs=list(background_dir or []), organ_masks=pairs, num_series=num_series,
-                    image_size_px=image_size, seed=seed, overwrite=overwrite)
+                    image_size_px=image_size, seed=seed, overwrite=overwrite,
+                    background_lists=list(background_list or []), workers=workers)
     stdout.print(f"wrote {csv_path}")
 
 

@@ -13,7 +13,9 @@ command line names one explicitly.
 (:attr:`BackgroundSource.patient`), and a patient's series all go to one split, so that no
 anatomy is seen in two splits. With at least 3 patients, patients without a fixed split are
 assigned by a seeded shuffle (:func:`assign_splits`: 15 % validation and 20 % test, at least
-one each). With fewer, :mod:`ctlesion.data.simulate` splits synthetic patients instead (and
+one each). When every patient has a fixed split (e.g. from a background list,
+:func:`read_background_list`) those are used whatever their number. Otherwise, with fewer than 3
+patients, :mod:`ctlesion.data.simulate` splits synthetic patients instead (and
 says so in its log).
 
 **The default set** (:func:`default_backgrounds`), when ``../shared/data`` exists beside the
@@ -47,6 +49,7 @@ train); the test split's liver figure comes from the real DeepLesion key slices 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,8 +203,57 @@ def parse_mask_pairs(pairs: Iterable[str]) -> dict[Path, Path]:
     return out
 
 
+_LIST_FIELDS = {"name", "ct", "masks", "patient", "split", "lesion_types", "avoid_z_lps_mm"}
+
+
+def _list_entry(entry: object, folder: Path, where: str) -> BackgroundSource:
+    """One entry of a background list (:func:`read_background_list`)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("ct"), str):
+        raise ValueError(f"{where}: an entry is not an object with a 'ct' path")
+    unknown = set(entry) - _LIST_FIELDS
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+    split = entry.get("split")
+    if split is not None and split not in (1, 2, 3):
+        raise ValueError(f"{where}: split must be 1 (train), 2 (val), 3 (test) or null, got {split!r}")
+    types = tuple(int(t) for t in entry.get("lesion_types") or ALL_TYPES)
+    if not set(types) <= set(ALL_TYPES):
+        raise ValueError(f"{where}: lesion_types must be among {list(ALL_TYPES)}, got {list(types)}")
+    masks = entry.get("masks")
+    return BackgroundSource(folder / entry["ct"], folder / masks if masks else None, str(entry.get("patient") or ""),
+                            split, types, tuple((float(a), float(b)) for a, b in entry.get("avoid_z_lps_mm") or ()))
+
+
+def read_background_list(path: Path) -> list[BackgroundSource]:
+    """Backgrounds declared in a JSON file, with their patients, splits and lesion types.
+
+    The file holds a list of objects (or an object whose ``backgrounds`` is that list, such as
+    an earlier simulation's ``simulation.json``), each with ``ct`` (required) and optionally
+    ``masks``, ``patient`` (default: the CT's name), ``split`` (1 train, 2 val, 3 test, null:
+    assigned), ``lesion_types`` (coarse types 1-8, default all) and ``avoid_z_lps_mm``
+    ([[low, high], ...] LPS z ranges to keep clear of). Relative paths are relative to the
+    file's folder.
+
+    Raises:
+        CtlesionError: if the file cannot be read or an entry is malformed.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CtlesionError(f"cannot read background list: {exc}", path) from exc
+    entries = data.get("backgrounds") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or not entries:
+        raise CtlesionError("background list holds no entries (a JSON list, or an object with 'backgrounds')", path)
+    try:
+        return [_list_entry(entry, path.parent, f"entry {i + 1}") for i, entry in enumerate(entries)]
+    except (ValueError, TypeError) as exc:
+        raise CtlesionError(f"malformed background list: {exc}", path) from exc
+
+
 def assign_splits(sources: Sequence[BackgroundSource], seed: int) -> dict[str, int] | None:
-    """Split of every patient (1 train, 2 val, 3 test), or None with fewer than 3 patients.
+    """Split of every patient (1 train, 2 val, 3 test): the fixed ones when every patient has
+    one, else None with fewer than 3 patients.
 
     Fixed splits are kept; the other patients are shuffled with ``seed`` and the first
     ``max(1, round(0.15 P))`` go to validation, the next ``max(1, round(0.2 P))`` to test (P:
@@ -216,6 +268,8 @@ def assign_splits(sources: Sequence[BackgroundSource], seed: int) -> dict[str, i
         if key in patients and source.split is not None and patients[key] not in (None, source.split):
             raise CtlesionError(f"patient {key!r} has backgrounds in two splits")
         patients[key] = source.split if source.split is not None else patients.get(key)
+    if all(v is not None for v in patients.values()):
+        return dict(patients)  # type: ignore[arg-type]
     if len(patients) < 3:
         return None
     total = len(patients)

@@ -90,13 +90,15 @@ relative position within the background scan, not DeepLesion's body-part score.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import math
+import multiprocessing
 import shutil
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,6 +120,7 @@ from ctlesion.data.backgrounds import (
     BackgroundSource,
     assign_splits,
     backgrounds_in_folder,
+    read_background_list,
     default_backgrounds,
     describe,
     round_robin,
@@ -761,6 +764,67 @@ def _simulate_series(rng: np.random.Generator, plan: SeriesPlan, background: _Ba
 # ------------------------------------------------------------------------------- datasets
 
 
+@dataclass(frozen=True)
+class _SeriesItem:
+    """What one series needs besides its background: its index, generator and owner."""
+
+    index: int
+    rng: np.random.Generator
+    owner: tuple[int, int, int]
+    thick: bool
+    demography: tuple[int, str]
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Series of one background built together (a pool task: every field pickles)."""
+
+    loader: Callable[[], _Background]
+    tissue: TissueMap
+    items: tuple[_SeriesItem, ...]
+    out_dir: Path
+    size_px: int
+    type_weights: dict[int, float]
+
+
+def _survey_background(loader: Callable[[], _Background]) -> tuple[TissueMap, set[int]]:
+    """Pass 1 of a background: its tissue map and the lesion types it offers."""
+    background = loader()
+    return background.tissue, _offered_types(background)
+
+
+def _build_chunk(chunk: _Chunk) -> dict[int, tuple[list[dict[str, object]], dict[str, object]]]:
+    """Pass 2: build, write and annotate a chunk's series; {series index: (DL_info rows, record)}."""
+    background = chunk.loader()
+    background._tissue = chunk.tissue
+    out = {}
+    for item in chunk.items:
+        for attempt in range(_SERIES_TRIES):
+            plan = _plan_series(item.rng, background, item.owner, item.thick, chunk.size_px, *item.demography)
+            try:
+                out[item.index] = _simulate_series(item.rng, plan, background, chunk.out_dir, chunk.size_px,
+                                                   chunk.type_weights)
+                break
+            except _NothingFits:
+                if attempt == _SERIES_TRIES - 1:
+                    raise CtlesionError(f"could not place a lesion in background {background.name} in "
+                                        f"{_SERIES_TRIES} fields of view (image too small?)") from None
+    return out
+
+
+def _init_worker() -> None:
+    """Pool initializer: one OpenCV thread per worker process (the pool provides the parallelism)."""
+    cv2.setNumThreads(1)
+
+
+def _map_tasks(function: Callable, tasks: Sequence, workers: int) -> list:
+    """``function`` over ``tasks`` in order: in this process (``workers=0``) or a spawn-started pool."""
+    if workers == 0 or len(tasks) <= 1:
+        return [function(task) for task in tasks]
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+        return pool.map(function, tasks, chunksize=1)
+
+
 def _prepare_out(out_dir: Path, overwrite: bool) -> None:
     images_dir = out_dir / "Images_png"
     if images_dir.exists() and any(images_dir.iterdir()):
@@ -795,13 +859,16 @@ def _type_weights(offered_per_series: Sequence[set[int]]) -> dict[int, float]:
 
 def _simulate(out_dir: Path, loaders: Sequence, names: Sequence[str], patients: Sequence[str],
               fixed_splits: Mapping[str, int] | None, descriptions: list[dict[str, object]], *, num_series: int,
-              image_size_px: int, seed: int, overwrite: bool) -> Path:
-    """Plan every series, then build them background by background (one volume in memory)."""
+              image_size_px: int, seed: int, overwrite: bool, workers: int = 0) -> Path:
+    """Plan every series, then build them in chunks of one background's series (in this process
+    with ``workers=0``, else in a pool); the bytes written do not depend on ``workers``."""
     out_dir = Path(out_dir)
     if num_series < 1 or image_size_px < 64:
         raise CtlesionError(f"need num_series >= 1 and image_size_px >= 64, got {num_series}, {image_size_px}")
     if not loaders:
         raise CtlesionError("no background CT volumes given for the simulation", out_dir)
+    if workers < 0:
+        raise CtlesionError(f"need workers >= 0, got {workers}")
     _prepare_out(out_dir, overwrite)
     master = np.random.default_rng(seed)
     groups = [fixed_splits[p] for p in patients] if fixed_splits is not None else None
@@ -823,40 +890,26 @@ def _simulate(out_dir: Path, loaders: Sequence, names: Sequence[str], patients: 
         person = np.random.default_rng([seed, patient])
         demography[patient] = (int(person.integers(20, 86)), str(person.choice(["F", "M"])))
     series_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(num_series)]
+    used = sorted({b for b, _ in assignment})
     # Pass 1: the tissue map of every background used, and the lesion types it offers.
-    tissue_maps: dict[int, TissueMap] = {}
-    offers: dict[int, set[int]] = {}
-    for index in sorted({b for b, _ in assignment}):
-        background = loaders[index]()
-        tissue_maps[index] = background.tissue
-        offers[index] = _offered_types(background)
-        del background
-    type_weights = _type_weights([offers[b] for b, _ in assignment])
-    # Pass 2: the series, background by background (one volume in memory).
-    rows_of: dict[int, list[dict[str, object]]] = {}
-    records: dict[int, dict[str, object]] = {}
-    for index in range(len(loaders)):
+    surveyed = dict(zip(used, _map_tasks(_survey_background, [loaders[b] for b in used], workers)))
+    type_weights = _type_weights([surveyed[b][1] for b, _ in assignment])
+    # Pass 2: the series, in chunks of one background's series (each chunk one volume in memory).
+    tasks = []
+    for index in used:
         mine = [i for i, (b, _) in enumerate(assignment) if b == index]
-        if not mine:
-            continue
-        background = loaders[index]()
-        background._tissue = tissue_maps.pop(index)
-        for i in mine:
-            for attempt in range(_SERIES_TRIES):
-                plan = _plan_series(series_rngs[i], background, owners[i], assignment[i][1], image_size_px,
-                                    *demography[owners[i][0]])
-                try:
-                    rows_of[i], records[i] = _simulate_series(series_rngs[i], plan, background, out_dir,
-                                                              image_size_px, type_weights)
-                    break
-                except _NothingFits:
-                    if attempt == _SERIES_TRIES - 1:
-                        raise CtlesionError(f"could not place a lesion in background {background.name} in "
-                                            f"{_SERIES_TRIES} fields of view (image too small?)") from None
-            logger.debug("simulated series %d/%d (%s, %d lesions)", i + 1, num_series, plan.background,
-                         len(records[i]["lesions"]))
-        del background
-    rows = [row for i in range(num_series) for row in rows_of[i]]
+        size = len(mine) if workers == 0 else max(1, math.ceil(num_series / (4 * workers)))
+        for start in range(0, len(mine), size):
+            items = [_SeriesItem(i, series_rngs[i], owners[i], assignment[i][1], demography[owners[i][0]])
+                     for i in mine[start:start + size]]
+            tasks.append(_Chunk(loaders[index], surveyed[index][0], tuple(items), out_dir, image_size_px,
+                                type_weights))
+    built: dict[int, tuple[list[dict[str, object]], dict[str, object]]] = {}
+    for chunk_result in _map_tasks(_build_chunk, tasks, workers):
+        built.update(chunk_result)
+        logger.debug("simulated %d/%d series", len(built), num_series)
+    rows = [row for i in range(num_series) for row in built[i][0]]
+    records = {i: built[i][1] for i in range(num_series)}
     csv_path = out_dir / "DL_info.csv"
     write_dl_info(csv_path, rows)
     manifest = {"seed": seed, "num_series": num_series, "image_size_px": image_size_px,
@@ -886,6 +939,7 @@ def simulate_from_volumes(
     patients: Sequence[str] | None = None,
     splits: Sequence[int | None] | None = None,
     lesion_types: Sequence[Sequence[int]] | None = None,
+    workers: int = 0,
 ) -> Path:
     """Write a simulated DeepLesion-style dataset from background volumes in memory (module doc).
 
@@ -902,6 +956,7 @@ def simulate_from_volumes(
         patients: per volume, its patient key (default: one patient per volume).
         splits: per volume, a fixed split (1/2/3) or None (seeded assignment).
         lesion_types: per volume, the coarse lesion types it may receive (default all 8).
+        workers: worker processes (0: in this process); the output does not depend on it.
 
     Returns:
         Path of the written ``DL_info.csv``.
@@ -920,13 +975,11 @@ def simulate_from_volumes(
                                 lesion_types=tuple(lesion_types[i]) if lesion_types else ALL_TYPES)
                for i in range(len(volumes))]
     split_of = assign_splits(sources, seed) if volumes else None
-    loaders = [
-        (lambda i=i: _Background(names[i], volumes[i], organ_labels[i] if organ_labels else None,
-                                 sources[i].lesion_types)) for i in range(len(volumes))
-    ]
+    loaders = [functools.partial(_Background, names[i], volumes[i], organ_labels[i] if organ_labels else None,
+                                 sources[i].lesion_types) for i in range(len(volumes))]
     return _simulate(out_dir, loaders, names, [s.patient_key for s in sources], split_of,
                      describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
-                     overwrite=overwrite)
+                     overwrite=overwrite, workers=workers)
 
 
 def _load(source: BackgroundSource) -> _Background:
@@ -941,12 +994,12 @@ def _load(source: BackgroundSource) -> _Background:
 
 
 def resolve_backgrounds(backgrounds: Sequence[Path | BackgroundSource] | None = None,
-                        folders: Sequence[Path] = (), organ_masks: Mapping[Path, Path] | None = None
-                        ) -> list[BackgroundSource]:
+                        folders: Sequence[Path] = (), organ_masks: Mapping[Path, Path] | None = None,
+                        lists: Sequence[Path] = ()) -> list[BackgroundSource]:
     """The background set of a simulation: explicit backgrounds (paths get their conventional
-    masks), every background of ``folders``, explicit mask pairs; the default set
-    (:func:`ctlesion.data.backgrounds.default_backgrounds`) when neither paths nor folders are
-    given.
+    masks), every background of ``folders`` and of the JSON background ``lists``
+    (:func:`ctlesion.data.backgrounds.read_background_list`), explicit mask pairs; the default
+    set (:func:`ctlesion.data.backgrounds.default_backgrounds`) when none of these is given.
 
     Raises:
         CtlesionError: for a folder without backgrounds or masks paired with an unknown background.
@@ -956,6 +1009,8 @@ def resolve_backgrounds(backgrounds: Sequence[Path | BackgroundSource] | None = 
         sources.extend([item] if isinstance(item, BackgroundSource) else with_conventional_masks([Path(item)]))
     for folder in folders:
         sources.extend(backgrounds_in_folder(Path(folder)))
+    for listing in lists:
+        sources.extend(read_background_list(Path(listing)))
     if not sources:
         sources = default_backgrounds()
     return with_masks(sources, organ_masks or {})
@@ -971,6 +1026,8 @@ def simulate_dataset(
     overwrite: bool = False,
     background_dirs: Sequence[Path] = (),
     organ_masks: Mapping[Path, Path] | None = None,
+    background_lists: Sequence[Path] = (),
+    workers: int = 0,
 ) -> Path:
     """Read real CT backgrounds and write a simulated DeepLesion-style dataset (module doc).
 
@@ -988,6 +1045,9 @@ def simulate_dataset(
         background_dirs: folders whose every CT is a background (masks by the ``NAME.seg.nii.gz``
             convention).
         organ_masks: {background path: TotalSegmentator label map} pairs.
+        background_lists: JSON files declaring backgrounds with their patients and splits
+            (:func:`ctlesion.data.backgrounds.read_background_list`).
+        workers: worker processes (0: in this process); the output does not depend on it.
 
     Returns:
         Path of the written ``DL_info.csv``.
@@ -996,12 +1056,12 @@ def simulate_dataset(
         CtlesionError: if a background or mask cannot be read or is unsuitable, or ``out_dir``
             already holds a dataset without ``overwrite``.
     """
-    sources = resolve_backgrounds(backgrounds, background_dirs, organ_masks)
+    sources = resolve_backgrounds(backgrounds, background_dirs, organ_masks, background_lists)
     for source in sources:
         if not Path(source.ct).exists():
             raise CtlesionError("background CT not found", source.ct)
     split_of = assign_splits(sources, seed)
-    loaders = [(lambda s=s: _load(s)) for s in sources]
+    loaders = [functools.partial(_load, s) for s in sources]
     return _simulate(out_dir, loaders, [s.name for s in sources], [s.patient_key for s in sources], split_of,
                      describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
-                     overwrite=overwrite)
+                     overwrite=overwrite, workers=workers)
