@@ -103,6 +103,16 @@ def test_background_list_declares_patients_and_splits(tmp_path: Path) -> None:
                     "--num-series", 6, "--image-size", 96, "--seed", 2)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "again" / "DL_info.csv").read_bytes() == (tmp_path / "out" / "DL_info.csv").read_bytes()
+    # --split: only the patients of a split are read (a missing file of another split is never opened).
+    listing.write_text(json.dumps([{"ct": "bg/a.nii.gz", "split": 1}, {"ct": "bg/b.nii.gz", "split": 2},
+                                   {"ct": "bg/missing.nii.gz", "split": 3}]))
+    result = invoke("simulate", "--out", tmp_path / "val", "--background-list", listing, "--split", "val",
+                    "--num-series", 2, "--image-size", 96)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "val" / "simulation.json").read_text())
+    assert {s["background"] for s in manifest["series"]} == {"b"} and {s["split"] for s in manifest["series"]} == {2}
+    result = invoke("simulate", "--out", tmp_path / "test", "--background-list", listing, "--split", "test")
+    assert result.exit_code == 1 and "background CT not found" in result.output
     for text, message in [("[]", "no entries"), ('[{"masks": "x"}]', "'ct' path"),
                           ('[{"ct": "bg/a.nii.gz", "split": 4}]', "split must be"),
                           ('[{"ct": "bg/a.nii.gz", "colour": 1}]', "unknown field"), ("{", "cannot read")]:

@@ -127,6 +127,9 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
     workers: Annotated[int, typer.Option(
         min=0, help="Worker processes (0: in this process); the dataset written does not depend on it.")] = 0,
+    split: Annotated[Optional[list[Split]], typer.Option(
+        help="Simulate only the patients of this split (of the whole background set's patient split); "
+             "repeatable; default: all.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -142,7 +145,8 @@ def simulate(
     csv_path = _run(simulate_dataset, out, backgrounds=list(background or []),
                     background_dirs=list(background_dir or []), organ_masks=pairs, num_series=num_series,
                     image_size_px=image_size, seed=seed, overwrite=overwrite,
-                    background_lists=list(background_list or []), workers=workers)
+                    background_lists=list(background_list or []), workers=workers,
+                    splits=[SPLITS[s.value] for s in split or []])
     stdout.print(f"wrote {csv_path}")
 
 

@@ -1028,6 +1028,7 @@ def simulate_dataset(
     organ_masks: Mapping[Path, Path] | None = None,
     background_lists: Sequence[Path] = (),
     workers: int = 0,
+    splits: Sequence[int] = (),
 ) -> Path:
     """Read real CT backgrounds and write a simulated DeepLesion-style dataset (module doc).
 
@@ -1048,19 +1049,28 @@ def simulate_dataset(
         background_lists: JSON files declaring backgrounds with their patients and splits
             (:func:`ctlesion.data.backgrounds.read_background_list`).
         workers: worker processes (0: in this process); the output does not depend on it.
+        splits: only the backgrounds of patients in these splits (1 train, 2 val, 3 test) are
+            read and simulated (patients are split over the whole set first, so the splits stay
+            those of the whole set); empty: all.
 
     Returns:
         Path of the written ``DL_info.csv``.
 
     Raises:
-        CtlesionError: if a background or mask cannot be read or is unsuitable, or ``out_dir``
-            already holds a dataset without ``overwrite``.
+        CtlesionError: if a background or mask cannot be read or is unsuitable, ``out_dir``
+            already holds a dataset without ``overwrite``, or ``splits`` leaves no background.
     """
     sources = resolve_backgrounds(backgrounds, background_dirs, organ_masks, background_lists)
+    split_of = assign_splits(sources, seed)
+    if splits:
+        if split_of is None:
+            raise CtlesionError("choosing splits needs backgrounds of at least 3 patients or fixed splits")
+        sources = [s for s in sources if split_of[s.patient_key] in set(splits)]
+        if not sources:
+            raise CtlesionError(f"no background lies in split(s) {sorted(set(splits))}")
     for source in sources:
         if not Path(source.ct).exists():
             raise CtlesionError("background CT not found", source.ct)
-    split_of = assign_splits(sources, seed)
     loaders = [functools.partial(_load, s) for s in sources]
     return _simulate(out_dir, loaders, [s.name for s in sources], [s.patient_key for s in sources], split_of,
                      describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
