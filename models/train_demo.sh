@@ -41,7 +41,7 @@ with (work / "sim_train" / "DL_info.csv").open() as handle:
     key_slices = {row["File_name"] for row in csv.DictReader(handle) if row["Train_Val_Test"].strip() == "1"}
 full = -(-len(key_slices) // batch)
 iterations = max(200, int(rate * seconds / batch))
-epochs = min(60, max(6, round(iterations / full)))
+epochs = min(24, max(6, round(iterations / full)))
 print(epochs, min(full, max(1, iterations // epochs)), min(500, iterations // 8))
 PY
 )
