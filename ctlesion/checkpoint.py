@@ -93,6 +93,22 @@ def read_checkpoint_info(weights_path: Path) -> dict:
     return info
 
 
+#: Lesion score threshold of ``detect`` for a model whose sidecar recommends none.
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+def recommended_score_threshold(info: dict) -> float:
+    """The detection score threshold a checkpoint recommends (sidecar ``operating_point``:
+    ``{"score_threshold": t, "chosen_on": "...", ...}``, written when the threshold was chosen on
+    validation data), else :data:`DEFAULT_SCORE_THRESHOLD`.
+
+    Args:
+        info: the checkpoint's sidecar dict (:func:`read_checkpoint_info`).
+    """
+    value = (info.get("operating_point") or {}).get("score_threshold")
+    return float(value) if isinstance(value, (int, float)) and 0.0 <= value <= 1.0 else DEFAULT_SCORE_THRESHOLD
+
+
 def load_detector(weights_path: Path, device: torch.device | str = "cpu") -> tuple[AlignShiftDetector, dict]:
     """Rebuild the detector recorded in a checkpoint and load its weights (float32, eval mode).
 

@@ -229,6 +229,7 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                                         label_map_file=map_name, overlay_files=overlays, dicom_seg_file=seg_name,
                                         dicom_sr_file=sr_name, summary_sheet_file=None if sheet is None else sheet.name))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
-                        "description": model_info.get("training", {}).get("description", "")}
+                        "description": model_info.get("training", {}).get("description", ""),
+                        "score_threshold": options.score_threshold}
         write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)
     return {"version": __version__, "model": model_record, "studies": records}

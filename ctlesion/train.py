@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models import densenet121
 
 from ctlesion import __version__
-from ctlesion.checkpoint import save_checkpoint
+from ctlesion.checkpoint import load_detector, save_checkpoint
 from ctlesion.choices import PRECISIONS
 from ctlesion.data.augment import AugmentConfig, CropConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
@@ -94,6 +94,7 @@ class TrainOptions:
     max_iters_per_epoch: int | None = None
     lr_drop_epochs: tuple[int, ...] | None = None  # default: 45 % and 80 % of the epochs (9, 16 of 20)
     pretrained: str | None = None  # "imagenet" (local torchvision cache) or a 2D state dict file
+    init_from: str | None = None  # a ctlesion checkpoint whose whole detector starts the run (fine-tuning)
     checkpoint_every: int = 500  # steps between mid-epoch state.pt checkpoints (0: epoch ends only)
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a scaler) or fp32
     grad_checkpoint: bool = False  # recompute dense layers in backward (less memory, ~30 % slower)
@@ -231,14 +232,22 @@ def _to_device(targets: list[dict], device: torch.device) -> list[dict]:
 
 
 def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
-    """The detector to train: from pretrained 2D weights (``options.pretrained``), or random init.
+    """The detector to train: a whole ctlesion checkpoint (``options.init_from``, fine-tuning),
+    pretrained 2D weights (``options.pretrained``), or random init.
 
-    A resumed run skips the pretrained weights (its checkpoint replaces them).
+    A resumed run skips both (its checkpoint replaces them).
 
     Raises:
-        CtlesionError: pretrained weights not found, unreadable, or not fitting DenseNet-121.
+        CtlesionError: weights not found or unreadable, 2D weights not fitting DenseNet-121, or a
+            checkpoint whose detector configuration differs from ``options.detector``.
     """
-    if options.pretrained is None or resume:
+    if options.init_from is not None and not resume:
+        model, _ = load_detector(Path(options.init_from))
+        if model.config != options.detector:
+            raise CtlesionError("the checkpoint's detector configuration differs from the run's",
+                                options.init_from)
+        log.info("initialised from the detector of %s", options.init_from)
+    elif options.pretrained is None or resume:
         model = AlignShiftDetector(options.detector)
     else:
         densenet = densenet121(weights=None)

@@ -174,3 +174,27 @@ def test_missing_shipped_model_names_the_way_out(tmp_path, monkeypatch):
     result = invoke("detect", SAMPLE, "--out", tmp_path / "r" / "results.json")
     assert result.exit_code == 1 and "shipped demo model is not part of this installation" in result.output
     assert "--weights" in result.output and not (tmp_path / "r").exists()
+
+
+def test_detect_uses_the_models_recommended_threshold(run_dir, tmp_path):
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(run_dir / "epoch_001.safetensors", weights)
+    info = json.loads((run_dir / "epoch_001.json").read_text())
+    info["operating_point"] = {"score_threshold": 0.97, "chosen_on": "test"}
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    nii = tmp_path / "tiny_ct.nii.gz"
+    volume = np.full((48, 48, 6), -1000, np.int16)
+    volume[16:32, 16:32, 2:4] = 40
+    nib.save(nib.Nifti1Image(volume, np.diag([-1.0, -1.0, 5.0, 1.0])), nii)
+    for extra, expected in (((), 0.97), (("--score-threshold", "0.25"), 0.25)):
+        out = tmp_path / f"out{expected}" / "results.json"
+        result = invoke("detect", nii, "--out", out, "--weights", weights, *extra)
+        assert result.exit_code == 0, result.output
+        results = json.loads(out.read_text())
+        assert results["model"]["score_threshold"] == expected
+        assert all(lesion["score"] >= expected for lesion in results["studies"][0]["lesions"])
+    del info["operating_point"]
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    out = tmp_path / "plain" / "results.json"
+    assert invoke("detect", nii, "--out", out, "--weights", weights).exit_code == 0
+    assert json.loads(out.read_text())["model"]["score_threshold"] == 0.5

@@ -1,24 +1,39 @@
-"""The shipped demo model: it loads, and its model card's FROC figures are reproduced.
+"""The shipped demo model: it loads, and its model card's figures are re-derived.
 
-The card's figures (models/ctlesion_demo_sim_eval/evaluation.json, written by `ctlesion evaluate`
-in models/train_demo.sh) are recomputed here: the simulated dataset is regenerated with the
-card's command (deterministic for its seed) and the test split is scored again.
+The card's figures come from models/evaluate_demo.sh (models/ctlesion_demo_sim_eval/):
+
+* the default score threshold (the sidecar's ``operating_point``) is chosen again from the
+  saved validation predictions and the evaluation data's table;
+* the simulated test split's FROC (evaluation.json) is scored again from the saved
+  predictions (``ctlesion evaluate --predictions``);
+* the FROC on the real DeepLesion key slices is recomputed by running the model (needs
+  ../shared/data);
+* slow: the evaluation data is simulated again (same table) and the test split's predictions
+  are recomputed by the model.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from ctlesion.checkpoint import load_detector
-from ctlesion.data.simulate import simulate_dataset
+from ctlesion.checkpoint import load_detector, read_checkpoint_info, recommended_score_threshold
 from ctlesion.detect import DEFAULT_WEIGHTS
-from ctlesion.evaluate.run import evaluate_model
+from ctlesion.evaluate.run import EvaluateOptions, evaluate_model, run_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
-CARD_FIGURES = REPO / "models" / "ctlesion_demo_sim_eval" / "evaluation.json"
+CARD = REPO / "models" / "ctlesion_demo_sim_eval"
+
+
+def _demo_card():
+    spec = importlib.util.spec_from_file_location("demo_card", REPO / "models" / "demo_card.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -28,25 +43,57 @@ def shipped():
     return load_detector(DEFAULT_WEIGHTS)
 
 
+def _same_summary(again: dict, card: dict, abs_tol: float = 0.015) -> None:
+    for subset, figures in card.items():
+        if not isinstance(figures, dict):
+            continue
+        assert again[subset]["num_images"] == figures["num_images"], subset
+        assert again[subset]["num_lesions"] == figures["num_lesions"], subset
+        assert again[subset]["sensitivity"] == pytest.approx(figures["sensitivity"], abs=abs_tol), subset
+        assert again[subset]["avg_0.5_4"] == pytest.approx(figures["avg_0.5_4"], abs=abs_tol), subset
+
+
 def test_shipped_model_is_small_and_described(shipped):
     model, info = shipped
     assert DEFAULT_WEIGHTS.stat().st_size < 60 * 2**20
     assert "not DeepLesion" in info["training"]["description"]
     assert info["config"]["context"] == "alignshift"
+    point = info["operating_point"]
+    assert 0.0 < point["score_threshold"] < 1.0
+    assert recommended_score_threshold(info) == point["score_threshold"]
 
 
-def test_model_card_figures_are_reproduced(shipped, shared_data, tmp_path):
+def test_default_threshold_is_rederived_from_the_validation_predictions():
+    info = read_checkpoint_info(DEFAULT_WEIGHTS)
+    stored = info["operating_point"]
+    again = _demo_card().choose_threshold(CARD / "sim_eval", "val", CARD / "sim_eval" / "val_predictions.json",
+                                          stored["max_fp_per_image"])
+    assert again == stored
+
+
+def test_simulated_test_figures_are_rescored_from_their_predictions(tmp_path):
+    card = json.loads((CARD / "evaluation.json").read_text())
+    evaluation = run_evaluation(CARD / "sim_eval", tmp_path / "rescored", EvaluateOptions(split="test", resamples=0),
+                                predictions_path=CARD / "predictions.json", progress=False)
+    _same_summary(evaluation["summary"], card["summary"], abs_tol=1e-9)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_real_key_slice_figures_are_reproduced(shipped, shared_data, split):
     model, _ = shipped
-    card = json.loads(CARD_FIGURES.read_text())
-    data = simulate_dataset(
-        tmp_path / "sim", num_series=160, image_size_px=256, seed=0,
-        backgrounds=[REPO / "sample_data" / "abdomen_ct_dicom",
-                     shared_data / "totalseg_example" / "example_ct.nii.gz"],
-    ).parent
+    card = json.loads((CARD / f"deeplesion_sample_{split}" / "evaluation.json").read_text())
+    result = evaluate_model(model, shared_data / "deeplesion_sample", split, progress=False)
+    _same_summary(result["summary"], card["summary"])
+
+
+@pytest.mark.slow
+def test_simulated_test_split_is_reproduced(shipped, shared_data, tmp_path):
+    from ctlesion.data.simulate import simulate_dataset
+
+    model, _ = shipped
+    data = simulate_dataset(tmp_path / "sim", splits=(2, 3), num_series=160, image_size_px=512, seed=0).parent
+    assert (data / "DL_info.csv").read_text() == (CARD / "sim_eval" / "DL_info.csv").read_text()
     result = evaluate_model(model, data, "test", progress=False)
-    for subset, figures in card["summary"].items():
-        if not isinstance(figures, dict):
-            continue
-        again = result["summary"][subset]
-        assert again["num_images"] == figures["num_images"] and again["num_lesions"] == figures["num_lesions"]
-        assert again["sensitivity"] == pytest.approx(figures["sensitivity"], abs=0.015), subset
+    card = json.loads((CARD / "evaluation.json").read_text())
+    _same_summary(result["summary"], card["summary"])
+    shutil.rmtree(data)

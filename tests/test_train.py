@@ -297,3 +297,34 @@ def test_crop_and_mask_source_options_on_the_command_line(dataset, tmp_path, mon
         assert result.exit_code == 2 and message in result.output, result.output
     with pytest.raises(CtlesionError, match="exceeds the network input size"):
         train_module.train_dataset(_options(dataset, tmp_path / "r", crop=CropConfig(96)))
+
+
+def test_init_from_a_checkpoint_fine_tunes_its_whole_detector(dataset, reference_run, tmp_path, monkeypatch):
+    from ctlesion.checkpoint import load_detector, save_checkpoint
+
+    source, _ = load_detector(reference_run / "epoch_001.safetensors")
+    checkpoint = save_checkpoint(source, tmp_path / "start.safetensors", half=True)
+    # build_model: every weight is the checkpoint's (float16 stored, float32 loaded).
+    model = train_module.build_model(_options(dataset, tmp_path / "r", init_from=str(checkpoint)), resume=False)
+    start, _ = load_detector(checkpoint)
+    _assert_same_weights(model.state_dict(), start.state_dict(), atol=0.0)
+    with pytest.raises(CtlesionError, match="configuration differs"):
+        train_module.build_model(_options(dataset, tmp_path / "r", init_from=str(checkpoint),
+                                          detector=DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32,
+                                                                  fc_channels=32)), resume=False)
+    # The command line takes the checkpoint's architecture; typed options must agree with it.
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda options, **kwargs: seen.append(options) or Path("last"))
+    base = ["train", "--data", str(dataset), "--out", str(tmp_path / "run"), "--init-from", str(checkpoint)]
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 0, result.output
+    assert seen[-1].detector == TINY and seen[-1].init_from == str(checkpoint)
+    result = CliRunner().invoke(app, [*base, "--slices", "3", "--image-size", "64"])
+    assert result.exit_code == 0, result.output
+    for bad, message in ((["--slices", "7"], "--slices 7 differs from the checkpoint's 3"),
+                         (["--pretrained", "imagenet"], "exclude each other"),
+                         (["--hu-window", "-100", "200"], "--hu-window")):
+        result = CliRunner().invoke(app, [*base, *bad])
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--init-from", str(tmp_path / "none.safetensors")])
+    assert result.exit_code == 1 and "checkpoint does not exist" in result.output

@@ -186,6 +186,10 @@ def train(
     pretrained: Annotated[Optional[str], typer.Option(
         help="2D weights for the DenseNet-121 before conversion: 'imagenet' (torchvision's, from the local "
              "torch hub cache only; never downloaded) or a torchvision-format state dict file.")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="Fine-tune: start from this ctlesion checkpoint's whole detector (shipped, imported or trained); "
+             "the run takes its architecture (--context, --slices, --padding, --image-size, --fpn-channels, "
+             "--fc-channels, --hu-window may be given only with the checkpoint's values).")] = None,
     padding: Annotated[Padding, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
@@ -229,6 +233,7 @@ def train(
     seed: int = 0,
     device: Device = None,
     verbose: Verbose = False,
+    ctx: typer.Context = None,  # type: ignore[assignment]  (filled by Typer)
 ) -> None:
     """Train the detector on a DeepLesion-layout dataset (official Train_Val_Test split).
 
@@ -253,6 +258,8 @@ def train(
             detector = DetectorConfig(context=context.value, num_slices=slices, image_size_px=image_size,
                                       fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding.value,
                                       hu_window=tuple(hu_window))
+            if init_from is not None:
+                detector = _run(_checkpoint_architecture, ctx, init_from, detector, pretrained)
             detector.validate()
             crop = None if crop_size is None else CropConfig(crop_size, negative_fraction=negative_crop_fraction)
             if crop is not None and crop.size_px > image_size:
@@ -270,10 +277,44 @@ def train(
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
                                augment=augmentations[augment.value], mask_cache_dir=mask_cache, keep_noisy=keep_noisy,
                                pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision.value,
+                               init_from=None if init_from is None else str(init_from),
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
                                mask_source=mask_source.value)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
+
+
+#: train's architecture options and the DetectorConfig field each one sets.
+_ARCHITECTURE_OPTIONS = {"context": "context", "slices": "num_slices", "padding": "padding",
+                         "image_size": "image_size_px", "fpn_channels": "fpn_channels",
+                         "fc_channels": "fc_channels", "hu_window": "hu_window"}
+
+
+def _checkpoint_architecture(ctx: typer.Context, checkpoint: Path, given: "DetectorConfig",
+                             pretrained: str | None) -> "DetectorConfig":
+    """The detector configuration of an --init-from checkpoint; architecture options typed on the
+    command line must agree with it.
+
+    Raises:
+        CtlesionError: unreadable checkpoint, --pretrained given too, or a disagreeing option.
+    """
+    from click.core import ParameterSource  # noqa: PLC0415
+
+    from ctlesion.checkpoint import read_checkpoint_info  # noqa: PLC0415
+    from ctlesion.networks.config import DetectorConfig  # noqa: PLC0415
+
+    if pretrained is not None:
+        raise CtlesionError("--init-from and --pretrained exclude each other (the checkpoint holds every weight)")
+    try:
+        config = DetectorConfig.from_dict(read_checkpoint_info(checkpoint)["config"])
+    except (TypeError, ValueError) as exc:
+        raise CtlesionError(f"bad detector configuration ({exc})", checkpoint) from None
+    for option, name in _ARCHITECTURE_OPTIONS.items():
+        if ctx.get_parameter_source(option) is ParameterSource.COMMANDLINE and \
+                getattr(given, name) != getattr(config, name):
+            raise CtlesionError(f"--{option.replace('_', '-')} {getattr(given, name)} differs from the "
+                                f"checkpoint's {getattr(config, name)}", checkpoint)
+    return config
 
 
 def _launch_torchrun(gpus: int) -> int:
@@ -424,7 +465,9 @@ def detect(
     inputs: Annotated[list[Path], typer.Argument(help="DICOM series folders and/or NIfTI files.", show_default=False)],
     out: Annotated[Path, typer.Option(help="results.json to write (label maps and overlays go beside it).")] = Path("results.json"),
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
-    score_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Minimum lesion score.")] = 0.5,
+    score_threshold: Annotated[Optional[float], typer.Option(
+        min=0.0, max=1.0, help="Minimum lesion score (default: the one the model recommends, chosen on validation "
+                               "data, see its card; 0.5 for a model without one).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
     allow_non_ct: Annotated[bool, typer.Option("--allow-non-ct", help="Also read MR/PT series (the model knows only CT).")] = False,
     series: Annotated[Optional[str], typer.Option(
@@ -462,10 +505,12 @@ def detect(
     from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
-    options = DetectOptions(score_threshold=score_threshold, batch_size=batch_size, dicom_seg=dicom_seg,
-                            dicom_sr=dicom_sr)
+    from ctlesion.checkpoint import recommended_score_threshold  # noqa: PLC0415
+
     dev = _run(_device, device)
     model, info = _load_model(path, dev, context, slices)
+    threshold = recommended_score_threshold(info) if score_threshold is None else score_threshold
+    options = DetectOptions(score_threshold=threshold, batch_size=batch_size, dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 
     def detect_with_progress():  # the bar closes before an error line is printed
         with make_progress() as progress:

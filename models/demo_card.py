@@ -1,0 +1,127 @@
+"""Figures of the demo model's card that `ctlesion evaluate` does not print itself.
+
+Usage (from the repository root):
+  python models/demo_card.py threshold DATA PREDICTIONS_JSON [--split val] [--max-fp-per-image F]
+      Choose the default score threshold on a validation split (DATA/DL_info.csv and the
+      predictions of `ctlesion evaluate` on it): the lowest threshold at which the false
+      positives per image stay <= F (default 0.125), written as ``operating_point`` into models/ctlesion_demo_sim.json, which
+      `ctlesion detect` uses by default.
+  python models/demo_card.py real RESULTS_JSON... [--out FILE]
+      Per study of `ctlesion detect` results: lesions reported, their scores and sizes, seconds
+      per network slice (from a seconds.txt beside results.json: the whole command's time), and
+      mask shape figures on each lesion's key slice (mask area / area of the mask's bounding box:
+      1 for a rectangle, pi/4 for an ellipse; RECIST long axis / bounding-box diagonal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ctlesion.evaluate.froc import match_detections
+from ctlesion.evaluate.predictions import align_predictions, read_predictions
+from ctlesion.evaluate.split import load_evaluation_set
+
+SIDECAR = Path("models/ctlesion_demo_sim.json")
+
+
+def operating_points(data_dir: Path, split: str, predictions_path: Path) -> tuple[list[dict], int, int]:
+    """(threshold, FP per image, sensitivity) at every distinct score of a split's detections
+    (DeepLesion FROC rules, :mod:`ctlesion.evaluate.froc`); also the numbers of images and lesions."""
+    evaluation_set = load_evaluation_set(data_dir, split)
+    detections = align_predictions(read_predictions(predictions_path), evaluation_set.keys, predictions_path)
+    matching = match_detections(detections, evaluation_set.ground_truth)
+    scores = np.sort(np.concatenate([d[:, 4] for d in detections]))[::-1]
+    is_fp = np.zeros(matching.num_detections, bool)
+    is_fp[matching.fp_rank] = True
+    hit_rank = np.sort(matching.hit_rank[matching.hit_rank < matching.num_detections])
+    points = []
+    for rank, score in enumerate(scores):
+        if rank + 1 < len(scores) and scores[rank + 1] == score:
+            continue  # ties: all detections of one score are kept or dropped together
+        points.append({"score_threshold": float(score),
+                       "fp_per_image": float(is_fp[: rank + 1].sum() / matching.num_images),
+                       "sensitivity": float(np.searchsorted(hit_rank, rank, side="right") / len(matching.hit_rank))})
+    return points, matching.num_images, len(matching.hit_rank)
+
+
+def choose_threshold(data_dir: Path, split: str, predictions_path: Path, max_fp_per_image: float) -> dict:
+    """The lowest score threshold with at most ``max_fp_per_image`` false positives per image."""
+    points, images, lesions = operating_points(data_dir, split, predictions_path)
+    allowed = [p for p in points if p["fp_per_image"] <= max_fp_per_image]
+    best = allowed[-1] if allowed else points[0]
+    return {"score_threshold": round(best["score_threshold"], 3), "fp_per_image": round(best["fp_per_image"], 4),
+            "sensitivity": round(best["sensitivity"], 4), "max_fp_per_image": max_fp_per_image,
+            "chosen_on": f"{split} split of the simulated evaluation data ({images} key slices, {lesions} lesions)",
+            "rule": "lowest score threshold with at most max_fp_per_image false positives per key slice"}
+
+
+def study_figures(results_path: Path) -> list[dict]:
+    results = json.loads(results_path.read_text())
+    rows = []
+    for study in results["studies"]:
+        labels = np.asarray(nib.load(results_path.parent / study["label_map"]).dataobj) if study["label_map"] else None
+        fills, axis_ratios = [], []
+        for lesion in study["lesions"]:
+            # The label map is (X, Y, Z) in NIfTI order; the key slice is a z index.
+            mask = labels[:, :, lesion["key_slice"]].T == lesion["label"]
+            ys, xs = np.nonzero(mask)
+            if not len(xs):
+                continue
+            box_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
+            fills.append(mask.sum() / box_area)
+            if lesion["long_axis_px"] is not None:
+                (x0, y0), (x1, y1) = lesion["long_axis_px"]
+                diagonal = np.hypot(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+                axis_ratios.append(np.hypot(x1 - x0, y1 - y0) / diagonal)
+        num_z = study["shape_zyx"][0]
+        interval = study["slice_interval_mm"]
+        network_slices = (int(round((num_z - 1) * interval / study["resampled_to_mm"])) + 1
+                          if study["resampled_to_mm"] else num_z)
+        timing = results_path.parent / "seconds.txt"
+        seconds = float(timing.read_text()) if timing.is_file() and len(results["studies"]) == 1 else None
+        rows.append({"input": study["input"], "lesions": len(study["lesions"]),
+                     "slice_interval_mm": round(interval, 3), "network_slices": network_slices,
+                     "seconds": seconds, "seconds_per_network_slice":
+                         None if seconds is None else round(seconds / network_slices, 2),
+                     "scores": [round(lesion["score"], 3) for lesion in study["lesions"]],
+                     "long_axes_mm": [round(lesion["long_axis_mm"], 1) for lesion in study["lesions"]],
+                     "mask_fill_of_box_mean": round(float(np.mean(fills)), 3) if fills else None,
+                     "long_axis_over_box_diagonal_mean": round(float(np.mean(axis_ratios)), 3) if axis_ratios else None})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    threshold = commands.add_parser("threshold")
+    threshold.add_argument("data", type=Path, help="DeepLesion-layout dataset (its DL_info.csv)")
+    threshold.add_argument("predictions", type=Path, help="predictions.json of `ctlesion evaluate` on --split")
+    threshold.add_argument("--split", default="val")
+    threshold.add_argument("--max-fp-per-image", type=float, default=0.125)
+    real = commands.add_parser("real")
+    real.add_argument("results", type=Path, nargs="+")
+    real.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.command == "threshold":
+        point = choose_threshold(args.data, args.split, args.predictions, args.max_fp_per_image)
+        info = json.loads(SIDECAR.read_text())
+        info["operating_point"] = point
+        SIDECAR.write_text(json.dumps(info, indent=2) + "\n")
+        print(json.dumps(point, indent=1))
+    else:
+        rows = [row for path in args.results for row in study_figures(path)]
+        text = json.dumps(rows, indent=1)
+        if args.out:
+            args.out.write_text(text + "\n")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The figures of the demo model's card (models/README.md), on CPU (about 45 minutes on 2 cores).
+# Usage: models/evaluate_demo.sh [WORK_DIR]   (after models/train_demo.sh; needs ../shared/data)
+#   1. the default score threshold, chosen on the simulated validation split (written into
+#      models/ctlesion_demo_sim.json as "operating_point", which `ctlesion detect` uses);
+#   (a) FROC on the simulated test split            -> models/ctlesion_demo_sim_eval/
+#   (b) FROC on the real DeepLesion key slices of ../shared/data/deeplesion_sample (none used in
+#       training)                                    -> models/ctlesion_demo_sim_eval/deeplesion_sample_{val,test}/
+#   (c)-(e) `ctlesion detect` at the default threshold on the sample study and the other real CTs
+#       (lesions reported, mask shape, seconds)      -> models/ctlesion_demo_sim_eval/real_ct.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-runs/demo}
+python=${PYTHON:-python3}
+ctlesion() { "$python" -m ctlesion "$@"; }
+cpus=$("$python" -c "import os; print(len(os.sched_getaffinity(0)))")
+weights=models/ctlesion_demo_sim.safetensors
+card=models/ctlesion_demo_sim_eval
+shared=../shared/data
+
+# Validation and test data: the val and test patients of the default background set (train_demo.sh
+# simulates the train patients with another seed).
+ctlesion simulate --out "$work/sim_eval" --split val --split test --num-series 160 --image-size 512 --seed 0 \
+  --workers "$cpus" --overwrite
+ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out "$work/eval_val" --device cpu
+mkdir -p "$card/sim_eval"  # the evaluation data's table and the val predictions, to re-derive the figures
+cp "$work/sim_eval/DL_info.csv" "$card/sim_eval/"
+cp "$work/eval_val/predictions.json" "$card/sim_eval/val_predictions.json"
+"$python" models/demo_card.py threshold "$card/sim_eval" "$card/sim_eval/val_predictions.json"
+
+ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card" --device cpu
+for split in val test; do
+  ctlesion evaluate --data "$shared/deeplesion_sample" --split "$split" --weights "$weights" \
+    --out "$card/deeplesion_sample_$split" --device cpu
+done
+
+results=()
+for ct in sample_data/abdomen_ct_dicom "$shared/totalseg_example/example_ct_sm.nii.gz" \
+          "$shared/ct_backgrounds/cmb_crc_msb-01068_chest.nii.gz" \
+          "$shared/ct_backgrounds/lidc_idri_0001_chest.nii.gz" \
+          "$shared/ct_backgrounds/acrin_flt_breast_001_abdomen_pelvis.nii.gz"; do
+  name=$(basename "$ct"); name=${name%.nii.gz}
+  SECONDS=0
+  ctlesion detect "$ct" --out "$work/real/$name/results.json" --device cpu
+  echo "$SECONDS" > "$work/real/$name/seconds.txt"  # whole command: reading, network, outputs
+  results+=("$work/real/$name/results.json")
+done
+"$python" models/demo_card.py real "${results[@]}" --out "$card/real_ct.json"
