@@ -11,9 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
-python=${PYTHON:-python3}
-ctlesion() { "$python" -m ctlesion "$@"; }
-cpus=$("$python" -c "import os; print(len(os.sched_getaffinity(0)))")
+source models/demo_env.sh
 weights=models/ctlesion_demo_sim.safetensors
 card=models/ctlesion_demo_sim_eval
 shared=../shared/data

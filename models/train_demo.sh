@@ -12,10 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
-python=${PYTHON:-python3}
-ctlesion() { "$python" -m ctlesion "$@"; }
+source models/demo_env.sh
 cuda=$("$python" -c "import torch; print(int(torch.cuda.is_available()))")
-cpus=$("$python" -c "import os; print(len(os.sched_getaffinity(0)))")
 device=$([[ $cuda == 1 ]] && echo cuda || echo cpu)
 
 ctlesion simulate --out "$work/sim_train" --split train --num-series 640 --image-size 512 --seed 1 \

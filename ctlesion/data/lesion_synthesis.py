@@ -472,8 +472,18 @@ def lesion_box(centre_zyx: tuple[float, float, float], shape: LesionShape, margi
             slice(max(0, int(math.floor(cx - half_px))), min(width, int(math.ceil(cx + half_px)) + 1)))
 
 
-def _offsets_mm(box: tuple[slice, slice, slice], centre_zyx: tuple[float, float, float], pixel_mm: float,
-                slice_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def offsets_mm(box: tuple[slice, slice, slice], centre_zyx: tuple[float, float, float], pixel_mm: float,
+               slice_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broadcastable (z, y, x) offsets in mm of a box's voxels from a lesion centre.
+
+    Args:
+        box: (z, y, x) slices of the block; ``centre_zyx``: the centre in block coordinates
+            (z: slice index, y/x: continuous pixels, pixel i covering [i, i + 1)).
+        pixel_mm, slice_mm: in-plane pixel size and slice step, mm.
+
+    Returns:
+        (Z, 1, 1), (1, Y, 1) and (1, 1, X) float64 arrays, mm.
+    """
     zs, ys, xs = box
     cz, cy, cx = centre_zyx
     dz = (np.arange(zs.start, zs.stop, dtype=np.float64) - cz)[:, None, None] * slice_mm
@@ -493,7 +503,7 @@ def occupancy(shape: LesionShape, centre_zyx: tuple[float, float, float], box: t
         box: index box of the block (:func:`lesion_box`).
         pixel_mm: in-plane pixel size; ``slice_mm``: z step of the grid (1 mm).
     """
-    signed, depth = shape.fields(_offsets_mm(box, centre_zyx, pixel_mm, slice_mm))
+    signed, depth = shape.fields(offsets_mm(box, centre_zyx, pixel_mm, slice_mm))
     occ = 1.0 / (1.0 + np.exp(np.clip(_LOGISTIC * signed / max(edge_sigma_mm, 1e-3), -50, 50)))
     return occ.astype(np.float32), depth
 
@@ -516,7 +526,7 @@ def render_lesion(rng: np.random.Generator, shape: LesionShape, appearance: Appe
     if a.calcification_radius_mm > 0:
         ax, ay, az = shape.semi_axes_mm
         offset = np.array(a.calcification_offset) * np.array([az, ay, ax])
-        dz, dy, dx = _offsets_mm(box, centre_zyx, pixel_mm, slice_mm)
+        dz, dy, dx = offsets_mm(box, centre_zyx, pixel_mm, slice_mm)
         dist = np.sqrt((dz - offset[0]) ** 2 + (dy - offset[1]) ** 2 + (dx - offset[2]) ** 2)
         w = 1.0 / (1.0 + np.exp(np.clip(_LOGISTIC * (dist - a.calcification_radius_mm) / 0.5, -50, 50)))
         level = level + w.astype(np.float32) * (np.float32(a.calcification_hu) - level)

@@ -142,6 +142,7 @@ from ctlesion.data.lesion_synthesis import (
     draw_type,
     gaussian_blur_z,
     lesion_box,
+    offsets_mm,
     render_lesion,
 )
 from ctlesion.errors import CtlesionError
@@ -478,7 +479,7 @@ def _try_position(rng: np.random.Generator, state: _SeriesState, coarse_type: in
         if not _samples_fit(state, coarse_type, centre, surface, interior):
             continue
         box = lesion_box(centre, shape, margin_mm, state.pixel_mm, region.shape)
-        signed, _ = shape.fields(_box_offsets(box, centre, state.pixel_mm))
+        signed, _ = shape.fields(offsets_mm(box, centre, state.pixel_mm, THIN_INTERVAL_MM))
         footprint = signed <= _FOOTPRINT_MM
         if _touches_edge(footprint, box, region.shape):
             continue  # the lesion would be cut by the block's edge
@@ -528,15 +529,6 @@ def _touches_edge(footprint: np.ndarray, box: tuple[slice, slice, slice], shape:
                 s.stop == n and np.take(footprint, -1, axis=axis).any()):
             return True
     return False
-
-
-def _box_offsets(box, centre, pixel_mm):
-    zs, ys, xs = box
-    cz, cy, cx = centre
-    dz = (np.arange(zs.start, zs.stop, dtype=np.float64) - cz)[:, None, None] * THIN_INTERVAL_MM
-    dy = (np.arange(ys.start, ys.stop, dtype=np.float64) + 0.5 - cy)[None, :, None] * pixel_mm
-    dx = (np.arange(xs.start, xs.stop, dtype=np.float64) + 0.5 - cx)[None, None, :] * pixel_mm
-    return dz, dy, dx
 
 
 def _scanner_noise(rng: np.random.Generator, state: _SeriesState, box: tuple[slice, slice, slice],
