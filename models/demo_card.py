@@ -4,7 +4,9 @@ Usage (from the repository root):
   python models/demo_card.py threshold DATA PREDICTIONS_JSON [--split val] [--max-fp-per-image F]
       Choose the default score threshold on a validation split (DATA/DL_info.csv and the
       predictions of `ctlesion evaluate` on it): the lowest threshold at which the false
-      positives per image stay <= F (default 0.125), written as ``operating_point`` into models/ctlesion_demo_sim.json, which
+      positives per image stay <= F (default 0.125) and, with --normal RESULTS_JSON (detect run at
+      a low threshold on CT without lesions), each such study keeps at most N lesions
+      (--max-lesions-per-normal-study, default 1); written as ``operating_point`` into models/ctlesion_demo_sim.json, which
       `ctlesion detect` uses by default.
   python models/demo_card.py real RESULTS_JSON... [--out FILE]
       Per study of `ctlesion detect` results: lesions reported, their scores and sizes, seconds
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -50,15 +53,39 @@ def operating_points(data_dir: Path, split: str, predictions_path: Path) -> tupl
     return points, matching.num_images, len(matching.hit_rank)
 
 
-def choose_threshold(data_dir: Path, split: str, predictions_path: Path, max_fp_per_image: float) -> dict:
-    """The lowest score threshold with at most ``max_fp_per_image`` false positives per image."""
+def normal_study_threshold(results_paths: list[Path], max_lesions: int) -> float:
+    """The lowest score threshold at which every study of `ctlesion detect` results (run at a
+    low threshold on CT without known lesions) keeps at most ``max_lesions`` lesions."""
+    threshold = 0.0
+    for path in results_paths:
+        for study in json.loads(Path(path).read_text())["studies"]:
+            scores = sorted((lesion["score"] for lesion in study["lesions"]), reverse=True)
+            if len(scores) > max_lesions:
+                threshold = max(threshold, math.nextafter(scores[max_lesions], 1.0))
+    return threshold
+
+
+def choose_threshold(data_dir: Path, split: str, predictions_path: Path, max_fp_per_image: float,
+                     normal_results: list[Path] = (), max_lesions_per_normal_study: int = 1) -> dict:
+    """The lowest score threshold with at most ``max_fp_per_image`` false positives per key slice
+    of the split and at most ``max_lesions_per_normal_study`` lesions in each normal study."""
     points, images, lesions = operating_points(data_dir, split, predictions_path)
     allowed = [p for p in points if p["fp_per_image"] <= max_fp_per_image]
-    best = allowed[-1] if allowed else points[0]
-    return {"score_threshold": round(best["score_threshold"], 3), "fp_per_image": round(best["fp_per_image"], 4),
-            "sensitivity": round(best["sensitivity"], 4), "max_fp_per_image": max_fp_per_image,
-            "chosen_on": f"{split} split of the simulated evaluation data ({images} key slices, {lesions} lesions)",
-            "rule": "lowest score threshold with at most max_fp_per_image false positives per key slice"}
+    by_rate = (allowed[-1] if allowed else points[0])["score_threshold"]
+    by_normal = normal_study_threshold(list(normal_results), max_lesions_per_normal_study)
+    threshold = max(by_rate, by_normal)
+    kept = [p for p in points if p["score_threshold"] >= threshold]
+    point = kept[-1] if kept else {"fp_per_image": 0.0, "sensitivity": 0.0}
+    return {"score_threshold": round(threshold, 3), "fp_per_image": round(point["fp_per_image"], 4),
+            "sensitivity": round(point["sensitivity"], 4), "max_fp_per_image": max_fp_per_image,
+            "threshold_by_fp_rate": round(by_rate, 3),
+            "normal_studies": [Path(p).stem for p in normal_results],
+            "max_lesions_per_normal_study": max_lesions_per_normal_study,
+            "threshold_by_normal_studies": round(by_normal, 3),
+            "chosen_on": f"{split} split of the simulated evaluation data ({images} key slices, {lesions} lesions)"
+                         + (" and the validation patient's CT without synthetic lesions" if normal_results else ""),
+            "rule": "lowest score threshold with at most max_fp_per_image false positives per key slice of "
+                    "the split and at most max_lesions_per_normal_study lesions in each normal study"}
 
 
 def study_figures(results_path: Path) -> list[dict]:
@@ -104,12 +131,16 @@ def main() -> int:
     threshold.add_argument("predictions", type=Path, help="predictions.json of `ctlesion evaluate` on --split")
     threshold.add_argument("--split", default="val")
     threshold.add_argument("--max-fp-per-image", type=float, default=0.125)
+    threshold.add_argument("--normal", type=Path, action="append", default=[],
+                           help="results.json of `ctlesion detect --score-threshold 0.05` on CT without lesions")
+    threshold.add_argument("--max-lesions-per-normal-study", type=int, default=1)
     real = commands.add_parser("real")
     real.add_argument("results", type=Path, nargs="+")
     real.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.command == "threshold":
-        point = choose_threshold(args.data, args.split, args.predictions, args.max_fp_per_image)
+        point = choose_threshold(args.data, args.split, args.predictions, args.max_fp_per_image, args.normal,
+                                 args.max_lesions_per_normal_study)
         info = json.loads(SIDECAR.read_text())
         info["operating_point"] = point
         SIDECAR.write_text(json.dumps(info, indent=2) + "\n")

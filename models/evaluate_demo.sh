@@ -24,7 +24,12 @@ ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out
 mkdir -p "$card/sim_eval"  # the evaluation data's table and the val predictions, to re-derive the figures
 cp "$work/sim_eval/DL_info.csv" "$card/sim_eval/"
 cp "$work/eval_val/predictions.json" "$card/sim_eval/val_predictions.json"
-"$python" models/demo_card.py threshold "$card/sim_eval" "$card/sim_eval/val_predictions.json"
+# The validation patient's own CT (no synthetic lesion; no lesion known), read at a low threshold.
+ctlesion detect "$shared/ct_backgrounds/cmb_crc_msb-01068_chest.nii.gz" --score-threshold 0.05 \
+  --out "$work/val_normal/results.json" --device cpu
+cp "$work/val_normal/results.json" "$card/sim_eval/val_normal_study_results.json"
+"$python" models/demo_card.py threshold "$card/sim_eval" "$card/sim_eval/val_predictions.json" \
+  --normal "$card/sim_eval/val_normal_study_results.json"
 
 ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card" --device cpu
 for split in val test; do
