@@ -3,7 +3,8 @@
 # and ../shared/data (the train-split backgrounds of the default set; see models/README.md).
 #
 # Usage: models/train_demo.sh [WORK_DIR] [GPU_SECONDS]
-#   Stage 1 (needs a CUDA GPU): whole 512-px slices, batch 16, bf16, random initialisation; the number
+#   Stage 1 (needs a CUDA GPU): whole 512-px slices, batch 16, bf16 with channels-last layout (2.4x the
+#     speed of the default layout on an H200: benchmarks/train_speed.py), random initialisation; the number
 #     of iterations is set from a 40-iteration probe so that training lasts about GPU_SECONDS (default
 #     240). Without a GPU, give an earlier stage-1 checkpoint instead: STAGE1=path models/train_demo.sh
 #   Stage 2 (CPU or GPU): fine-tuning on 192-px crops at the 512-px scale, batch 4, 600 iterations
@@ -29,7 +30,7 @@ if [[ -z $stage1 ]]; then
   seconds=${2:-240}
   batch=16
   stage1_options=("${common[@]}" --slices 3 --image-size 512 --fpn-channels 256 --fc-channels 512
-                  --hu-window -175 275 --batch-size $batch --device cuda --precision bf16)
+                  --hu-window -175 275 --batch-size $batch --device cuda --precision bf16 --channels-last)
   # Probe: 40 iterations give the images per second of this machine (warm-up included: an underestimate).
   ctlesion train "${stage1_options[@]}" --out "$work/probe" --epochs 1 --max-iters-per-epoch 40
   read -r epochs per_epoch warmup < <("$python" - "$work" "$seconds" "$batch" <<'PY'
