@@ -17,9 +17,11 @@ card=models/ctlesion_demo_sim_eval
 shared=../shared/data
 
 # Validation and test data: the val and test patients of the default background set (train_demo.sh
-# simulates the train patients with another seed).
-ctlesion simulate --out "$work/sim_eval" --split val --split test --num-series 160 --image-size 512 --seed 0 \
-  --workers "$cpus" --overwrite
+# simulates the train patients with another seed); kept from an earlier run when present.
+if [[ ! -f $work/sim_eval/DL_info.csv ]]; then
+  ctlesion simulate --out "$work/sim_eval" --split val --split test --num-series 160 --image-size 512 --seed 0 \
+    --workers "$cpus" --overwrite
+fi
 ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out "$work/eval_val" --device cpu
 mkdir -p "$card/sim_eval"  # the evaluation data's table and the val predictions, to re-derive the figures
 cp "$work/sim_eval/DL_info.csv" "$card/sim_eval/"
