@@ -224,10 +224,11 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                 write_overlay(volume, lesion, label, Path(stage) / overlay_name, num_lesions=len(lesions),
                               study_name=name)
                 overlays.append(overlay_name)
-            sheet = write_summary_sheet(volume, lesions, Path(stage) / f"{name}_lesions.png", study_name=name)
+            sheet = write_summary_sheet(volume, lesions, Path(stage) / f"{name}_lesions.png", study_name=name,
+                                        score_threshold=options.score_threshold)
             records.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,
                                         label_map_file=map_name, overlay_files=overlays, dicom_seg_file=seg_name,
-                                        dicom_sr_file=sr_name, summary_sheet_file=None if sheet is None else sheet.name))
+                                        dicom_sr_file=sr_name, summary_sheet_file=sheet.name))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", ""),
                         "score_threshold": options.score_threshold}

@@ -76,7 +76,8 @@ def choose_threshold(data_dir: Path, split: str, predictions_path: Path, max_fp_
     threshold = max(by_rate, by_normal)
     kept = [p for p in points if p["score_threshold"] >= threshold]
     point = kept[-1] if kept else {"fp_per_image": 0.0, "sensitivity": 0.0}
-    return {"score_threshold": round(threshold, 3), "fp_per_image": round(point["fp_per_image"], 4),
+    return {"score_threshold": math.ceil(threshold * 1000) / 1000,  # rounded up: never keeps what it should drop
+            "fp_per_image": round(point["fp_per_image"], 4),
             "sensitivity": round(point["sensitivity"], 4), "max_fp_per_image": max_fp_per_image,
             "threshold_by_fp_rate": round(by_rate, 3),
             "normal_studies": [Path(p).stem for p in normal_results],

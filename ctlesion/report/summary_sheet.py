@@ -9,7 +9,8 @@ the volume's direction matrix, as on the overlays: see :mod:`ctlesion.report.ove
 
 The grid is capped: at most :data:`MAX_TILES` tiles (the most confident lesions), with a line in
 the header saying how many more were left out and that every lesion is in results.json and has
-its own overlay. One file per study, no pagination. A study without lesions gets no sheet.
+its own overlay. One file per study, no pagination. A study without lesions gets a sheet that
+says so, with a few evenly spaced whole slices (:data:`OVERVIEW_SLICES`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ctlesion.report.overlays import (
     make_panel,
     orientation_letters,
     render_with_text,
+    window_to_uint8,
 )
 from ctlesion.volume import Volume
 
@@ -62,6 +64,8 @@ NOTE_PX = 28
 MIN_WIDTH_PX = 1040
 #: Colour of the "N more lesions not shown" line.
 NOTE_RGB = (255, 180, 60)
+#: Whole slices shown on the sheet of a study without lesions.
+OVERVIEW_SLICES = 4
 #: A tile's scale bar is at most this fraction of the tile (room for its label and the z value).
 TILE_SCALE_BAR_FRACTION = 0.25
 
@@ -124,21 +128,25 @@ def tile_panel(volume: Volume, lesion: Lesion, origin_xy: tuple[int, int]) -> Pa
 
 
 def render_summary_sheet(volume: Volume, lesions: Sequence[Lesion], *, study_name: str | None = None,
-                         max_tiles: int = MAX_TILES) -> np.ndarray | None:
-    """The study's summary sheet as an (H, W, 3) uint8 BGR image, or None when there are no lesions.
+                         max_tiles: int = MAX_TILES, score_threshold: float | None = None) -> np.ndarray:
+    """The study's summary sheet as an (H, W, 3) uint8 BGR image.
+
+    Without lesions, the sheet says so (with the score threshold when given) and shows
+    :data:`OVERVIEW_SLICES` evenly spaced whole slices, so that the reader sees what was read.
 
     Args:
         volume: the input volume (HU (Z, Y, X), spacing, LPS geometry).
         lesions: the study's lesions in label order (``lesions[i]`` has label ``i + 1``).
         study_name: shown in the title.
         max_tiles: at most this many tiles (the most confident lesions); the header counts the rest.
+        score_threshold: the detection threshold, named on a sheet without lesions.
 
     Raises:
         ValueError: if a key slice is outside the volume, or ``max_tiles`` < 1.
     """
     grid = sheet_grid(len(lesions), max_tiles)
     if grid.shown == 0:
-        return None
+        return _no_lesion_sheet(volume, study_name, score_threshold)
     width, height = grid.canvas_wh
     canvas = np.empty((height, width, 3), np.uint8)
     canvas[...] = BACKGROUND_RGB
@@ -158,6 +166,34 @@ def render_summary_sheet(volume: Volume, lesions: Sequence[Lesion], *, study_nam
             TextItem(right, panel.bar_origin_xy[1] + 2, f"z {key_slice_z_lps_mm(volume, lesion):+.1f}",
                      size_px=15.0, rgb=MUTED_TEXT_RGB, ha="right"),
         ]
+        draw_scale_bar(canvas, panel, texts, size_px=15.0)
+    return render_with_text(canvas, texts)
+
+
+def _no_lesion_sheet(volume: Volume, study_name: str | None, score_threshold: float | None) -> np.ndarray:
+    """The sheet of a study without lesions: a header and evenly spaced whole slices."""
+    num_z = volume.shape_zyx[0]
+    slices = sorted({int(round((k + 1) * (num_z - 1) / (OVERVIEW_SLICES + 1))) for k in range(OVERVIEW_SLICES)})
+    width = max(MIN_WIDTH_PX, GAP_PX + len(slices) * (TILE_PX + GAP_PX))
+    canvas = np.empty((HEADER_PX + TILE_PX + CAPTION_PX + GAP_PX, width, 3), np.uint8)
+    canvas[...] = BACKGROUND_RGB
+    at = f" at score >= {score_threshold:.3g}" if score_threshold is not None else ""
+    texts = [TextItem(GAP_PX, 26, (f"{study_name}: " if study_name else "") + f"no lesion found{at}",
+                      size_px=26.0, bold=True),
+             TextItem(GAP_PX, 60, f"{len(slices)} of the {num_z} slices, evenly spaced · soft-tissue window "
+                      f"W {SOFT_TISSUE_WINDOW_HU[0]:g} / L {SOFT_TISSUE_WINDOW_HU[1]:g} HU · z: LPS mm",
+                      size_px=16.0, rgb=MUTED_TEXT_RGB)]
+    _, num_y, num_x = volume.shape_zyx
+    for tile, z in enumerate(slices):
+        slot_x, slot_y = GAP_PX + tile * (TILE_PX + GAP_PX), HEADER_PX
+        canvas[slot_y : slot_y + TILE_PX, slot_x : slot_x + TILE_PX] = 0
+        panel = make_panel((0, 0, num_x, num_y), volume.spacing_zyx_mm[1:], (slot_x, slot_y), TILE_PX,
+                           bar_offset_px=CAPTION_PX - 20, bar_fraction=TILE_SCALE_BAR_FRACTION)
+        draw_panel_image(canvas, window_to_uint8(volume.hu[z], *SOFT_TISSUE_WINDOW_HU), panel)
+        z_lps = float(volume.voxel_to_lps(np.array([(num_x - 1) / 2, (num_y - 1) / 2, float(z)]))[2])
+        texts += [TextItem(slot_x, slot_y + TILE_PX + 15, f"slice {z}", size_px=17.0, bold=True),
+                  TextItem(slot_x + TILE_PX, slot_y + TILE_PX + 15, f"z {z_lps:+.1f}", size_px=15.0,
+                           rgb=MUTED_TEXT_RGB, ha="right")]
         draw_scale_bar(canvas, panel, texts, size_px=15.0)
     return render_with_text(canvas, texts)
 
@@ -201,7 +237,7 @@ def _header(canvas: np.ndarray, volume: Volume, num_lesions: int, grid: SheetGri
 
 
 def write_summary_sheet(volume: Volume, lesions: Sequence[Lesion], path: Path, *, study_name: str | None = None,
-                        max_tiles: int = MAX_TILES) -> Path | None:
+                        max_tiles: int = MAX_TILES, score_threshold: float | None = None) -> Path:
     """Write the study's summary sheet (:func:`render_summary_sheet`) as a PNG, atomically.
 
     Args:
@@ -211,16 +247,16 @@ def write_summary_sheet(volume: Volume, lesions: Sequence[Lesion], path: Path, *
         study_name: shown in the title.
         max_tiles: at most this many tiles; the header counts the lesions left out.
 
+        score_threshold: the detection threshold, named on a sheet without lesions.
+
     Returns:
-        ``path``, or None when ``lesions`` is empty: then NOTHING is written (and an existing
-        file at ``path`` is left as it is).
+        ``path``.
 
     Raises:
         ValueError: if a key slice is outside the volume, or ``max_tiles`` < 1.
         OSError: if the PNG cannot be encoded or written.
     """
-    image = render_summary_sheet(volume, lesions, study_name=study_name, max_tiles=max_tiles)
-    if image is None:
-        return None
+    image = render_summary_sheet(volume, lesions, study_name=study_name, max_tiles=max_tiles,
+                                 score_threshold=score_threshold)
     encode_png(image, Path(path))
     return Path(path)
