@@ -42,8 +42,7 @@ done
 results=()
 for ct in sample_data/abdomen_ct_dicom "$shared/totalseg_example/example_ct_sm.nii.gz" \
           "$shared/ct_backgrounds/cmb_crc_msb-01068_chest.nii.gz" \
-          "$shared/ct_backgrounds/lidc_idri_0001_chest.nii.gz" \
-          "$shared/ct_backgrounds/acrin_flt_breast_001_abdomen_pelvis.nii.gz"; do
+          "$shared/ct_backgrounds/lidc_idri_0001_chest.nii.gz"; do
   name=$(basename "$ct"); name=${name%.nii.gz}
   SECONDS=0
   ctlesion detect "$ct" --out "$work/real/$name/results.json" --device cpu
