@@ -145,6 +145,7 @@ from ctlesion.data.lesion_synthesis import (
     offsets_mm,
     render_lesion,
 )
+from ctlesion.data.mask_cache import TRUE_MASKS_DIRNAME
 from ctlesion.errors import CtlesionError
 from ctlesion.io import read_volume
 from ctlesion.io.deeplesion import write_dl_info, write_png_hu
@@ -169,8 +170,8 @@ ROTATION_DEG = 5.0
 SCALE_RANGE = (0.9, 1.1)
 LESIONS_PER_SERIES = (1, 4)
 NODE_FAT_FRACTION = 0.3
-#: Folder of the true key-slice masks, beside Images_png.
-MASKS_DIR = "masks"
+#: Folder of the true key-slice masks, beside Images_png (the name the training reader looks for).
+MASKS_DIR = TRUE_MASKS_DIRNAME
 _FOOTPRINT_MM = 1.0  # every voxel within this distance of the surface lies in the region
 _CLEARANCE_MM = 3.0  # lesions keep this far from each other
 _POSITION_TRIES = 40
