@@ -42,13 +42,14 @@ def operating_points(data_dir: Path, split: str, predictions_path: Path) -> tupl
     scores = np.sort(np.concatenate([d[:, 4] for d in detections]))[::-1]
     is_fp = np.zeros(matching.num_detections, bool)
     is_fp[matching.fp_rank] = True
+    false_positives = np.cumsum(is_fp)  # after each ranked detection
     hit_rank = np.sort(matching.hit_rank[matching.hit_rank < matching.num_detections])
     points = []
     for rank, score in enumerate(scores):
         if rank + 1 < len(scores) and scores[rank + 1] == score:
             continue  # ties: all detections of one score are kept or dropped together
         points.append({"score_threshold": float(score),
-                       "fp_per_image": float(is_fp[: rank + 1].sum() / matching.num_images),
+                       "fp_per_image": float(false_positives[rank] / matching.num_images),
                        "sensitivity": float(np.searchsorted(hit_rank, rank, side="right") / len(matching.hit_rank))})
     return points, matching.num_images, len(matching.hit_rank)
 
