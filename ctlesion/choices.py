@@ -30,3 +30,12 @@ BOX_CONVENTIONS = ("torchvision", "mmdet1")
 #: Where training masks come from: ``auto`` (a dataset's true masks, ``masks/``, where present,
 #: else GrabCut pseudo-masks from the RECIST axes) or ``grabcut`` (always the pseudo-masks).
 MASK_SOURCES = ("auto", "grabcut")
+#: The detector's parts that ``train --freeze`` can keep as they are: the backbone (3D DenseNet +
+#: FPN), the RPN, the box head and the mask head.
+DETECTOR_PARTS = ("backbone", "rpn", "box-head", "mask-head")
+#: Mask losses of training: ``dice`` (the released configuration) or ``dice+bce`` (Dice plus
+#: per-pixel binary cross-entropy, whose gradient does not vanish where the sigmoid saturates).
+MASK_LOSSES = ("dice", "dice+bce")
+#: Hit rules of the lesion-level FROC per scan: ``centre`` (a predicted lesion's centre inside the
+#: lesion, LUNA16) or ``iou`` (3D intersection over union, nnDetection).
+SCAN_CRITERIA = ("centre", "iou")

@@ -18,7 +18,9 @@ key-slice window at the model's native pixel scale, around a lesion or (``negati
 anywhere in the body (:mod:`ctlesion.data.augment`), so a CPU step costs (PX / S)^2 of a whole
 slice's and sees lesions at the size they have at inference; validation and ``evaluate`` stay
 on whole slices. Masks (``mask_source``): the dataset's true masks where it has them
-(``DATA/masks/``), else GrabCut pseudo-masks (:mod:`ctlesion.data.mask_cache`).
+(``DATA/masks/``), else GrabCut pseudo-masks (:mod:`ctlesion.data.mask_cache`). Frozen parts
+(``freeze``, ``ctlesion train --freeze PART``): their weights and BatchNorm statistics stay as
+they were (e.g. fine-tune only the mask head of a checkpoint: its boxes and scores do not move).
 
 A run folder holds ``config.json`` (the options), ``metrics.jsonl`` (one JSON line per step
 and per epoch), ``epoch_NNN.safetensors`` + ``.json`` (weights after every epoch, with the
@@ -47,8 +49,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.models import densenet121
 
 from ctlesion import __version__
+from ctlesion.atomic import atomic_write_text
 from ctlesion.checkpoint import load_detector, save_checkpoint
-from ctlesion.choices import PRECISIONS
+from ctlesion.choices import DETECTOR_PARTS, MASK_LOSSES, PRECISIONS
 from ctlesion.data.augment import AugmentConfig, CropConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
 from ctlesion.data.mask_cache import MASK_SOURCES
@@ -63,9 +66,14 @@ from ctlesion.distributed import (
     wrap_ddp,
 )
 from ctlesion.errors import CtlesionError
-from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, to_channels_last
+from ctlesion.networks.detector import (
+    AlignShiftDetector,
+    DetectorConfig,
+    freeze_parts,
+    hold_frozen_norms,
+    to_channels_last,
+)
 from ctlesion.networks.pretrained import load_pretrained_2d
-from ctlesion.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +109,8 @@ class TrainOptions:
     channels_last: bool = False  # channels-last weights and inputs (NDHWC convolutions; for CUDA)
     crop: CropConfig | None = None  # train on crops at the native scale (data.augment); None: whole slices
     mask_source: str = "auto"  # "auto": the dataset's true masks (DATA/masks/) where present, else GrabCut; "grabcut"
+    mask_loss: str = "dice"  # "dice" (released configuration) or "dice+bce" (choices.MASK_LOSSES)
+    freeze: tuple[str, ...] = ()  # detector parts not trained (networks.detector.DETECTOR_PARTS), e.g. all but mask-head
 
     @property
     def lr(self) -> float:
@@ -254,6 +264,8 @@ def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
         report = load_pretrained_2d(densenet, options.pretrained, "densenet121")
         log.info("initialised from %s", report.summary())
         model = AlignShiftDetector(options.detector, densenet_2d=densenet)
+    freeze_parts(model, options.freeze)
+    model.roi_heads.mask_loss = options.mask_loss
     if options.grad_checkpoint:
         model.backbone.set_gradient_checkpointing(True)
     if options.channels_last:
@@ -404,6 +416,13 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
     from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415 (evaluation imports the loader stack)
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
+    if options.mask_loss not in MASK_LOSSES:
+        raise CtlesionError(f"unknown mask loss {options.mask_loss!r} (expected one of {', '.join(MASK_LOSSES)})",
+                            options.out_dir)
+    unknown = sorted(set(options.freeze) - set(DETECTOR_PARTS))
+    if unknown or set(options.freeze) >= set(DETECTOR_PARTS):
+        raise CtlesionError(f"--freeze {' '.join(options.freeze)}: " + (f"unknown part(s) {', '.join(unknown)}"
+                            if unknown else "every part frozen, nothing to train"), options.out_dir)
     if options.batch_size % ctx.world_size:
         raise CtlesionError(f"the global batch ({options.batch_size}) must be divisible by the number of "
                             f"processes ({ctx.world_size})", options.out_dir)
@@ -446,6 +465,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
                             completed=run.epoch * iters_per_epoch + run.step, info="")
         for epoch in range(run.epoch, options.epochs):
             ddp.train()
+            hold_frozen_norms(model, options.freeze)
             started, seen = time.perf_counter(), 0
             loader = make_train_loader(dataset, options, ctx, epoch, run.step)
             for step, (images, intervals, targets) in enumerate(loader, start=run.step):
@@ -549,5 +569,6 @@ def read_run_options(run_dir: Path) -> TrainOptions:
         data["crop"] = CropConfig(**data["crop"])
     if data.get("mask_cache_dir") is not None:
         data["mask_cache_dir"] = Path(data["mask_cache_dir"])
+    data["freeze"] = tuple(data.get("freeze", ()))
     return TrainOptions(**data)
 

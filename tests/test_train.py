@@ -332,3 +332,55 @@ def test_init_from_a_checkpoint_fine_tunes_its_whole_detector(dataset, reference
         assert result.exit_code == 1 and message in result.output, result.output
     result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--init-from", str(tmp_path / "none.safetensors")])
     assert result.exit_code == 1 and "checkpoint does not exist" in result.output
+
+
+def test_frozen_parts_keep_their_weights_and_batchnorm_statistics(dataset, reference_run, tmp_path, monkeypatch):
+    """--freeze backbone rpn box-head: only the mask head trains; the detector's boxes and scores
+    stay the checkpoint's exactly (BatchNorm statistics included), while its masks change."""
+    from ctlesion.checkpoint import load_detector
+
+    start = reference_run / "epoch_001.safetensors"
+    frozen = ("backbone", "rpn", "box-head")
+    run = tmp_path / "mask_only"
+    train(_options(dataset, run, init_from=str(start), freeze=frozen, max_iters_per_epoch=3, mask_loss="dice+bce"),
+          device="cpu", progress=False)
+    assert read_run_options(run).freeze == frozen and read_run_options(run).mask_loss == "dice+bce"
+    before, after = load_detector(start)[0].state_dict(), load_detector(run / "epoch_001.safetensors")[0].state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor.")) for k in changed)
+    assert any("running_mean" in k for k in before if k.startswith("backbone."))  # BatchNorm present, and kept
+    # An unknown part, or nothing left to train, is refused.
+    with pytest.raises(CtlesionError, match="nothing to train"):
+        train(_options(dataset, tmp_path / "all", freeze=("backbone", "rpn", "box-head", "mask-head")), device="cpu",
+              progress=False)
+    with pytest.raises(CtlesionError, match="unknown part"):
+        train(_options(dataset, tmp_path / "bad", freeze=("neck",)), device="cpu", progress=False)
+    # The command line: repeatable --freeze, choices checked by the parser.
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda options, **kwargs: seen.append(options) or Path("last"))
+    base = ["train", "--data", str(dataset), "--out", str(tmp_path / "cli"), "--init-from", str(start)]
+    result = CliRunner().invoke(app, [*base, "--freeze", "backbone", "--freeze", "box-head", "--mask-loss", "dice+bce"])
+    assert result.exit_code == 0, result.output
+    assert seen[-1].freeze == ("backbone", "box-head") and seen[-1].mask_loss == "dice+bce"
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 0 and seen[-1].freeze == () and seen[-1].mask_loss == "dice"
+    result = CliRunner().invoke(app, [*base, "--freeze", "neck"])
+    assert result.exit_code == 2 and "neck" in result.output
+
+
+def test_dice_plus_bce_mask_loss_keeps_a_gradient_where_the_mask_head_saturates():
+    """The Dice loss's gradient vanishes with the sigmoid (a head stuck at probability 1 over whole
+    boxes stays there); binary cross-entropy's does not: d/dlogit = p - target."""
+    from ctlesion.networks.detector import AlignShiftDetector
+
+    heads = AlignShiftDetector(TINY).roi_heads
+    target = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    target[0, 1:3, 1:3] = 1
+    boxes = [torch.tensor([[0.0, 0.0, 4.0, 4.0]])]
+    gradients = {}
+    for loss in ("dice", "dice+bce"):
+        heads.mask_loss = loss
+        logits = torch.full((1, 2, 28, 28), 12.0, requires_grad=True)  # probability 0.999994 everywhere
+        heads._mask_loss(logits, boxes, [{"masks": target}], [torch.tensor([0])]).backward()
+        gradients[loss] = logits.grad.abs().max().item()
+    assert gradients["dice"] < 1e-5 and gradients["dice+bce"] > 1e-3

@@ -24,10 +24,13 @@ from ctlesion import __version__
 from ctlesion.choices import (
     CRITERIA,
     DETECTOR_CONTEXTS,
+    DETECTOR_PARTS,
+    MASK_LOSSES,
     MASK_SOURCES,
     PADDINGS,
     PRECISIONS,
     PREPARE_SPLITS,
+    SCAN_CRITERIA,
     SPLITS,
     TILT_CHOICES,
 )
@@ -97,9 +100,12 @@ Padding = _choice("Padding", PADDINGS)
 Precision = _choice("Precision", PRECISIONS)
 Augment = _choice("Augment", ("paper", "flip", "none"))
 MaskSource = _choice("MaskSource", MASK_SOURCES)
+DetectorPart = _choice("DetectorPart", DETECTOR_PARTS)
+MaskLoss = _choice("MaskLoss", MASK_LOSSES)
 Split = _choice("Split", SPLITS)
 PrepareSplit = _choice("PrepareSplit", PREPARE_SPLITS)
-Criterion = _choice("Criterion", CRITERIA)
+Criterion = _choice("Criterion", tuple(dict.fromkeys((*CRITERIA, *SCAN_CRITERIA))))
+EvaluateSplit = _choice("EvaluateSplit", (*SPLITS, "all"))
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
@@ -217,6 +223,13 @@ def train(
                                "a lesion.")] = 0.25,
     keep_noisy: Annotated[bool, typer.Option(
         "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
+    mask_loss: Annotated[MaskLoss, typer.Option(
+        help="dice (the released configuration) or dice+bce (adds per-pixel binary cross-entropy, whose gradient "
+             "does not vanish where the mask head saturates).")] = "dice",
+    freeze: Annotated[Optional[list[DetectorPart]], typer.Option(
+        help="Keep this part of the detector as it is (weights and BatchNorm statistics); repeatable. With "
+             "--init-from, e.g. train only the mask head: --freeze backbone --freeze rpn --freeze box-head "
+             "(boxes and scores then stay the checkpoint's).")] = None,
     checkpoint_every: Annotated[int, typer.Option(
         min=0, help="Steps between mid-epoch checkpoints (state.pt) for --resume; 0: epoch ends only.")] = 500,
     precision: Annotated[Precision, typer.Option(
@@ -279,7 +292,8 @@ def train(
                                pretrained=pretrained, checkpoint_every=checkpoint_every, precision=precision.value,
                                init_from=None if init_from is None else str(init_from),
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
-                               mask_source=mask_source.value)
+                               mask_source=mask_source.value,
+                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()))
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
 
@@ -338,27 +352,32 @@ def _launch_torchrun(gpus: int) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _print_summary(summary: dict, title: str) -> None:
-    """Sensitivity % per image subset (with the 95 % interval of avg[0.5-4] when bootstrapped), then the gap."""
-    labels = {"all": "all", "thin_le_2mm": "thin", "thick_5mm": "thick", "thick_gt_2mm": ">2mm"}
-    table = Table(title=title, caption="thin: slice interval <= 2 mm; thick: 5 mm", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True)
+def _print_summary(summary: dict, unit: str, title: str) -> None:
+    """Sensitivity % per subset (with the 95 % interval of the mean when bootstrapped), then the gap.
+
+    ``unit``: ``"image"`` (key slices: the mean is avg[0.5-4]) or ``"scan"`` (per scan: the CPM).
+    """
+    labels = {"all": "all", "thin_le_2mm": "thin", "thick_5mm": "thick", "thick_ge_5mm": "thick", "thick_gt_2mm": ">2mm"}
+    mean_key = "avg_0.5_4" if unit == "image" else "mean"
+    caption = "thin: slice interval <= 2 mm; thick: " + ("5 mm" if unit == "image" else ">= 5 mm")
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("subset", no_wrap=True)
-    for fp in summary["fps_per_image"]:
+    for fp in summary[f"fps_per_{unit}"]:
         table.add_column(f"@{fp:g}", justify="right")
-    table.add_column("avg", justify="right")
+    table.add_column("avg" if unit == "image" else "CPM", justify="right")
     table.add_column("95% CI", justify="right", no_wrap=True)
-    table.add_column("images", justify="right")
+    table.add_column(f"{unit}s", justify="right")
     table.add_column("lesions", justify="right")
     for name, row in summary.items():
         if isinstance(row, dict):
-            bounds = (row.get("ci95") or {}).get("avg_0.5_4")
+            bounds = (row.get("ci95") or {}).get(mean_key)
             ci = f"{100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}" if bounds and bounds[0] is not None else "-"
             table.add_row(labels.get(name, name), *(f"{100 * s:.1f}" for s in row["sensitivity"]),
-                          f"{100 * row['avg_0.5_4']:.1f}", ci, str(row["num_images"]), str(row["num_lesions"]))
+                          f"{100 * row[mean_key]:.1f}", ci, str(row[f"num_{unit}s"]), str(row["num_lesions"]))
     stdout.print(table)
-    if "thin_minus_thick_avg_0.5_4" in summary:
-        stdout.print(f"thin minus thick, avg[0.5-4]: {100 * summary['thin_minus_thick_avg_0.5_4']:+.1f} points")
+    gap = f"thin_minus_thick_{mean_key}"
+    if gap in summary:
+        stdout.print(f"thin minus thick, {'avg[0.5-4]' if unit == 'image' else 'CPM'}: {100 * summary[gap]:+.1f} points")
 
 
 def _weights_path(weights: Optional[Path], model: Optional[str]) -> Path:
@@ -406,46 +425,77 @@ ModelName = Annotated[Optional[str], typer.Option(
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv; Images_png to run a model).")],
-    split: Annotated[Split, typer.Option(help="DeepLesion split (Train_Val_Test column 1, 2, 3).")] = "test",
+    data: Annotated[Path, typer.Option(
+        help="Dataset: DeepLesion layout (DL_info.csv; Images_png to run a model), or CT volumes with lesion masks "
+             "in the nnU-Net v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/).")],
+    split: Annotated[EvaluateSplit, typer.Option(
+        help="DeepLesion: train, val, test (Train_Val_Test 1, 2, 3). Volumes: train/val (splits_final.json fold 0, "
+             "or --val-fraction), test (imagesTs/ with labelsTs/), or all.")] = "test",
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(
-        help="Score saved predictions (JSON, see the README) instead of running a model.")] = None,
+        help="Score saved predictions instead of running a model: DeepLesion, a predictions JSON (see the README); "
+             "volumes, a `ctlesion detect` results.json with its label maps.")] = None,
     key_slices: Annotated[Optional[Path], typer.Option(
-        help="Restrict to these key slices: one File_name per line, or a CSV with a File_name column.")] = None,
+        help="DeepLesion: restrict to these key slices (one File_name per line, or a CSV with a File_name column).")] = None,
+    lesion_label: Annotated[Optional[str], typer.Option(
+        help="Volumes: the label (name in dataset.json, or value) whose 3D connected components are the lesions "
+             "(nnDetection: the class whose instances are).")] = None,
+    min_lesion_voxels: Annotated[int, typer.Option(min=1, help="Volumes: drop smaller lesion components.")] = 1,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        min=0.0, max=0.99, help="Volumes without a splits file: share of training cases in val (seeded by --seed).")] = None,
+    score_threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Volumes, running a model: minimum lesion score (low, so the FROC reaches 8 FP/scan).")] = 0.05,
     out: Annotated[Path, typer.Option(
-        help="Folder for evaluation.json, evaluation.md, froc.png (and predictions.json).")] = Path("evaluation"),
-    criterion: Annotated[Criterion, typer.Option(
-        help="iou (DeepLesion) or iobb (intersection over the detected box's area).")] = "iou",
-    iou_threshold: Annotated[float, typer.Option(help="Minimum overlap for a hit, for either criterion.")] = 0.5,
-    bootstrap: Annotated[int, typer.Option(min=0, help="Bootstrap resamples for 95 % intervals (0: none).")] = 1000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+        help="Folder for evaluation.json, evaluation.md, froc.png (and the predictions).")] = Path("evaluation"),
+    criterion: Annotated[Optional[Criterion], typer.Option(
+        help="DeepLesion: iou (default) or iobb (intersection over the detected box's area). Volumes: centre "
+             "(default; a predicted lesion's centre inside the lesion, LUNA16) or iou (3D IoU, nnDetection).",
+        show_default=False)] = None,
+    iou_threshold: Annotated[Optional[float], typer.Option(
+        help="Minimum overlap for a hit (default: 0.5 for DeepLesion, 0.1 for 3D IoU).", show_default=False)] = None,
+    bootstrap: Annotated[int, typer.Option(
+        min=0, help="Bootstrap resamples (by image, or by scan) for 95 % intervals (0: none).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed (and --val-fraction's).")] = 0,
     context: ModelContext = None,
     slices: ModelSlices = None,
     model_name: ModelName = None,
     device: Device = None,
     verbose: Verbose = False,
 ) -> None:
-    """Score a detector by the DeepLesion FROC protocol (sensitivity at 0.5-16 FP per image); write a report."""
-    from ctlesion.evaluate.run import EvaluateOptions, run_evaluation  # noqa: PLC0415
+    """Score a detector: DeepLesion FROC (sensitivity at 0.5-16 FP per image) on key slices, or the
+    lesion-level FROC per scan (1/8-8 FP per scan, LUNA16's CPM) on volumes with lesion masks."""
+    from ctlesion.io.masked_datasets import is_masked_dataset  # noqa: PLC0415
 
     _setup_logging(verbose)
-    options = EvaluateOptions(split=split.value, key_list=key_slices, criterion=criterion.value, iou_threshold=iou_threshold,
-                              resamples=bootstrap, seed=seed)
+    volumes = is_masked_dataset(data)
+    usage = _evaluate_usage_error(volumes, split.value, criterion, key_slices, lesion_label, val_fraction)
+    usage = usage or (predictions is not None and weights is not None and "--predictions and --weights exclude "
+                                                                         "each other")
+    if model_name is not None and (weights is not None or predictions is not None):
+        usage = f"--model and {'--weights' if weights is not None else '--predictions'} exclude each other"
+    if not usage and (out.suffix.lower() == ".json" or out.is_file()):
+        usage = f"--out takes a folder (evaluation.json, evaluation.md and froc.png go into it), got {out}"
+    if usage:
+        _error(usage)
+        raise typer.Exit(2)
+    if volumes:
+        evaluation = _evaluate_volumes(data, out, split.value, lesion_label, criterion, iou_threshold,
+                                       min_lesion_voxels, score_threshold, val_fraction, bootstrap, seed,
+                                       weights, predictions, model_name, context, slices, device)
+        _print_summary(evaluation["froc_per_scan"]["summary"], "scan",
+                       f"Lesion-level FROC per scan, {split.value} split: sensitivity % at FP/scan, mean (CPM)")
+        stdout.print(f"wrote {out}/")
+        return
+    from ctlesion.evaluate.run import EvaluateOptions, run_evaluation  # noqa: PLC0415
+
+    options = EvaluateOptions(split=split.value, key_list=key_slices, criterion=(criterion or Criterion("iou")).value,
+                              iou_threshold=0.5 if iou_threshold is None else iou_threshold, resamples=bootstrap,
+                              seed=seed)
     try:
         options.validate()
     except (ValueError, CtlesionError) as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    if predictions is not None and weights is not None:
-        _error("--predictions and --weights exclude each other")
-        raise typer.Exit(2)
-    if model_name is not None and (weights is not None or predictions is not None):
-        _error(f"--model and {'--weights' if weights is not None else '--predictions'} exclude each other")
-        raise typer.Exit(2)
-    if out.suffix.lower() == ".json" or out.is_file():
-        _error(f"--out takes a folder (evaluation.json, evaluation.md and froc.png go into it), got {out}")
-        raise typer.Exit(2)
     if predictions is not None:
         evaluation = _run(run_evaluation, data, out, options, predictions_path=predictions)
     else:
@@ -454,10 +504,60 @@ def evaluate(
         model, info = _load_model(path, dev, context, slices)
         evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=path, model_info=info,
                           device=dev)
-    _print_summary(evaluation["summary"], f"DeepLesion FROC, {split.value} split: sensitivity % at FP/image, avg[0.5-4]")
+    _print_summary(evaluation["summary"], "image",
+                   f"DeepLesion FROC, {split.value} split: sensitivity % at FP/image, avg[0.5-4]")
     if evaluation.get("model_note"):
         stderr.print(f"note: {evaluation['model_note']}", highlight=False)
     stdout.print(f"wrote {out}/")
+
+
+def _evaluate_usage_error(volumes: bool, split: str, criterion, key_slices, lesion_label, val_fraction) -> str | None:
+    """The options that do not fit the dataset's kind, as a message (None: fine)."""
+    if volumes:
+        if lesion_label is None:
+            return "--lesion-label is required for a dataset of volumes (a label name of its dataset.json, or a value)"
+        if criterion is not None and criterion.value not in ("centre", "iou"):
+            return f"--criterion {criterion.value} is for DeepLesion key slices; volumes take centre or iou"
+        if key_slices is not None:
+            return "--key-slices is for DeepLesion datasets"
+        return None
+    if split == "all":
+        return "--split all is for datasets of volumes; a DeepLesion dataset takes train, val or test"
+    if criterion is not None and criterion.value == "centre":
+        return "--criterion centre is for datasets of volumes; DeepLesion key slices take iou or iobb"
+    if lesion_label is not None or val_fraction is not None:
+        return "--lesion-label and --val-fraction are for datasets of volumes (nnU-Net or nnDetection layout)"
+    return None
+
+
+def _evaluate_volumes(data, out, split, lesion_label, criterion, iou_threshold, min_lesion_voxels, score_threshold,
+                      val_fraction, bootstrap, seed, weights, predictions, model_name, context, slices,
+                      device) -> dict:
+    """``evaluate`` on a dataset of volumes with lesion masks (:mod:`ctlesion.evaluate.volumes`)."""
+    from ctlesion.evaluate.volumes import ScanEvaluateOptions, run_scan_evaluation  # noqa: PLC0415
+    from ctlesion.io.masked_datasets import open_masked_dataset  # noqa: PLC0415
+    from ctlesion.progress import make_progress  # noqa: PLC0415
+
+    options = ScanEvaluateOptions(split=split, lesion_label=lesion_label,
+                                  criterion="centre" if criterion is None else criterion.value,
+                                  iou_threshold=0.1 if iou_threshold is None else iou_threshold,
+                                  min_lesion_voxels=min_lesion_voxels, score_threshold=score_threshold,
+                                  resamples=bootstrap, seed=seed)
+    try:
+        options.validate()
+    except ValueError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    dataset = _run(open_masked_dataset, data, val_fraction=val_fraction, seed=seed)
+    _run(dataset.lesion_value, lesion_label)  # a bad label fails before a model is loaded
+    if predictions is not None:
+        return _run(run_scan_evaluation, dataset, out, options, results_path=predictions)
+    path = _weights_path(weights, model_name)
+    dev = _run(_device, device)
+    model, info = _load_model(path, dev, context, slices)
+    with make_progress(enabled=True) as progress:
+        return _run(run_scan_evaluation, dataset, out, options, model=model, weights_path=path, model_info=info,
+                    device=dev, progress=progress)
 
 
 @app.command()

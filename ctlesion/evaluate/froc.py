@@ -25,9 +25,15 @@ with 3DCE, MULAN and AlignShift), SPEC section 8 and ``../shared/reference/READM
    by some released scripts, takes the bottom of vertical runs instead: it can report one
    fewer hit exactly at a rate equal to a reachable false-positive count.)
 
+Rules 1-2 need only each detection's score and its overlap with each lesion of its image, so
+they live in :func:`match_overlaps`, which any overlap feeds: the boxes of rule 3
+(:func:`match_detections`) or the 3D lesions of whole scans (:mod:`ctlesion.evaluate.scan_froc`;
+rule 2's "several candidates in one lesion count once" is also LUNA16's, Setio et al., Medical
+Image Analysis 2017).
+
 Because a detection is a false positive or not whatever the other images hold, and a box is
 hit by the first-ranked detection of its image that overlaps it enough, the outcome of the
-matching is computed once (:func:`match_detections`): which ranked detections are false
+matching is computed once (:func:`match_overlaps`): which ranked detections are false
 positives, and at which rank each box is hit. Everything else is a weighted count over that
 outcome: the curve (:func:`curve_from_matching`), the sensitivities (:func:`weighted_sensitivity`),
 subsets of images (weight 0 or 1 per image), subsets of lesions, and bootstrap resamples
@@ -68,6 +74,11 @@ def _as_boxes(array: np.ndarray, columns: int, what: str, image: int) -> np.ndar
     return boxes
 
 
+def _check_threshold(threshold: float, name: str) -> None:
+    if not 0.0 < float(threshold) <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {threshold}")
+
+
 def _check_inputs(
     detections: Sequence[np.ndarray], ground_truth: Sequence[np.ndarray], iou_threshold: float, criterion: str
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -78,8 +89,7 @@ def _check_inputs(
         )
     if len(detections) == 0:
         raise ValueError("no images to score (detections and ground_truth are empty)")
-    if not 0.0 < float(iou_threshold) <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    _check_threshold(iou_threshold, "iou_threshold")
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     dets = [_as_boxes(d, 5, "detections", i) for i, d in enumerate(detections)]
@@ -144,7 +154,9 @@ def inclusive_iobb(detected: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 class Matching:
     """Outcome of the matching rules (module docstring, rules 1-3), independent of weights.
 
-    Ranks count from 0 in the joint descending-score order of all detections.
+    Ranks count from 0 in the joint descending-score order of all detections. An "image" is
+    the unit the false positives are counted over: a key slice, or a whole scan
+    (:mod:`ctlesion.evaluate.scan_froc`).
 
     Attributes:
         num_images: number of images.
@@ -152,8 +164,9 @@ class Matching:
         ranked_image: (D,) int64 image of the detection at each rank.
         fp_rank: (F,) int64 ranks of the false positives, ascending.
         fp_image: (F,) int64 image of each of those false positives.
-        lesion_image: (G,) int64 image of each ground-truth box (boxes concatenated in image order).
-        hit_rank: (G,) int64 rank of the detection that hits each box; ``num_detections`` if never hit.
+        lesion_image: (G,) int64 image of each ground-truth lesion (box), lesions concatenated in
+            image order.
+        hit_rank: (G,) int64 rank of the detection that hits each lesion; ``num_detections`` if never hit.
     """
 
     num_images: int
@@ -165,6 +178,126 @@ class Matching:
     hit_rank: np.ndarray
 
 
+def _check_overlaps(
+    scores: Sequence[np.ndarray], overlaps: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate :func:`match_overlaps` inputs; return scores and overlaps concatenated, and the counts."""
+    if len(scores) != len(overlaps):
+        raise ValueError(
+            f"scores and overlaps must have one entry per image, got {len(scores)} and {len(overlaps)}"
+        )
+    if len(scores) == 0:
+        raise ValueError("no images to score (scores and overlaps are empty)")
+    score_list = [np.asarray(s, dtype=np.float64) for s in scores]
+    overlap_list = [np.asarray(o, dtype=np.float64) for o in overlaps]
+    for image, (score, overlap) in enumerate(zip(score_list, overlap_list)):
+        if score.ndim != 1:
+            raise ValueError(f"scores of image {image} must have shape (N,), got {score.shape}")
+        if overlap.ndim != 2 or overlap.shape[0] != len(score):
+            raise ValueError(
+                f"overlaps of image {image} must have shape ({len(score)}, M) for its {len(score)} scores, "
+                f"got {overlap.shape}"
+            )
+    det_counts = np.array([len(s) for s in score_list], dtype=np.int64)
+    gt_counts = np.array([o.shape[1] for o in overlap_list], dtype=np.int64)
+    if gt_counts.sum() == 0:
+        raise ValueError("overlaps hold no ground-truth lesion at all (every M_i is 0): sensitivity is undefined")
+    score_all = np.concatenate(score_list)
+    overlap_all = np.concatenate([o.ravel() for o in overlap_list])
+    det_image = np.repeat(np.arange(len(score_list)), det_counts)
+    if np.isnan(score_all).any():
+        raise ValueError(f"scores of image {det_image[np.isnan(score_all).argmax()]} hold NaN scores")
+    bad = ~(np.isfinite(overlap_all) & (overlap_all >= 0.0))
+    if bad.any():
+        image = np.repeat(np.arange(len(overlap_list)), det_counts * gt_counts)[bad.argmax()]
+        raise ValueError(f"overlaps of image {image} must be finite and >= 0")
+    return score_all, overlap_all, det_counts, gt_counts
+
+
+def _pairs(det_counts: np.ndarray, gt_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (detection, lesion of the same image) pair, detection-major (row-major per image).
+
+    Args:
+        det_counts: (I,) int64 detections per image.
+        gt_counts: (I,) int64 lesions per image.
+
+    Returns:
+        ``(pair_det, pair_gt, pair_first, pairs_per_det)``: (P,) int64 indices into the
+        concatenated detections and lesions, P = sum(det_counts * gt_counts), in the order of the
+        images' (N_i, M_i) overlaps raveled; (D,) int64 index of each detection's first pair and
+        its number of pairs (the lesions of its image).
+    """
+    det_image = np.repeat(np.arange(len(det_counts)), det_counts)
+    gt_start = np.concatenate(([0], np.cumsum(gt_counts)[:-1]))
+    pairs_per_det = gt_counts[det_image]
+    pair_det = np.repeat(np.arange(len(det_image)), pairs_per_det)
+    pair_first = np.concatenate(([0], np.cumsum(pairs_per_det)[:-1]))
+    pair_gt = gt_start[det_image[pair_det]] + np.arange(len(pair_det)) - pair_first[pair_det]
+    return pair_det, pair_gt, pair_first, pairs_per_det
+
+
+def match_overlaps(scores: Sequence[np.ndarray], overlaps: Sequence[np.ndarray], threshold: float) -> Matching:
+    """Rank all detections and decide which are false positives and when each lesion is hit.
+
+    The matching rules 1-2 of the module docstring (DeepLesion protocol; for whole scans also
+    LUNA16's rule that several candidates in one lesion count once, Setio et al. 2017), for any
+    overlap measure: detections of all images are ranked by descending score (stable: ties
+    keep image order, then detection order); a detection whose best overlap is below
+    ``threshold`` (or whose image has no lesion) is a false positive; a lesion is hit at the
+    rank of the first-ranked detection overlapping it by >= ``threshold``; a detection that only
+    overlaps lesions already hit is neither a true nor a false positive.
+
+    Args:
+        scores: one (N_i,) float array of detection scores per image (or scan); any finite or
+            infinite values, higher = more confident.
+        overlaps: one (N_i, M_i) float array per image: the overlap of each detection with each
+            ground-truth lesion of that image, >= 0 (an image without lesions: shape (N_i, 0);
+            without detections: (0, M_i)).
+        threshold: minimum overlap for a hit, in (0, 1].
+
+    Returns:
+        The :class:`Matching` (lesions in image order, then column order).
+
+    Raises:
+        ValueError: lengths differ, no images, no lesion at all, shapes that do not fit, NaN
+            scores, non-finite or negative overlaps, or a ``threshold`` outside (0, 1].
+    """
+    _check_threshold(threshold, "threshold")
+    score_all, overlap, det_counts, gt_counts = _check_overlaps(scores, overlaps)
+    num_images, num_dets, num_gts = len(det_counts), len(score_all), int(gt_counts.sum())
+
+    # Rank: stable sort by descending score (ties keep image order, then detection order).
+    order = np.argsort(-score_all, kind="stable")
+    rank = np.empty(num_dets, dtype=np.int64)
+    rank[order] = np.arange(num_dets)
+
+    # False positive: best overlap below the threshold (or no lesion in its image).
+    pair_det, pair_gt, pair_first, pairs_per_det = _pairs(det_counts, gt_counts)
+    best = np.zeros(num_dets)
+    with_pairs = pairs_per_det > 0
+    if with_pairs.any():
+        best[with_pairs] = np.maximum.reduceat(overlap, pair_first[with_pairs])
+    is_fp = best < threshold
+
+    # A lesion is hit by the first-ranked detection overlapping it by >= the threshold (such a
+    # detection is never a false positive, and it marks every such lesion not yet hit).
+    hit_rank = np.full(num_gts, num_dets, dtype=np.int64)
+    qualifying = overlap >= threshold
+    np.minimum.at(hit_rank, pair_gt[qualifying], rank[pair_det[qualifying]])
+
+    fp_rank = np.sort(rank[is_fp])
+    ranked_image = np.repeat(np.arange(num_images), det_counts)[order]
+    return Matching(
+        num_images=num_images,
+        num_detections=num_dets,
+        ranked_image=ranked_image,
+        fp_rank=fp_rank,
+        fp_image=ranked_image[fp_rank],
+        lesion_image=np.repeat(np.arange(num_images), gt_counts),
+        hit_rank=hit_rank,
+    )
+
+
 def match_detections(
     detections: Sequence[np.ndarray],
     ground_truth: Sequence[np.ndarray],
@@ -172,6 +305,8 @@ def match_detections(
     criterion: str = "iou",
 ) -> Matching:
     """Rank all detections and decide which are false positives and when each box is hit.
+
+    The box overlaps of rule 3 (module docstring) fed to :func:`match_overlaps` (rules 1-2).
 
     Args:
         detections: one (N_i, 5) array per image, rows (x1, y1, x2, y2, score), pixels; an
@@ -190,52 +325,15 @@ def match_detections(
             ``iou_threshold`` outside (0, 1], or an unknown criterion.
     """
     dets, gts = _check_inputs(detections, ground_truth, iou_threshold, criterion)
-    num_images = len(dets)
     det_counts = np.array([len(d) for d in dets], dtype=np.int64)
     gt_counts = np.array([len(g) for g in gts], dtype=np.int64)
-    det_all = np.concatenate(dets)  # image-major, detection order within an image
-    gt_all = np.concatenate(gts)
-    num_dets, num_gts = len(det_all), len(gt_all)
-
-    # Rank: stable sort by descending score (ties keep image order, then detection order).
-    order = np.argsort(-det_all[:, 4], kind="stable")
-    rank = np.empty(num_dets, dtype=np.int64)
-    rank[order] = np.arange(num_dets)
-
-    # Every (detection, box of the same image) pair, grouped by detection.
-    det_image = np.repeat(np.arange(num_images), det_counts)
-    gt_start = np.concatenate(([0], np.cumsum(gt_counts)[:-1]))
-    pairs_per_det = gt_counts[det_image]
-    pair_det = np.repeat(np.arange(num_dets), pairs_per_det)
-    pair_first = np.concatenate(([0], np.cumsum(pairs_per_det)[:-1]))
-    pair_gt = gt_start[det_image[pair_det]] + np.arange(len(pair_det)) - pair_first[pair_det]
+    pair_det, pair_gt, _, _ = _pairs(det_counts, gt_counts)
     overlap_fn = inclusive_iou if criterion == "iou" else inclusive_iobb
-    overlap = overlap_fn(det_all[pair_det, :4], gt_all[pair_gt])
-
-    # False positive: best overlap below the threshold (or no box in its image).
-    best = np.zeros(num_dets)
-    with_pairs = pairs_per_det > 0
-    if with_pairs.any():
-        best[with_pairs] = np.maximum.reduceat(overlap, pair_first[with_pairs])
-    is_fp = best < iou_threshold
-
-    # A box is hit by the first-ranked detection overlapping it by >= the threshold (such a
-    # detection is never a false positive, and it marks every such box not yet hit).
-    hit_rank = np.full(num_gts, num_dets, dtype=np.int64)
-    qualifying = overlap >= iou_threshold
-    np.minimum.at(hit_rank, pair_gt[qualifying], rank[pair_det[qualifying]])
-
-    fp_rank = np.sort(rank[is_fp])
-    ranked_image = det_image[order]
-    return Matching(
-        num_images=num_images,
-        num_detections=num_dets,
-        ranked_image=ranked_image,
-        fp_rank=fp_rank,
-        fp_image=ranked_image[fp_rank],
-        lesion_image=np.repeat(np.arange(num_images), gt_counts),
-        hit_rank=hit_rank,
-    )
+    overlap = overlap_fn(np.concatenate(dets)[pair_det, :4], np.concatenate(gts)[pair_gt])
+    ends = np.cumsum(det_counts * gt_counts).tolist()
+    per_image = [overlap[end - n * m : end].reshape(n, m)
+                 for end, n, m in zip(ends, det_counts.tolist(), gt_counts.tolist())]
+    return match_overlaps([d[:, 4] for d in dets], per_image, iou_threshold)
 
 
 def curve_from_matching(matching: Matching, images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

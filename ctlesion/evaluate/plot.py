@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ctlesion.evaluate.scoring import IMAGE_SUBSETS
+from ctlesion.evaluate.scoring import IMAGE_SUBSETS, KEY_SLICE_LAYOUT, ReportLayout
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class CurveStyle:
 PLOTTED_SUBSETS: dict[str, CurveStyle] = {
     "all": CurveStyle(IMAGE_SUBSETS["all"], "black", "-", 3.0, "D", 8.0),
     "thick_5mm": CurveStyle(IMAGE_SUBSETS["thick_5mm"], "tab:orange", ":", 2.2, "s", 6.0),
+    "thick_ge_5mm": CurveStyle("thick (>= 5 mm)", "tab:orange", ":", 2.2, "s", 6.0),
     "thin_le_2mm": CurveStyle(IMAGE_SUBSETS["thin_le_2mm"], "tab:blue", "--", 1.3, "o", 4.5),
 }
 
@@ -70,17 +71,20 @@ def froc_title(evaluation: dict) -> str:
     return f"DeepLesion FROC, {evaluation['split']} split ({overlap} >= {protocol['iou_threshold']:g})\n{source}"
 
 
-def froc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: dict, title: str) -> Figure:
+def froc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: dict, title: str,
+                layout: ReportLayout = KEY_SLICE_LAYOUT) -> Figure:
     """The FROC figure (all, thin, thick) with the operating points marked.
 
     Args:
         curves: image subset name -> ``(fp_per_image, sensitivity)`` (float64 arrays, fractions)
             from :func:`ctlesion.evaluate.froc.curve_from_matching`; names of
             :data:`PLOTTED_SUBSETS` are drawn.
-        summary: the ``summary`` of the evaluation: ``fps_per_image`` and, per subset,
+        summary: the ``summary`` of the evaluation: ``fps_per_image`` (``fps_per_scan``) and, per subset,
             ``sensitivity`` (marked at those rates) and ``ci95`` (vertical bars, the subsets'
             side by side, 4 % apart along the rate axis).
         title: plot title (name the model or predictions file in it).
+        layout: the report's names (:class:`~ctlesion.evaluate.scoring.ReportLayout`): key slices
+            (DeepLesion, the default) or scans (lesion-level FROC per scan).
 
     Returns:
         A matplotlib Figure (Agg canvas, no pyplot state), 6.4 x 4.8 in at 120 dpi: false
@@ -89,7 +93,8 @@ def froc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: di
         One labelled line per subset: the protocol's curve as steps, with its own line style
         and its marker at each operating point (:data:`PLOTTED_SUBSETS`).
     """
-    rates = np.asarray(summary["fps_per_image"], dtype=np.float64)
+    unit = layout.unit
+    rates = np.asarray(summary[f"fps_per_{unit}"], dtype=np.float64)
     lo, hi = float(rates.min()) / 1.15 if rates.min() > 0 else 0.125, float(rates.max()) * 1.15
     figure = Figure(figsize=(6.4, 4.8), dpi=120)
     FigureCanvasAgg(figure)
@@ -106,7 +111,7 @@ def froc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: di
             x, 100 * y, drawstyle="steps-post", color=style.colour, linestyle=style.linestyle,
             linewidth=style.linewidth, marker=style.marker, markersize=style.markersize, markevery=marks.tolist(),
             zorder=2 + offset,
-            label=f"{style.label}: {row['num_images']:,} images, avg[0.5-4] {100 * row['avg_0.5_4']:.1f} %",
+            label=f"{style.label}: {row[f'num_{unit}s']:,} {unit}s, {layout.mean_label} {100 * row[layout.mean_key]:.1f} %",
         )
         ci = row.get("ci95")
         if ci is not None:  # percentile intervals need not be centred on the point: draw their ends
@@ -120,18 +125,19 @@ def froc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: di
     axes.minorticks_off()
     axes.set_ylim(-3, 101)
     axes.set_yticks(np.arange(0, 101, 20))
-    axes.set_xlabel("false positives per image")
+    axes.set_xlabel(f"false positives per {unit}")
     axes.set_ylabel("sensitivity (%)")
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="major", alpha=0.3)
-    ordered = [lines[name] for name in IMAGE_SUBSETS if name in lines]  # the tables' order: all, thin, thick
+    ordered = [lines[name] for name in summary if name in lines]  # the tables' order: all, thin, thick
     axes.legend(ordered, [line.get_label() for line in ordered], loc="best", fontsize=8)
     figure.tight_layout()
     return figure
 
 
-def froc_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: dict, title: str) -> bytes:
+def froc_png(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], summary: dict, title: str,
+             layout: ReportLayout = KEY_SLICE_LAYOUT) -> bytes:
     """:func:`froc_figure` as PNG bytes (768 x 576 px)."""
     buffer = io.BytesIO()
-    froc_figure(curves, summary, title).savefig(buffer, format="png")
+    froc_figure(curves, summary, title, layout).savefig(buffer, format="png")
     return buffer.getvalue()

@@ -19,6 +19,7 @@ The slice interval of each sample flows through :meth:`AlignShiftDetector.forwar
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -35,6 +36,7 @@ from torchvision.models.detection.roi_heads import (
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from ctlesion.choices import DETECTOR_PARTS
 from ctlesion.networks.backbone import build_backbone
 from ctlesion.networks.config import DetectorConfig
 from ctlesion.networks.mmdet_conventions import (
@@ -111,7 +113,8 @@ class SeededSampler(BalancedPositiveNegativeSampler):
 
 
 class LesionRoIHeads(RoIHeads):
-    """torchvision's RoIHeads with a Dice mask loss (AlignShift's released configuration).
+    """torchvision's RoIHeads with a Dice mask loss (AlignShift's released configuration), or
+    Dice + binary cross-entropy (``mask_loss``).
 
     Reuses torchvision's sampling, Fast R-CNN loss, box post-processing and mask projection;
     only the order of those calls is written here.
@@ -140,9 +143,13 @@ class LesionRoIHeads(RoIHeads):
     def _mask_logits(self, features, boxes, image_shapes) -> Tensor:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
 
-    @staticmethod
-    def _mask_loss(mask_logits: Tensor, boxes, targets, matched_idxs) -> Tensor:
-        """Dice loss averaged over each image's positive RoIs, then over the images that have any.
+    #: Mask loss of training (:data:`ctlesion.choices.MASK_LOSSES`): "dice" (the released
+    #: configuration) or "dice+bce" (Dice plus per-pixel binary cross-entropy, torchvision's
+    #: Mask R-CNN loss; its gradient does not vanish where the sigmoid saturates).
+    mask_loss: str = "dice"
+
+    def _mask_loss(self, mask_logits: Tensor, boxes, targets, matched_idxs) -> Tensor:
+        """The mask loss averaged over each image's positive RoIs, then over the images that have any.
 
         Per-image averaging makes the loss of a global batch the mean of its images' losses, so
         it does not depend on how the batch is split across processes (DDP averages gradients).
@@ -153,7 +160,10 @@ class LesionRoIHeads(RoIHeads):
         mask_targets = torch.cat([
             project_masks_on_boxes(t["masks"], b, i, size) for t, b, i in zip(targets, boxes, matched_idxs)
         ])
-        per_roi = dice_loss(mask_logits[:, 1], mask_targets, reduction="none")
+        logits = mask_logits[:, 1]
+        per_roi = dice_loss(logits, mask_targets, reduction="none")
+        if self.mask_loss == "dice+bce":
+            per_roi = per_roi + F.binary_cross_entropy_with_logits(logits, mask_targets, reduction="none").mean((1, 2))
         per_image = [chunk.mean() for chunk in per_roi.split([len(b) for b in boxes]) if chunk.numel()]
         return torch.stack(per_image).mean()
 
@@ -264,6 +274,49 @@ def _roi_heads(config: DetectorConfig) -> LesionRoIHeads:
         roi_heads.box_coder = LegacyBoxCoder(LEGACY_ROI_WEIGHTS)
     roi_heads.fg_bg_sampler = SeededSampler(64, 0.25)
     return roi_heads
+
+
+def part_modules(model: AlignShiftDetector, part: str) -> tuple[nn.Module, ...]:
+    """The modules of one of :data:`DETECTOR_PARTS`: the backbone (3D DenseNet + FPN), the RPN
+    (its head: the anchors have no weights), the box head (two FC layers + predictor) or the
+    mask head (4 convolutions + deconvolution predictor).
+
+    Raises:
+        ValueError: an unknown part.
+    """
+    heads = model.roi_heads
+    modules = {"backbone": (model.backbone,), "rpn": (model.rpn,),
+               "box-head": (heads.box_head, heads.box_predictor),
+               "mask-head": (heads.mask_head, heads.mask_predictor)}
+    if part not in modules:
+        raise ValueError(f"unknown detector part {part!r} (expected one of {', '.join(DETECTOR_PARTS)})")
+    return modules[part]
+
+
+def freeze_parts(model: AlignShiftDetector, parts: tuple[str, ...]) -> None:
+    """Stop training ``parts`` of the detector, in place: their parameters stop requiring gradients.
+
+    Call :func:`hold_frozen_norms` after every ``model.train()`` too, so that their BatchNorm
+    statistics stay as well and a frozen part computes what the checkpoint computed.
+
+    Raises:
+        ValueError: an unknown part.
+    """
+    for part in parts:
+        for module in part_modules(model, part):
+            module.requires_grad_(False)
+
+
+def hold_frozen_norms(model: AlignShiftDetector, parts: tuple[str, ...]) -> None:
+    """Put the normalisation layers of ``parts`` in eval mode (running statistics used, not updated).
+
+    mmdetection's ``norm_eval`` for frozen stages; the rest of the model keeps its mode.
+    """
+    for part in parts:
+        for module in part_modules(model, part):
+            for layer in module.modules():
+                if isinstance(layer, nn.modules.batchnorm._NormBase):
+                    layer.eval()
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
