@@ -17,6 +17,9 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 TILT_CHOICES = ("refuse", "resample")
 #: DeepLesion splits by name, with their official ``Train_Val_Test`` codes.
 SPLITS: dict[str, int] = {"train": 1, "val": 2, "test": 3}
+#: Output layouts of ``simulate``: DeepLesion's (PNG slices, DL_info.csv, key-slice masks) or an
+#: nnU-Net v2 raw dataset (NIfTI volumes with 3D lesion label maps).
+SIMULATION_LAYOUTS = ("deeplesion", "nnunet")
 #: Key slices ``prepare`` computes pseudo-masks for: every split, or one.
 PREPARE_SPLITS = ("all", *SPLITS)
 #: FROC overlap criteria: ``iou`` (DeepLesion protocol), ``iobb`` (intersection over the detection's area).

@@ -109,6 +109,22 @@ class Volume:
         return replace(self, hu=hu, spacing_zyx_mm=spacing_zyx_mm or self.spacing_zyx_mm)
 
 
+def hu_int16(hu: np.ndarray) -> np.ndarray:
+    """HU rounded to the nearest integer and clipped to the int16 range, the HU of integer files.
+
+    The one rounding rule of ctlesion's HU writers (16-bit DeepLesion PNGs, int16 NIfTI), so that
+    a value is stored the same in every format.
+
+    Args:
+        hu: HU array of any shape and real dtype, finite.
+
+    Returns:
+        int16 array of the same shape: ``clip(rint(hu), -32768, 32767)``.
+    """
+    info = np.iinfo(np.int16)
+    return np.clip(np.rint(np.asarray(hu, dtype=np.float64)), info.min, info.max).astype(np.int16)
+
+
 def describe_non_finite(hu: np.ndarray, slice_names: list[str] | None = None) -> tuple[str | None, str | None]:
     """What :func:`finite_hu` would say about an HU array, without changing it.
 

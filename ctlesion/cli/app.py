@@ -31,6 +31,7 @@ from ctlesion.choices import (
     PRECISIONS,
     PREPARE_SPLITS,
     SCAN_CRITERIA,
+    SIMULATION_LAYOUTS,
     SPLITS,
     TILT_CHOICES,
 )
@@ -106,6 +107,7 @@ Split = _choice("Split", SPLITS)
 PrepareSplit = _choice("PrepareSplit", PREPARE_SPLITS)
 Criterion = _choice("Criterion", tuple(dict.fromkeys((*CRITERIA, *SCAN_CRITERIA))))
 EvaluateSplit = _choice("EvaluateSplit", (*SPLITS, "all"))
+SimulationLayout = _choice("SimulationLayout", SIMULATION_LAYOUTS)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
@@ -113,9 +115,9 @@ Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda
 
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Option(help="Folder to write the DeepLesion-layout dataset into.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
     num_series: Annotated[int, typer.Option(min=1, help="Number of simulated CT series.")] = 40,
-    image_size: Annotated[int, typer.Option(min=64, help="In-plane size of the PNG slices, px.")] = 512,
+    image_size: Annotated[int, typer.Option(min=64, help="In-plane size of the slices, px.")] = 512,
     background: Annotated[Optional[list[Path]], typer.Option(
         help="Real CT (DICOM folder or NIfTI) to insert lesions into; repeatable; each is one patient. "
              "Organ masks NAME.seg.nii.gz beside NAME.nii.gz (or NAME/) are used. Default (no --background, "
@@ -136,24 +138,33 @@ def simulate(
     split: Annotated[Optional[list[Split]], typer.Option(
         help="Simulate only the patients of this split (of the whole background set's patient split); "
              "repeatable; default: all.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")] = False,
+    layout: Annotated[SimulationLayout, typer.Option(
+        help="deeplesion: DL_info.csv, Images_png/ (PNG slices), masks/ (true key-slice masks). nnunet: an "
+             "nnU-Net v2 raw dataset: imagesTr/ + labelsTr/ (train and val series), imagesTs/ + labelsTs/ (test "
+             "series), each series a NIfTI CT (int16 HU) with a 3D label map on its grid (1 = lesion: voxels where "
+             "a lesion's occupancy, on a 5 mm slice its mean over the slab, is >= 0.5), dataset.json, "
+             "splits_final.json (fold 0: train / val).")] = "deeplesion",
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a dataset of the same layout already in --out.")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Write a simulated DeepLesion-layout dataset (synthetic lesions in real CT backgrounds).
+    """Write a simulated dataset (synthetic lesions in real CT backgrounds), 1 and 5 mm series.
 
-    DL_info.csv, Images_png/ (1 and 5 mm series), masks/ (true key-slice masks), simulation.json.
+    --layout deeplesion (default): DL_info.csv, Images_png/, masks/ (true key-slice masks), simulation.json.
+
+    --layout nnunet: dataset.json, imagesTr/ + labelsTr/, imagesTs/ + labelsTs/, splits_final.json, simulation.json.
     """
     from ctlesion.data.backgrounds import parse_mask_pairs  # noqa: PLC0415
     from ctlesion.data.simulate import simulate_dataset  # noqa: PLC0415
 
     _setup_logging(verbose)
     pairs = _run(parse_mask_pairs, organ_masks or [])
-    csv_path = _run(simulate_dataset, out, backgrounds=list(background or []),
-                    background_dirs=list(background_dir or []), organ_masks=pairs, num_series=num_series,
-                    image_size_px=image_size, seed=seed, overwrite=overwrite,
-                    background_lists=list(background_list or []), workers=workers,
-                    splits=[SPLITS[s.value] for s in split or []])
-    stdout.print(f"wrote {csv_path}")
+    written = _run(simulate_dataset, out, backgrounds=list(background or []),
+                   background_dirs=list(background_dir or []), organ_masks=pairs, num_series=num_series,
+                   image_size_px=image_size, seed=seed, overwrite=overwrite,
+                   background_lists=list(background_list or []), workers=workers,
+                   splits=[SPLITS[s.value] for s in split or []], layout=layout.value)
+    stdout.print(f"wrote {written}")
 
 
 @app.command()

@@ -51,8 +51,9 @@ they exist, HU and connectivity rules elsewhere). For each series, the chosen ba
 Each series is then written **thin** (1 mm interval: the 1 mm slices) or **thick** (5 mm: each
 slice the mean of 5 consecutive 1 mm slices, as scanners reconstruct thick slices, which gives
 the partial-volume blur of thick slices), as 16-bit PNGs in the DeepLesion layout (1-based slice
-numbers). Backgrounds take turns (the first turns go to one background of each split, so even
-a few series cover train, val and test), and each one's series alternate thin and thick.
+numbers) or as NIfTI volumes in the nnU-Net layout (below). Backgrounds take turns (the first
+turns go to one background of each split, so even a few series cover train, val and test), and
+each one's series alternate thin and thick.
 
 Annotations
 -----------
@@ -73,12 +74,41 @@ holds each key slice's true masks: a compressed NumPy archive with one array ``m
 shape (N, Y, X), dtype bool, N = the DL_info rows of that key slice in their order in the CSV
 (``File_name`` ``<series>_<slice:03d>.png``). They can replace GrabCut pseudo-masks in training.
 
+nnU-Net layout
+--------------
+With ``layout="nnunet"`` the same series (same seed, same slices and lesions) are written as an
+nnU-Net v2 raw dataset instead (:mod:`ctlesion.io.nnunet_raw`; read by
+:mod:`ctlesion.io.masked_datasets`): each series is a case whose id is its DeepLesion folder name
+``<patient>_<study>_<series>``, with ``imagesTr/<case>_0000.nii.gz`` (HU, int16, the written
+slices: 1 mm thin or 5 mm thick) and ``labelsTr/<case>.nii.gz`` (uint8, 1 = lesion) on exactly its
+grid for the train and val series, ``imagesTs/`` and ``labelsTs/`` for the test series. The label
+map holds every lesion's **3D true mask**: a voxel is lesion where the lesion's occupancy is at
+least 0.5, on a thick slice its mean over the slab's 5 thin slices (the rule of the key-slice
+masks, applied to every slice). Lesions keep 3 mm from each other, so each is normally its own
+3D connected component (26-connectivity); a series whose lesions touch on its grid (possible
+with coarse pixels or thick slices) is recorded with ``lesions_apart`` false and a warning.
+``dataset.json`` (labels ``background`` 0, ``lesion`` 1; name, description with the seed and
+the backgrounds; ``numTest``, ``seed``, ``backgrounds``, ``slice_intervals_mm``, ``label_rule``
+besides nnU-Net's keys), ``splits_final.json`` (one fold: the train series' cases in ``train``,
+the val series' in ``val``; nnU-Net reads it from its preprocessed folder, so copy it there) and
+``simulation.json`` (with ``"layout": "nnunet"`` and, per series, ``case_id`` and
+``lesions_apart``) are written beside them. Geometry: spacing (interval, pixel, pixel) mm; axes
+those of the background (LPS; the small rotation and the scale are the synthetic patient's pose
+and size, not the grid's); the first slice's centre pixel lies at the background's LPS position
+of the field of view's centre at that slice (the slab's centre for a thick series), so positions
+away from it are the synthetic patient's, not the background's.
+
 Splits: patients (backgrounds of one patient) go wholly to train / val / test
 (:func:`ctlesion.data.backgrounds.assign_splits`); each series of a patient is a study of it.
 With fewer than 3 patients (e.g. the sample series alone) synthetic patients are split instead
 (one or two series each, about 70 / 15 / 15 %), so the splits then share the background's
 anatomy (a warning says so). ``simulation.json`` beside ``DL_info.csv`` records the background
 set with its patients and splits, and every series' choices and lesions.
+
+The dataset is written into a hidden staging folder inside the output folder and moved into
+place only when all of it is written (:func:`ctlesion.atomic.staged_outputs`): a failed or
+interrupted run leaves nothing half-written, and a dataset being replaced (``overwrite``) is
+removed only then.
 
 Limits
 ------
@@ -105,6 +135,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ctlesion.atomic import staged_outputs
+from ctlesion.choices import SIMULATION_LAYOUTS, SPLITS
 from ctlesion.data import anatomy
 from ctlesion.data.anatomy import (
     NODE_TYPES,
@@ -149,14 +181,16 @@ from ctlesion.data.mask_cache import TRUE_MASKS_DIRNAME
 from ctlesion.errors import CtlesionError
 from ctlesion.io import read_volume
 from ctlesion.io.deeplesion import write_dl_info, write_png_hu
+from ctlesion.io.masked_datasets import connected_components
+from ctlesion.io.nnunet_raw import write_case, write_dataset_json, write_splits_final
 from ctlesion.postprocess import recist_axes
 from ctlesion.preprocess import apply_plan, plan_slices
 from ctlesion.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MASKS_DIR", "SAMPLE_BACKGROUND", "default_backgrounds", "read_key_slice_masks", "simulate_dataset",
-           "simulate_from_volumes"]
+__all__ = ["MASKS_DIR", "NNUNET_LABELS", "SAMPLE_BACKGROUND", "default_backgrounds", "read_key_slice_masks",
+           "simulate_dataset", "simulate_from_volumes"]
 
 THIN_INTERVAL_MM = 1.0
 THICK_INTERVAL_MM = 5.0
@@ -185,6 +219,13 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _NOISE_TISSUES = (anatomy.SOFT, anatomy.LIVER, anatomy.SPLEEN)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _SERIES_TRIES = 10  # fields of view tried per series until a lesion fits
+#: Labels of the nnU-Net layout's label maps.
+NNUNET_LABELS = {"background": 0, "lesion": 1}
+# Per layout: what it writes into the output folder (replaced with ``overwrite``) ...
+_LAYOUT_OUTPUTS = {"deeplesion": ("Images_png", MASKS_DIR),
+                   "nnunet": ("dataset.json", "imagesTr", "labelsTr", "imagesTs", "labelsTs")}
+# ... and what marks a dataset of that layout (never replaced by the other layout).
+_LAYOUT_MARKERS = {"deeplesion": ("DL_info.csv", "Images_png"), "nnunet": ("dataset.json", "imagesTr")}
 
 
 class _NothingFits(Exception):
@@ -700,10 +741,11 @@ def read_key_slice_masks(root: Path, file_name: str) -> np.ndarray:
 # ------------------------------------------------------------------------------ one series
 
 
-def _simulate_series(rng: np.random.Generator, plan: SeriesPlan, background: _Background, out_dir: Path,
-                     size_px: int, type_weights: dict[int, float] | None = None
-                     ) -> tuple[list[dict[str, object]], dict[str, object]]:
-    """Build, write and annotate one series; returns its DL_info rows and its record."""
+def _build_series(rng: np.random.Generator, plan: SeriesPlan, background: _Background, size_px: int,
+                  type_weights: dict[int, float] | None = None
+                  ) -> tuple[np.ndarray, list[_Lesion], dict[str, object]]:
+    """Build one series: its written slices (num_written, S, S) float32 HU (thick: 5 mm slab
+    means), its lesions and its record; raises :class:`_NothingFits` when no lesion fits."""
     volume = background.volume
     hu, codes, region_z = _background_block(background, plan, size_px)
     regions = lesion_regions(codes, region_z)
@@ -739,19 +781,83 @@ def _simulate_series(rng: np.random.Generator, plan: SeriesPlan, background: _Ba
         raise _NothingFits
     if plan.thick:
         hu = hu.reshape(plan.num_written, _THIN_PER_THICK, size_px, size_px).mean(axis=1)
+    record = dict(asdict(plan), lesions=[lesion.record() for lesion in lesions],
+                  lesion_types_available=sorted(t for t in background.lesion_types if regions[t].sum() >= min_voxels))
+    return hu, lesions, record
+
+
+def _write_deeplesion_series(out_dir: Path, plan: SeriesPlan, background: _Background, hu: np.ndarray,
+                             lesions: list[_Lesion]) -> list[dict[str, object]]:
+    """Write a built series' PNG slices and key-slice masks (DeepLesion layout); returns its DL_info rows."""
+    volume = background.volume
     series_dir = out_dir / "Images_png" / plan.name
     for k in range(plan.num_written):
         write_png_hu(series_dir / f"{k + 1:03d}.png", hu[k])
     extent_mm = (volume.shape_zyx[0] - 1) * volume.slice_interval_mm
     rows = []
-    for key_index, shown in _key_slice_rows(lesions, plan.thick, size_px):
+    for key_index, shown in _key_slice_rows(lesions, plan.thick, hu.shape[1]):
         for lesion, mask in shown:
             rows.append(_row(key_index, lesion, mask, plan, extent_mm, background))
         _write_npz(out_dir / MASKS_DIR / plan.name / f"{key_index + 1:03d}.npz",
                    masks=np.stack([mask for _, mask in shown]))
-    record = dict(asdict(plan), lesions=[lesion.record() for lesion in lesions],
-                  lesion_types_available=sorted(t for t in background.lesion_types if regions[t].sum() >= min_voxels))
-    return rows, record
+    return rows
+
+
+def _series_volume(hu: np.ndarray, plan: SeriesPlan, background: _Background) -> Volume:
+    """A built series' written slices (N, S, S) as a Volume in LPS (module doc, "nnU-Net layout")."""
+    volume = background.volume
+    per = _THIN_PER_THICK if plan.thick else 1
+    interval_mm = THICK_INTERVAL_MM if plan.thick else THIN_INTERVAL_MM
+    first_z = float(np.mean(_block_positions(volume, plan)[:per]))  # background slice position, index units
+    cx, cy = plan.crop_centre_xy_px
+    centre_lps_mm = volume.voxel_to_lps(np.array([cx - 0.5, cy - 0.5, first_z]))
+    middle_xyz = np.array([plan.pixel_mm, plan.pixel_mm, 0.0]) * (hu.shape[1] - 1) / 2.0
+    origin_lps_mm = centre_lps_mm - volume.direction_lps @ middle_xyz
+    return Volume(hu=hu, spacing_zyx_mm=(interval_mm, plan.pixel_mm, plan.pixel_mm),
+                  origin_lps_mm=tuple(origin_lps_mm), direction_lps=volume.direction_lps, source=plan.name)
+
+
+def _lesion_instances(lesions: Sequence[_Lesion], plan: SeriesPlan, size_px: int) -> np.ndarray:
+    """(num_written, S, S) uint8: i on the true mask of the series' i-th lesion (1-based), 0 elsewhere."""
+    instances = np.zeros((plan.num_written, size_px, size_px), dtype=np.uint8)
+    for number, lesion in enumerate(lesions, start=1):
+        for k in np.flatnonzero(lesion.areas).tolist():
+            instances[k][lesion.mask(k, plan.thick, size_px)] = number
+    return instances
+
+
+def _lesions_apart(instances: np.ndarray, num_lesions: int) -> bool:
+    """Whether each lesion of an instance map is exactly one 3D connected component (26-connectivity)
+    of the lesion voxels, so that the semantic label map keeps the lesions apart."""
+    components, num_components = connected_components(instances > 0)
+    inside = instances > 0
+    pairs = np.unique(np.stack([instances[inside], components[inside]]), axis=1)
+    return num_components == num_lesions and pairs.shape[1] == num_lesions
+
+
+def _write_nnunet_series(out_dir: Path, plan: SeriesPlan, background: _Background, hu: np.ndarray,
+                         lesions: list[_Lesion]) -> dict[str, object]:
+    """Write a built series as an nnU-Net case (CT and 3D label map); returns its record's extra keys."""
+    instances = _lesion_instances(lesions, plan, hu.shape[1])
+    apart = _lesions_apart(instances, len(lesions))
+    if not apart:
+        logger.warning("case %s: lesions touch in the label map (fewer 3D components than its %d lesions)",
+                       plan.name, len(lesions))
+    write_case(out_dir, plan.name, _series_volume(hu, plan, background), instances > 0,
+               test=plan.split == SPLITS["test"])
+    return {"case_id": plan.name, "lesions_apart": apart}
+
+
+def _simulate_series(rng: np.random.Generator, plan: SeriesPlan, background: _Background, out_dir: Path,
+                     size_px: int, type_weights: dict[int, float] | None = None, layout: str = "deeplesion"
+                     ) -> tuple[list[dict[str, object]], dict[str, object]]:
+    """Build, write and annotate one series in a layout; returns its DL_info rows (none for
+    nnunet) and its record."""
+    hu, lesions, record = _build_series(rng, plan, background, size_px, type_weights)
+    if layout == "nnunet":
+        record.update(_write_nnunet_series(out_dir, plan, background, hu, lesions))
+        return [], record
+    return _write_deeplesion_series(out_dir, plan, background, hu, lesions), record
 
 
 # ------------------------------------------------------------------------------- datasets
@@ -778,6 +884,7 @@ class _Chunk:
     out_dir: Path
     size_px: int
     type_weights: dict[int, float]
+    layout: str
 
 
 def _survey_background(loader: Callable[[], _Background]) -> tuple[TissueMap, set[int]]:
@@ -796,7 +903,7 @@ def _build_chunk(chunk: _Chunk) -> dict[int, tuple[list[dict[str, object]], dict
             plan = _plan_series(item.rng, background, item.owner, item.thick, chunk.size_px, *item.demography)
             try:
                 out[item.index] = _simulate_series(item.rng, plan, background, chunk.out_dir, chunk.size_px,
-                                                   chunk.type_weights)
+                                                   chunk.type_weights, chunk.layout)
                 break
             except _NothingFits:
                 if attempt == _SERIES_TRIES - 1:
@@ -818,16 +925,30 @@ def _map_tasks(function: Callable, tasks: Sequence, workers: int) -> list:
         return pool.map(function, tasks, chunksize=1)
 
 
-def _prepare_out(out_dir: Path, overwrite: bool) -> None:
-    images_dir = out_dir / "Images_png"
-    if images_dir.exists() and any(images_dir.iterdir()):
-        if not overwrite:
-            raise CtlesionError("already holds an Images_png folder; use an empty folder or overwrite", out_dir)
-        shutil.rmtree(images_dir)
-    if (out_dir / MASKS_DIR).exists():
-        if not overwrite:
-            raise CtlesionError(f"already holds a {MASKS_DIR} folder; use an empty folder or overwrite", out_dir)
-        shutil.rmtree(out_dir / MASKS_DIR)
+def _check_out(out_dir: Path, overwrite: bool, layout: str) -> None:
+    """Refuse an output folder that holds a dataset of the other layout (never replaced), or one of
+    this layout without ``overwrite``."""
+    for other, markers in _LAYOUT_MARKERS.items():
+        found = [name for name in markers if (out_dir / name).exists()]
+        if other != layout and found:
+            raise CtlesionError(f"holds a dataset of the {other} layout ({found[0]}); write the {layout} layout "
+                                "into another folder", out_dir)
+    if overwrite:
+        return
+    for name in _LAYOUT_OUTPUTS[layout]:
+        path = out_dir / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            article = "an" if name[0].lower() in "aeiou" else "a"
+            kind = "file" if path.is_file() else "folder"
+            raise CtlesionError(f"already holds {article} {name} {kind}; use an empty folder or overwrite", out_dir)
+
+
+def _clear_out(out_dir: Path, layout: str) -> None:
+    """Remove the folders of a dataset being replaced (checked by :func:`_check_out`), so that none
+    of its files stays among the new ones."""
+    for name in _LAYOUT_OUTPUTS[layout]:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
 
 
 def _offered_types(background: _Background) -> set[int]:
@@ -852,9 +973,10 @@ def _type_weights(offered_per_series: Sequence[set[int]]) -> dict[int, float]:
 
 def _simulate(out_dir: Path, loaders: Sequence, names: Sequence[str], patients: Sequence[str],
               fixed_splits: Mapping[str, int] | None, descriptions: list[dict[str, object]], *, num_series: int,
-              image_size_px: int, seed: int, overwrite: bool, workers: int = 0) -> Path:
+              image_size_px: int, seed: int, overwrite: bool, workers: int = 0, layout: str = "deeplesion") -> Path:
     """Plan every series, then build them in chunks of one background's series (in this process
-    with ``workers=0``, else in a pool); the bytes written do not depend on ``workers``."""
+    with ``workers=0``, else in a pool) into a staging folder, moved into ``out_dir`` when all is
+    written; the bytes written do not depend on ``workers``."""
     out_dir = Path(out_dir)
     if num_series < 1 or image_size_px < 64:
         raise CtlesionError(f"need num_series >= 1 and image_size_px >= 64, got {num_series}, {image_size_px}")
@@ -862,7 +984,9 @@ def _simulate(out_dir: Path, loaders: Sequence, names: Sequence[str], patients: 
         raise CtlesionError("no background CT volumes given for the simulation", out_dir)
     if workers < 0:
         raise CtlesionError(f"need workers >= 0, got {workers}")
-    _prepare_out(out_dir, overwrite)
+    if layout not in SIMULATION_LAYOUTS:
+        raise CtlesionError(f"unknown layout {layout!r} (expected one of {', '.join(SIMULATION_LAYOUTS)})")
+    _check_out(out_dir, overwrite, layout)
     master = np.random.default_rng(seed)
     groups = [fixed_splits[p] for p in patients] if fixed_splits is not None else None
     assignment = round_robin(num_series, len(loaders), master, groups)
@@ -887,32 +1011,65 @@ def _simulate(out_dir: Path, loaders: Sequence, names: Sequence[str], patients: 
     # Pass 1: the tissue map of every background used, and the lesion types it offers.
     surveyed = dict(zip(used, _map_tasks(_survey_background, [loaders[b] for b in used], workers)))
     type_weights = _type_weights([surveyed[b][1] for b, _ in assignment])
-    # Pass 2: the series, in chunks of one background's series (each chunk one volume in memory).
-    tasks = []
-    for index in used:
-        mine = [i for i, (b, _) in enumerate(assignment) if b == index]
-        size = len(mine) if workers == 0 else max(1, math.ceil(num_series / (4 * workers)))
-        for start in range(0, len(mine), size):
-            items = [_SeriesItem(i, series_rngs[i], owners[i], assignment[i][1], demography[owners[i][0]])
-                     for i in mine[start:start + size]]
-            tasks.append(_Chunk(loaders[index], surveyed[index][0], tuple(items), out_dir, image_size_px,
-                                type_weights))
-    built: dict[int, tuple[list[dict[str, object]], dict[str, object]]] = {}
-    for chunk_result in _map_tasks(_build_chunk, tasks, workers):
-        built.update(chunk_result)
-        logger.debug("simulated %d/%d series", len(built), num_series)
-    rows = [row for i in range(num_series) for row in built[i][0]]
-    records = {i: built[i][1] for i in range(num_series)}
-    csv_path = out_dir / "DL_info.csv"
-    write_dl_info(csv_path, rows)
-    manifest = {"seed": seed, "num_series": num_series, "image_size_px": image_size_px,
-                "backgrounds": descriptions,
-                "type_weights": {str(t): round(w, 3) for t, w in type_weights.items()},
-                "split_by": "patient" if fixed_splits is not None else "synthetic patient",
-                "series": [records[i] for i in range(num_series)]}
-    (out_dir / "simulation.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    logger.info("simulated %d series with %d lesion annotations in %s", num_series, len(rows), out_dir)
-    return csv_path
+    split_by = "patient" if fixed_splits is not None else "synthetic patient"
+    with staged_outputs(out_dir) as stage:
+        # Pass 2: the series, in chunks of one background's series (each chunk one volume in memory).
+        tasks = []
+        for index in used:
+            mine = [i for i, (b, _) in enumerate(assignment) if b == index]
+            size = len(mine) if workers == 0 else max(1, math.ceil(num_series / (4 * workers)))
+            for start in range(0, len(mine), size):
+                items = [_SeriesItem(i, series_rngs[i], owners[i], assignment[i][1], demography[owners[i][0]])
+                         for i in mine[start:start + size]]
+                tasks.append(_Chunk(loaders[index], surveyed[index][0], tuple(items), stage, image_size_px,
+                                    type_weights, layout))
+        built: dict[int, tuple[list[dict[str, object]], dict[str, object]]] = {}
+        for chunk_result in _map_tasks(_build_chunk, tasks, workers):
+            built.update(chunk_result)
+            logger.debug("simulated %d/%d series", len(built), num_series)
+        rows = [row for i in range(num_series) for row in built[i][0]]
+        records = [built[i][1] for i in range(num_series)]
+        if layout == "nnunet":
+            written = _write_nnunet_dataset(stage, records, seed=seed, descriptions=descriptions, split_by=split_by)
+        else:
+            written = stage / "DL_info.csv"
+            write_dl_info(written, rows)
+        manifest = {"seed": seed, "num_series": num_series, "image_size_px": image_size_px,
+                    "backgrounds": descriptions,
+                    "type_weights": {str(t): round(w, 3) for t, w in type_weights.items()},
+                    "split_by": split_by, "series": records}
+        if layout != "deeplesion":
+            manifest = {"layout": layout, **manifest}
+        (stage / "simulation.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        _clear_out(out_dir, layout)
+    if layout == "nnunet":  # nnU-Net needs imagesTr/ and labelsTr/ even when every series is a test one
+        for name in ("imagesTr", "labelsTr"):
+            (out_dir / name).mkdir(exist_ok=True)
+    logger.info("simulated %d series with %d lesions in %s (%s layout)", num_series,
+                sum(len(record["lesions"]) for record in records), out_dir, layout)
+    return out_dir / written.name
+
+
+def _write_nnunet_dataset(root: Path, records: Sequence[dict[str, object]], *, seed: int,
+                          descriptions: Sequence[dict[str, object]], split_by: str) -> Path:
+    """``dataset.json`` and ``splits_final.json`` (fold 0: the train and val series) of the nnU-Net
+    layout, from the series' records; returns the path of ``dataset.json``."""
+    cases = {code: [r["case_id"] for r in records if r["split"] == code] for code in SPLITS.values()}
+    write_splits_final(root, [(cases[SPLITS["train"]], cases[SPLITS["val"]])])
+    names = ", ".join(str(d["name"]) for d in descriptions)
+    description = (
+        f"Simulated CT lesions (ctlesion simulate, seed {seed}): synthetic lesions inserted into the real CT "
+        f"background(s) {names}; series split by {split_by} (train and val in imagesTr, fold 0 of "
+        f"splits_final.json; test in imagesTs). Thin series 1 mm, thick series 5 mm (each slice the mean of five "
+        f"1 mm slices). Label 1 (lesion): voxels where a lesion's occupancy, on a thick slice its mean over the "
+        f"5 mm slab, is >= 0.5. Every series' choices and lesions are in simulation.json.")
+    return write_dataset_json(
+        root, labels=NNUNET_LABELS, num_training=len(cases[SPLITS["train"]]) + len(cases[SPLITS["val"]]),
+        name="ctlesion simulated lesions", description=description,
+        extra={"numTest": len(cases[SPLITS["test"]]), "seed": seed,
+               "backgrounds": [str(d["name"]) for d in descriptions],
+               "slice_intervals_mm": {"thin": THIN_INTERVAL_MM, "thick": THICK_INTERVAL_MM},
+               "label_rule": "occupancy >= 0.5 (thick slices: mean occupancy over the 5 mm slab)"})
 
 
 def _check_volume(volume: Volume) -> None:
@@ -933,12 +1090,14 @@ def simulate_from_volumes(
     splits: Sequence[int | None] | None = None,
     lesion_types: Sequence[Sequence[int]] | None = None,
     workers: int = 0,
+    layout: str = "deeplesion",
 ) -> Path:
     """Write a simulated DeepLesion-style dataset from background volumes in memory (module doc).
 
     Args:
         out_dir: output folder; ``DL_info.csv``, ``simulation.json``, ``Images_png/`` and
-            ``masks/`` are written.
+            ``masks/`` are written (``layout="nnunet"``: ``dataset.json``, ``splits_final.json``,
+            ``simulation.json``, ``imagesTr/``, ``labelsTr/``, ``imagesTs/``, ``labelsTs/``).
         volumes: real CT backgrounds (HU, LPS geometry), each at least 5 mm long along z.
         num_series: number of series (each with 1-4 lesions).
         image_size_px: side of the square output slices, pixels (>= 64).
@@ -950,13 +1109,15 @@ def simulate_from_volumes(
         splits: per volume, a fixed split (1/2/3) or None (seeded assignment).
         lesion_types: per volume, the coarse lesion types it may receive (default all 8).
         workers: worker processes (0: in this process); the output does not depend on it.
+        layout: ``"deeplesion"`` or ``"nnunet"`` (module doc, "nnU-Net layout").
 
     Returns:
-        Path of the written ``DL_info.csv``.
+        Path of the written ``DL_info.csv`` (nnunet: ``dataset.json``).
 
     Raises:
-        CtlesionError: for no or too-short backgrounds, a non-positive ``num_series``, an
-            existing dataset without ``overwrite``, or a series in which no lesion fits.
+        CtlesionError: for no or too-short backgrounds, a non-positive ``num_series``, an unknown
+            layout, an existing dataset without ``overwrite`` (or one of the other layout), or a
+            series in which no lesion fits.
     """
     volumes = list(volumes)
     for volume in volumes:
@@ -972,7 +1133,7 @@ def simulate_from_volumes(
                                  sources[i].lesion_types) for i in range(len(volumes))]
     return _simulate(out_dir, loaders, names, [s.patient_key for s in sources], split_of,
                      describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
-                     overwrite=overwrite, workers=workers)
+                     overwrite=overwrite, workers=workers, layout=layout)
 
 
 def _load(source: BackgroundSource) -> _Background:
@@ -1022,13 +1183,15 @@ def simulate_dataset(
     background_lists: Sequence[Path] = (),
     workers: int = 0,
     splits: Sequence[int] = (),
+    layout: str = "deeplesion",
 ) -> Path:
     """Read real CT backgrounds and write a simulated DeepLesion-style dataset (module doc).
 
     Backgrounds are read one at a time, when their series are built.
 
     Args:
-        out_dir: output folder (``DL_info.csv``, ``simulation.json``, ``Images_png/``, ``masks/``).
+        out_dir: output folder (``DL_info.csv``, ``simulation.json``, ``Images_png/``, ``masks/``;
+            for the nnunet layout those of :func:`simulate_from_volumes`).
         backgrounds: DICOM series folders or NIfTI files of real CT (read with
             :func:`ctlesion.io.read_volume`), or :class:`BackgroundSource` entries; with neither
             these nor ``background_dirs``, the default set (module doc).
@@ -1045,13 +1208,15 @@ def simulate_dataset(
         splits: only the backgrounds of patients in these splits (1 train, 2 val, 3 test) are
             read and simulated (patients are split over the whole set first, so the splits stay
             those of the whole set); empty: all.
+        layout: ``"deeplesion"`` or ``"nnunet"`` (module doc, "nnU-Net layout").
 
     Returns:
-        Path of the written ``DL_info.csv``.
+        Path of the written ``DL_info.csv`` (nnunet: ``dataset.json``).
 
     Raises:
         CtlesionError: if a background or mask cannot be read or is unsuitable, ``out_dir``
-            already holds a dataset without ``overwrite``, or ``splits`` leaves no background.
+            already holds a dataset without ``overwrite`` (or one of the other layout), the
+            layout is unknown, or ``splits`` leaves no background.
     """
     sources = resolve_backgrounds(backgrounds, background_dirs, organ_masks, background_lists)
     split_of = assign_splits(sources, seed)
@@ -1067,4 +1232,4 @@ def simulate_dataset(
     loaders = [functools.partial(_load, s) for s in sources]
     return _simulate(out_dir, loaders, [s.name for s in sources], [s.patient_key for s in sources], split_of,
                      describe(sources, split_of), num_series=num_series, image_size_px=image_size_px, seed=seed,
-                     overwrite=overwrite, workers=workers)
+                     overwrite=overwrite, workers=workers, layout=layout)

@@ -40,6 +40,7 @@ from ctlesion.preprocess import (
     network_interval_mm,
     plan_slices,
 )
+from ctlesion.volume import hu_int16
 
 logger = logging.getLogger(__name__)
 
@@ -377,13 +378,13 @@ def read_png_hu(path: Path) -> np.ndarray:
 
 
 def write_png_hu(path: Path, hu: np.ndarray) -> None:
-    """Write a (Y, X) HU slice as a DeepLesion 16-bit PNG (stored = clip(round(HU) + 32768)).
+    """Write a (Y, X) HU slice as a DeepLesion 16-bit PNG (stored = :func:`~ctlesion.volume.hu_int16` + 32768).
 
     Raises:
         CtlesionError: if the file cannot be written.
     """
     path = Path(path)
-    stored = np.clip(np.rint(np.asarray(hu, dtype=np.float64)) + PNG_HU_OFFSET, 0, 65535).astype(np.uint16)
+    stored = (hu_int16(hu).astype(np.int32) + PNG_HU_OFFSET).astype(np.uint16)
     if stored.ndim != 2:
         raise ValueError(f"write_png_hu expects a (Y, X) slice, got shape {stored.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,8 @@ LAYOUTS = ("nnunet", "nndetection")
 MASKED_SPLITS = ("train", "val", "test", "all")
 #: Largest difference (mm, and unit-vector components) between an image's and its label map's geometry.
 GRID_TOLERANCE_MM = 1e-3
-_CT_CHANNEL = "_0000"
+#: Suffix of a case's CT file name (channel 0) before the file ending: ``CASE_0000.nii.gz``.
+CT_CHANNEL = "_0000"
 
 
 @dataclass(frozen=True)
@@ -199,8 +200,8 @@ def _cases(images_dir: Path, labels_dir: Path, ending: str, layout: str, *, requ
             raise CtlesionError("missing folder", images_dir)
         return ()
     cases = []
-    for image in sorted(images_dir.glob(f"*{_CT_CHANNEL}{ending}")):
-        case_id = image.name[: -len(_CT_CHANNEL + ending)]
+    for image in sorted(images_dir.glob(f"*{CT_CHANNEL}{ending}")):
+        case_id = image.name[: -len(CT_CHANNEL + ending)]
         label = labels_dir / f"{case_id}{ending}"
         instances = labels_dir / f"{case_id}.json" if layout == "nndetection" else None
         if not label.is_file() or (instances is not None and not instances.is_file()):
@@ -213,7 +214,7 @@ def _cases(images_dir: Path, labels_dir: Path, ending: str, layout: str, *, requ
         known = {c.case_id for c in cases}
         orphans = sorted(p.name for p in labels_dir.glob(f"*{ending}") if p.name[: -len(ending)] not in known)
         if orphans:
-            raise CtlesionError(f"label map(s) without an image {images_dir.name}/CASE{_CT_CHANNEL}{ending}: "
+            raise CtlesionError(f"label map(s) without an image {images_dir.name}/CASE{CT_CHANNEL}{ending}: "
                                 f"{', '.join(orphans[:3])}", labels_dir)
     return tuple(cases)
 
