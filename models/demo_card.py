@@ -13,6 +13,11 @@ Usage (from the repository root):
       per network slice (from a seconds.txt beside results.json: the whole command's time), and
       mask shape figures on each lesion's key slice (mask area / area of the mask's bounding box:
       1 for a rectangle, pi/4 for an ellipse; RECIST long axis / bounding-box diagonal).
+  python models/demo_card.py masks DATA WEIGHTS [--split val] [--num N] [--out FILE]
+      Mask quality against the true masks of a simulated split (DATA/masks/): on N key slices
+      (a seeded sample), each lesion's highest-scoring detection with IoU >= 0.5, its mask
+      (probability >= 0.5, as `detect` thresholds it) against the lesion's true mask: Dice,
+      mask area / area of its bounding box (the true masks' too), RECIST long axis / box diagonal.
 """
 
 from __future__ import annotations
@@ -125,6 +130,52 @@ def study_figures(results_path: Path) -> list[dict]:
     return rows
 
 
+def mask_quality(data_dir: Path, weights: Path, split: str, num: int) -> dict:
+    """Mask figures of ``weights`` on ``num`` key slices of ``split`` (module docstring, ``masks``)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    from ctlesion.checkpoint import load_detector
+    from ctlesion.data.dataset import DeepLesionDataset
+    from ctlesion.postprocess import recist_axes_mm
+
+    model, _ = load_detector(weights)
+    model.eval()
+    dataset = DeepLesionDataset.for_detector(data_dir, split, model.config, with_masks=True)
+    picked = np.random.default_rng(0).permutation(len(dataset))[:num]
+    dice, fill, true_fill, axis_ratio, lesions = [], [], [], [], 0
+    with torch.no_grad():
+        for index in picked:
+            image, interval, target = dataset[int(index)]
+            output = model(image[None], torch.tensor([interval], dtype=torch.float32))[0]
+            truth = target["masks"].numpy().astype(bool)
+            lesions += len(truth)
+            if not len(output["boxes"]) or not len(truth):
+                continue
+            iou = box_iou(output["boxes"], target["boxes"]).numpy()
+            for g in range(len(truth)):
+                candidates = np.flatnonzero(iou[:, g] >= 0.5)  # detections come sorted by score
+                if not len(candidates):
+                    continue
+                mask = output["masks"][candidates[0], 0].numpy() >= 0.5
+                ys, xs = np.nonzero(mask)
+                if not len(xs):
+                    dice.append(0.0)
+                    continue
+                dice.append(2 * (mask & truth[g]).sum() / (mask.sum() + truth[g].sum()))
+                fill.append(mask.sum() / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)))
+                tys, txs = np.nonzero(truth[g])
+                true_fill.append(truth[g].sum() / ((txs.max() - txs.min() + 1) * (tys.max() - tys.min() + 1)))
+                axis_ratio.append(recist_axes_mm(mask, (1.0, 1.0))[0]
+                                  / np.hypot(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1))
+    mean = lambda values: round(float(np.mean(values)), 3) if values else None  # noqa: E731
+    return {"data": str(data_dir), "split": split, "key_slices": len(picked), "lesions": lesions,
+            "lesions_detected_iou_0_5": len(dice), "dice_mean": mean(dice), "mask_fill_of_box_mean": mean(fill),
+            "true_mask_fill_of_box_mean": mean(true_fill), "long_axis_over_box_diagonal_mean": mean(axis_ratio),
+            "rule": "per lesion, its highest-scoring detection with box IoU >= 0.5; mask = probability >= 0.5 "
+                    "at the network's pixels"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,7 +190,19 @@ def main() -> int:
     real = commands.add_parser("real")
     real.add_argument("results", type=Path, nargs="+")
     real.add_argument("--out", type=Path)
+    masks = commands.add_parser("masks")
+    masks.add_argument("data", type=Path)
+    masks.add_argument("weights", type=Path)
+    masks.add_argument("--split", default="val")
+    masks.add_argument("--num", type=int, default=60)
+    masks.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.command == "masks":
+        figures = json.dumps(mask_quality(args.data, args.weights, args.split, args.num), indent=1)
+        if args.out:
+            args.out.write_text(figures + "\n")
+        print(figures)
+        return 0
     if args.command == "threshold":
         point = choose_threshold(args.data, args.split, args.predictions, args.max_fp_per_image, args.normal,
                                  args.max_lesions_per_normal_study)

@@ -8,6 +8,7 @@
 #       training)                                    -> models/ctlesion_demo_sim_eval/deeplesion_sample_{val,test}/
 #   (c)-(e) `ctlesion detect` at the default threshold on the sample study and the other real CTs
 #       (lesions reported, mask shape, seconds)      -> models/ctlesion_demo_sim_eval/real_ct.json
+#   (d) masks against the true masks of the simulated validation split -> .../mask_quality.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
@@ -50,3 +51,5 @@ for ct in sample_data/abdomen_ct_dicom "$shared/totalseg_example/example_ct_sm.n
   results+=("$work/real/$name/results.json")
 done
 "$python" models/demo_card.py real "${results[@]}" --out "$card/real_ct.json"
+# (d) mask quality against the true masks of the simulated validation split.
+"$python" models/demo_card.py masks "$work/sim_eval" "$weights" --split val --num 60 --out "$card/mask_quality.json"
