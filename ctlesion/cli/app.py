@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 from enum import Enum
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -373,8 +374,8 @@ def _print_summary(summary: dict, unit: str, title: str) -> None:
     caption = "thin: slice interval <= 2 mm; thick: " + ("5 mm" if unit == "image" else ">= 5 mm")
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("subset", no_wrap=True)
-    for fp in summary[f"fps_per_{unit}"]:
-        table.add_column(f"@{fp:g}", justify="right")
+    for fp in summary[f"fps_per_{unit}"]:  # 1/8, not 0.125: narrow headers keep the table readable at 80 columns
+        table.add_column(f"@{Fraction(fp).limit_denominator(8)}", justify="right")
     table.add_column("avg" if unit == "image" else "CPM", justify="right")
     table.add_column("95% CI", justify="right", no_wrap=True)
     table.add_column(f"{unit}s", justify="right")
