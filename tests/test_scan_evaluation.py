@@ -87,7 +87,8 @@ def test_hand_worked_froc_per_scan_from_a_results_file(hand_worked, tmp_path):
     assert per_slice["num_images"] == 3 and per_slice["num_lesions"] == 3
     for name in ("evaluation.md", "froc.png"):
         assert (out / name).stat().st_size > 0
-    assert "CPM" in (out / "evaluation.md").read_text()
+    markdown = (out / "evaluation.md").read_text()
+    assert "CPM" in markdown and "Thin minus thick, CPM: -50.0 points" in markdown
 
 
 def test_iou_criterion_and_small_lesion_filter(hand_worked, tmp_path):

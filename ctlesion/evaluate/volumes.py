@@ -334,6 +334,10 @@ def render_scan_markdown(evaluation: dict, plot_name: str | None = FROC_PNG) -> 
             lines.append(row(name, data))
     for name, data in froc.get("lesion_sizes", {}).items():
         lines.append(row(f"size {name}", data))
+    if "thin_minus_thick_mean" in summary:
+        bounds = summary.get("thin_minus_thick_mean_ci95")
+        interval = f" [{_pct(bounds[0])}, {_pct(bounds[1])}]" if bounds else ""
+        lines += ["", f"Thin minus thick, CPM: {100 * summary['thin_minus_thick_mean']:+.1f} points{interval}"]
     per_slice = evaluation["per_slice"]
     lines += ["", f"Per slice (DeepLesion style, {per_slice['num_images']} key slices, {per_slice['num_lesions']} "
                   f"lesions): avg[0.5-4] {_pct(per_slice['avg_0.5_4'])} %; " + ", ".join(

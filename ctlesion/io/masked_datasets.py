@@ -236,7 +236,7 @@ def _train_val(root: Path, training: tuple[MaskedCase, ...], val_fraction: float
             pick = lambda ids: tuple(by_id[i] for i in sorted(ids))  # noqa: E731
             return pick(folds[0]["train"]), pick(folds[0]["val"]), f"{name} fold 0"
     if val_fraction is None:
-        return training, (), "every training case in train (no splits file, no --val-fraction)"
+        return training, (), "no splits file and no val fraction: every training case in train"
     if not 0.0 <= val_fraction < 1.0:
         raise CtlesionError(f"val fraction {val_fraction} outside [0, 1)", root)
     ids = sorted(by_id)
