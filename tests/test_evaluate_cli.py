@@ -271,3 +271,19 @@ def test_unreadable_key_slice_fails_evaluation_but_not_training_validation(share
     validation = evaluate_model(model, data, "test", progress=False)
     assert validation["summary"]["all"]["num_images"] == 2
     assert sorted(p["key"] for p in validation["predictions"]) == sorted(k.file_name for k in keys[1:])
+
+
+def test_split_all_scores_every_key_slice_of_the_table(hand_split, tmp_path):
+    """--split all: the 4 test images (5 lesions) and the val image (1 lesion, no prediction: an
+    image without detections); the test predictions hit 3 lesions at most, now of 6."""
+    predictions = write_predictions_file(tmp_path / "p.json", HAND_PREDICTIONS)
+    out = tmp_path / "all"
+    result = invoke("evaluate", "--data", hand_split, "--split", "all", "--predictions", predictions, "--out", out,
+                    "--bootstrap", 0)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["split"] == "all" and evaluation["protocol"]["split_code"] == [1, 2, 3]
+    assert evaluation["protocol"]["num_images"] == 5 and evaluation["protocol"]["num_lesions"] == 6
+    assert evaluation["summary"]["all"]["sensitivity"][-1] == pytest.approx(3 / 6)
+    assert "Train_Val_Test = 1 or 2 or 3" in (out / "evaluation.md").read_text()
+    assert "the all split, not test" in " ".join(evaluation["paper_comparison"]["reasons"])

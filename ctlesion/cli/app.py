@@ -374,8 +374,8 @@ def _print_summary(summary: dict, unit: str, title: str) -> None:
     caption = "thin: slice interval <= 2 mm; thick: " + ("5 mm" if unit == "image" else ">= 5 mm")
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("subset", no_wrap=True)
-    for fp in summary[f"fps_per_{unit}"]:  # 1/8, not 0.125: narrow headers keep the table readable at 80 columns
-        table.add_column(f"@{Fraction(fp).limit_denominator(8)}", justify="right")
+    for fp in summary[f"fps_per_{unit}"]:  # per scan 1/8, not 0.125: the table stays readable at 80 columns
+        table.add_column(f"@{Fraction(fp).limit_denominator(8)}" if unit == "scan" else f"@{fp:g}", justify="right")
     table.add_column("avg" if unit == "image" else "CPM", justify="right")
     table.add_column("95% CI", justify="right", no_wrap=True)
     table.add_column(f"{unit}s", justify="right")
@@ -441,8 +441,8 @@ def evaluate(
         help="Dataset: DeepLesion layout (DL_info.csv; Images_png to run a model), or CT volumes with lesion masks "
              "in the nnU-Net v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/).")],
     split: Annotated[EvaluateSplit, typer.Option(
-        help="DeepLesion: train, val, test (Train_Val_Test 1, 2, 3). Volumes: train/val (splits_final.json fold 0, "
-             "or --val-fraction), test (imagesTs/ with labelsTs/), or all.")] = "test",
+        help="DeepLesion: train, val, test (Train_Val_Test 1, 2, 3) or all. Volumes: train/val (splits_final.json "
+             "fold 0, or --val-fraction), test (imagesTs/ with labelsTs/), or all.")] = "test",
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint (.safetensors); default: the shipped model.")] = None,
     predictions: Annotated[Optional[Path], typer.Option(
         help="Score saved predictions instead of running a model: DeepLesion, a predictions JSON (see the README); "
@@ -533,8 +533,6 @@ def _evaluate_usage_error(volumes: bool, split: str, criterion, key_slices, lesi
         if key_slices is not None:
             return "--key-slices is for DeepLesion datasets"
         return None
-    if split == "all":
-        return "--split all is for datasets of volumes; a DeepLesion dataset takes train, val or test"
     if criterion is not None and criterion.value == "centre":
         return "--criterion centre is for datasets of volumes; DeepLesion key slices take iou or iobb"
     if lesion_label is not None or val_fraction is not None:

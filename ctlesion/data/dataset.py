@@ -48,7 +48,6 @@ from ctlesion.io.deeplesion import (
     KeySlice,
     load_key_slice_window,
     read_dl_info,
-    split_code,
 )
 from ctlesion.preprocess import (
     HU_MAX,
@@ -204,7 +203,7 @@ class DeepLesionDataset(Dataset):
             raise CtlesionError("not a DeepLesion folder: Images_png/ is missing", self.root)
         keys = [
             key
-            for key in read_dl_info(self.root / "DL_info.csv", split=split_code(split), drop_noisy=drop_noisy)
+            for key in read_dl_info(self.root / "DL_info.csv", split=split, drop_noisy=drop_noisy)
             if key.num_lesions > 0
         ]
         self.skip_unreadable = bool(skip_unreadable)
@@ -229,7 +228,7 @@ class DeepLesionDataset(Dataset):
         self._true_mask_rows: dict[str, tuple[np.ndarray, int]] = {}
         if self.use_true_masks and drop_noisy:
             kept = {key.file_name for key in self.keys}
-            for full in read_dl_info(self.root / "DL_info.csv", split=split_code(split), drop_noisy=False):
+            for full in read_dl_info(self.root / "DL_info.csv", split=split, drop_noisy=False):
                 if full.file_name in kept and full.noisy.any():
                     self._true_mask_rows[full.file_name] = (np.flatnonzero(~full.noisy), full.num_lesions)
 

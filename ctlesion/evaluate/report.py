@@ -151,6 +151,11 @@ def _neighbours_fact(evaluation: dict) -> str | None:
                    "replicated, as in the protocol)" if beyond else "")
 
 
+def _split_codes(codes: int | list[int]) -> str:
+    """``Train_Val_Test`` code(s) of the split scored: "3", or "1 or 2 or 3" for ``--split all``."""
+    return " or ".join(map(str, codes)) if isinstance(codes, list) else str(codes)
+
+
 def _header(evaluation: dict) -> list[str]:
     protocol = evaluation["protocol"]
     if evaluation.get("weights"):
@@ -163,7 +168,7 @@ def _header(evaluation: dict) -> list[str]:
                else "IoBB (intersection over the detected box's area)")
     facts = [
         ("data", f"`{evaluation['dl_info']}`, split `{evaluation['split']}` (Train_Val_Test = "
-                 f"{protocol['split_code']})" + (f", key slices listed in `{evaluation['key_slices_file']}`"
+                 f"{_split_codes(protocol['split_code'])})" + (f", key slices listed in `{evaluation['key_slices_file']}`"
                                                  if evaluation.get("key_slices_file") else "")),
         ("images, lesions", (f"{protocol['num_images']:,} key slices, {protocol['num_lesions']:,} lesions "
                             "(lesions marked Possibly_noisy excluded)"

@@ -138,7 +138,7 @@ class EvaluateOptions:
     """What an evaluation scores and how.
 
     Attributes:
-        split: ``"train"``, ``"val"`` or ``"test"`` (``Train_Val_Test`` 1 / 2 / 3).
+        split: ``"train"``, ``"val"`` or ``"test"`` (``Train_Val_Test`` 1 / 2 / 3), or ``"all"``.
         key_list: optional file of key-slice names to restrict to (one per line, or a CSV
             with a ``File_name`` column).
         criterion: ``"iou"`` (DeepLesion) or ``"iobb"``.
@@ -158,7 +158,8 @@ class EvaluateOptions:
 
     def validate(self) -> None:
         """Raise ValueError on an option outside its range (a usage error)."""
-        split_code(self.split)
+        if self.split != "all":
+            split_code(self.split)
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if not 0.0 < self.iou_threshold <= 1.0:
@@ -306,7 +307,7 @@ def run_evaluation(
             "criterion": options.criterion,
             "iou_threshold": options.iou_threshold,
             "fps_per_image": list(options.fps_per_image),
-            "split_code": split_code(options.split),
+            "split_code": [1, 2, 3] if options.split == "all" else split_code(options.split),
             "num_images": len(keys),
             "num_lesions": evaluation_set.num_lesions,
             "images_without_predictions": missing,

@@ -112,7 +112,7 @@ def load_evaluation_set(data_dir: Path, split: str, key_list: Path | None = None
 
     Args:
         data_dir: folder holding ``DL_info.csv`` (``Images_png`` is not needed to score).
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every key slice of the table).
         key_list: optional file of key-slice names (:func:`read_key_list`) to restrict to.
 
     Returns:
@@ -124,7 +124,8 @@ def load_evaluation_set(data_dir: Path, split: str, key_list: Path | None = None
             lesions in the split (the message names the list's line).
     """
     csv_path = Path(data_dir) / DL_INFO_NAME
-    split_code(split)
+    if split != "all":
+        split_code(split)
     keys = sorted(read_dl_info(csv_path, split=split, drop_noisy=True), key=lambda k: k.file_name)
     if not keys:
         raise CtlesionError(f"split {split!r} holds no lesions (Possibly_noisy lesions excluded)", csv_path)

@@ -263,7 +263,8 @@ def read_dl_info(
 
     Args:
         csv_path: the table.
-        split: keep only this split (``"train"``/``"val"``/``"test"`` or 1/2/3); None keeps all.
+        split: keep only this split (``"train"``/``"val"``/``"test"`` or 1/2/3); None or ``"all"``
+            keeps all.
         drop_noisy: drop lesions marked ``Possibly_noisy`` (SPEC section 7); key slices left
             without lesions are dropped.
 
@@ -275,7 +276,7 @@ def read_dl_info(
             row holds a malformed value (the message names the line and column).
     """
     csv_path = Path(csv_path)
-    wanted = None if split is None else split_code(split)
+    wanted = None if split is None or split == "all" else split_code(split)
     if not csv_path.is_file():
         raise CtlesionError("DL_info table not found", csv_path)
     groups: dict[str, list[_Lesion]] = {}
