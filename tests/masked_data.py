@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ctlesion.io.nifti import write_nifti
+from ctlesion.io.nnunet_raw import write_case, write_dataset_json, write_splits_final
 from ctlesion.volume import Volume
 
 
@@ -23,20 +24,15 @@ def case_volume(shape_zyx=(6, 64, 64), interval_mm: float = 5.0, seed: int = 0) 
 def write_nnunet(root: Path, cases: dict[str, tuple[Volume, np.ndarray]], labels: dict[str, int],
                  test_cases: dict[str, tuple[Volume, np.ndarray]] | None = None,
                  folds: list[dict] | None = None) -> Path:
-    """nnU-Net v2 raw layout: dataset.json, imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz (+ Ts, splits)."""
+    """nnU-Net v2 raw layout (ctlesion.io.nnunet_raw): dataset.json, imagesTr/CASE_0000.nii.gz,
+    labelsTr/CASE.nii.gz (+ imagesTs/labelsTs, splits_final.json)."""
     root.mkdir(parents=True)
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz"}))
-    for folder, group in (("Tr", cases), ("Ts", test_cases or {})):
-        if folder == "Ts" and not group:
-            continue
-        (root / f"images{folder}").mkdir()
-        (root / f"labels{folder}").mkdir()
+    write_dataset_json(root, labels=labels, num_training=len(cases), name="test", description="test data")
+    for test, group in ((False, cases), (True, test_cases or {})):
         for case_id, (volume, label_map) in group.items():
-            write_nifti(volume.hu, volume, root / f"images{folder}" / f"{case_id}_0000.nii.gz")
-            write_nifti(label_map.astype(np.uint8), volume, root / f"labels{folder}" / f"{case_id}.nii.gz")
+            write_case(root, case_id, volume, label_map, test=test)
     if folds is not None:
-        (root / "splits_final.json").write_text(json.dumps(folds))
+        write_splits_final(root, [(fold["train"], fold["val"]) for fold in folds])
     return root
 
 

@@ -11,7 +11,7 @@ import sys
 from enum import Enum
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -37,6 +37,9 @@ from ctlesion.choices import (
     TILT_CHOICES,
 )
 from ctlesion.errors import CtlesionError
+
+if TYPE_CHECKING:
+    from ctlesion.evaluate.scoring import ReportLayout
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Universal lesion detection in CT with the thickness-aware AlignShift detector.")
@@ -364,19 +367,19 @@ def _launch_torchrun(gpus: int) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _print_summary(summary: dict, unit: str, title: str) -> None:
+def _print_summary(summary: dict, layout: "ReportLayout", title: str) -> None:
     """Sensitivity % per subset (with the 95 % interval of the mean when bootstrapped), then the gap.
 
-    ``unit``: ``"image"`` (key slices: the mean is avg[0.5-4]) or ``"scan"`` (per scan: the CPM).
+    ``layout``: the report's names (key slices: the mean is avg[0.5-4]; scans: the CPM).
     """
     labels = {"all": "all", "thin_le_2mm": "thin", "thick_5mm": "thick", "thick_ge_5mm": "thick", "thick_gt_2mm": ">2mm"}
-    mean_key = "avg_0.5_4" if unit == "image" else "mean"
+    unit, mean_key = layout.unit, layout.mean_key
     caption = "thin: slice interval <= 2 mm; thick: " + ("5 mm" if unit == "image" else ">= 5 mm")
     table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("subset", no_wrap=True)
     for fp in summary[f"fps_per_{unit}"]:  # per scan 1/8, not 0.125: the table stays readable at 80 columns
         table.add_column(f"@{Fraction(fp).limit_denominator(8)}" if unit == "scan" else f"@{fp:g}", justify="right")
-    table.add_column("avg" if unit == "image" else "CPM", justify="right")
+    table.add_column("avg" if unit == "image" else "CPM", justify="right")  # short forms of layout.mean_label
     table.add_column("95% CI", justify="right", no_wrap=True)
     table.add_column(f"{unit}s", justify="right")
     table.add_column("lesions", justify="right")
@@ -389,7 +392,7 @@ def _print_summary(summary: dict, unit: str, title: str) -> None:
     stdout.print(table)
     gap = f"thin_minus_thick_{mean_key}"
     if gap in summary:
-        stdout.print(f"thin minus thick, {'avg[0.5-4]' if unit == 'image' else 'CPM'}: {100 * summary[gap]:+.1f} points")
+        stdout.print(f"thin minus thick, {layout.mean_label}: {100 * summary[gap]:+.1f} points")
 
 
 def _weights_path(weights: Optional[Path], model: Optional[str]) -> Path:
@@ -494,7 +497,9 @@ def evaluate(
         evaluation = _evaluate_volumes(data, out, split.value, lesion_label, criterion, iou_threshold,
                                        min_lesion_voxels, score_threshold, val_fraction, bootstrap, seed,
                                        weights, predictions, model_name, context, slices, device)
-        _print_summary(evaluation["froc_per_scan"]["summary"], "scan",
+        from ctlesion.evaluate.scan_froc import SCAN_LAYOUT  # noqa: PLC0415
+
+        _print_summary(evaluation["froc_per_scan"]["summary"], SCAN_LAYOUT,
                        f"Lesion-level FROC per scan, {split.value} split: sensitivity % at FP/scan, mean (CPM)")
         stdout.print(f"wrote {out}/")
         return
@@ -516,7 +521,9 @@ def evaluate(
         model, info = _load_model(path, dev, context, slices)
         evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=path, model_info=info,
                           device=dev)
-    _print_summary(evaluation["summary"], "image",
+    from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT  # noqa: PLC0415
+
+    _print_summary(evaluation["summary"], KEY_SLICE_LAYOUT,
                    f"DeepLesion FROC, {split.value} split: sensitivity % at FP/image, avg[0.5-4]")
     if evaluation.get("model_note"):
         stderr.print(f"note: {evaluation['model_note']}", highlight=False)

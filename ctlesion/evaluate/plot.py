@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ctlesion.evaluate.scan_froc import SCAN_SUBSETS
 from ctlesion.evaluate.scoring import IMAGE_SUBSETS, KEY_SLICE_LAYOUT, ReportLayout
 
 
@@ -31,7 +32,7 @@ class CurveStyle:
 PLOTTED_SUBSETS: dict[str, CurveStyle] = {
     "all": CurveStyle(IMAGE_SUBSETS["all"], "black", "-", 3.0, "D", 8.0),
     "thick_5mm": CurveStyle(IMAGE_SUBSETS["thick_5mm"], "tab:orange", ":", 2.2, "s", 6.0),
-    "thick_ge_5mm": CurveStyle("thick (>= 5 mm)", "tab:orange", ":", 2.2, "s", 6.0),
+    "thick_ge_5mm": CurveStyle(SCAN_SUBSETS["thick_ge_5mm"], "tab:orange", ":", 2.2, "s", 6.0),
     "thin_le_2mm": CurveStyle(IMAGE_SUBSETS["thin_le_2mm"], "tab:blue", "--", 1.3, "o", 4.5),
 }
 

@@ -66,7 +66,7 @@ SCAN_SUBSETS: dict[str, str] = {"all": "all", "thin_le_2mm": "thin (<= 2 mm)", "
 
 #: Per-scan reports: the CPM (mean over every rate given, LUNA16) under the key ``mean``.
 SCAN_LAYOUT = ReportLayout(
-    unit="scan", mean_key="mean", mean_label="CPM (mean sensitivity)", max_averaged_rate=math.inf,
+    unit="scan", mean_key="mean", mean_label="CPM", max_averaged_rate=math.inf,
     thin="thin_le_2mm", thick="thick_ge_5mm",
 )
 

@@ -36,7 +36,15 @@ from ctlesion.errors import CtlesionError
 from ctlesion.evaluate.froc import DEFAULT_FPS_PER_IMAGE, sensitivity_at_fps
 from ctlesion.evaluate.plot import froc_png
 from ctlesion.evaluate.scan_froc import FPS_PER_SCAN, SCAN_CRITERIA, SCAN_LAYOUT, scan_overlaps, score_scans
-from ctlesion.io.masked_datasets import MASKED_SPLITS, CaseLesions, MaskedCase, MaskedDataset, read_case
+from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT, averaged_rates
+from ctlesion.io.masked_datasets import (
+    MASKED_SPLITS,
+    CaseLesions,
+    MaskedCase,
+    MaskedDataset,
+    check_same_grid,
+    read_case,
+)
 from ctlesion.io.nifti import read_nifti
 from ctlesion.postprocess import recist_axes_mm
 
@@ -103,11 +111,11 @@ def largest_cross_sections(lesions_zyx: np.ndarray, num_lesions: int) -> np.ndar
     return counts.reshape(num_lesions, num_z).argmax(axis=1)
 
 
-def lesion_long_axes_mm(truth: CaseLesions) -> np.ndarray:
-    """(G,) float64 RECIST long axis (mm) of each lesion on its largest cross-section
-    (:func:`ctlesion.postprocess.recist_axes_mm`: maximum Feret diameter of the slice's mask)."""
+def lesion_long_axes_mm(truth: CaseLesions, slices: np.ndarray) -> np.ndarray:
+    """(G,) float64 RECIST long axis (mm) of each lesion on its largest cross-section ``slices``
+    (:func:`largest_cross_sections`; :func:`ctlesion.postprocess.recist_axes_mm`: maximum Feret
+    diameter of the slice's mask)."""
     spacing_yx = truth.volume.spacing_zyx_mm[1:]
-    slices = largest_cross_sections(truth.lesions_zyx, truth.num_lesions)
     return np.array([recist_axes_mm(truth.lesions_zyx[z] == g + 1, spacing_yx)[0] for g, z in enumerate(slices)],
                     dtype=np.float64)
 
@@ -122,10 +130,11 @@ def _boxes_on_slice(labels_yx: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def key_slice_items(truth: CaseLesions, prediction: ScanPrediction) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def key_slice_items(truth: CaseLesions, prediction: ScanPrediction,
+                    slices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per-slice items of one scan (module docstring, point 5): for each slice that is some
-    lesion's largest cross-section, ``(detections (N, 5) x1, y1, x2, y2, score, ground truth (M, 4))``."""
-    slices = largest_cross_sections(truth.lesions_zyx, truth.num_lesions)
+    lesion's largest cross-section (``slices``, :func:`largest_cross_sections`),
+    ``(detections (N, 5) x1, y1, x2, y2, score, ground truth (M, 4))``."""
     for z in np.unique(slices):
         truth_boxes = _boxes_on_slice(truth.lesions_zyx[z], np.flatnonzero(slices == z) + 1)
         present = np.unique(prediction.labels_zyx[z])
@@ -163,9 +172,7 @@ def saved_predictions(results_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
 def _saved_prediction(case: MaskedCase, truth: CaseLesions, saved: dict, results_path: Path) -> ScanPrediction:
     map_path, scores = saved[case.image_path.name]
     labels = read_nifti(map_path)
-    if labels.shape_zyx != truth.volume.shape_zyx:
-        raise CtlesionError(f"label map is {labels.shape_zyx}, case {case.case_id} is {truth.volume.shape_zyx} "
-                            "(z, y, x)", map_path)
+    check_same_grid(truth.volume, labels, map_path)
     if labels.hu.max(initial=0) > len(scores):
         raise CtlesionError(f"label map holds label {int(labels.hu.max())} beyond the {len(scores)} lesions of "
                             "results.json", map_path)
@@ -192,10 +199,10 @@ def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_
 
 def _per_slice_scores(items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     detections, truth = zip(*items)
-    sens = sensitivity_at_fps(list(detections), list(truth), DEFAULT_FPS_PER_IMAGE)
-    rates = np.asarray(DEFAULT_FPS_PER_IMAGE)
-    return {"fps_per_image": list(DEFAULT_FPS_PER_IMAGE), "sensitivity": [float(s) for s in sens],
-            "avg_0.5_4": float(np.mean(np.asarray(sens)[rates <= 4])), "num_images": len(items),
+    rates, averaged = averaged_rates(DEFAULT_FPS_PER_IMAGE, KEY_SLICE_LAYOUT)
+    sens = sensitivity_at_fps(list(detections), list(truth), rates)
+    return {"fps_per_image": rates.tolist(), "sensitivity": [float(s) for s in sens],
+            KEY_SLICE_LAYOUT.mean_key: float(np.mean(np.asarray(sens)[averaged])), "num_images": len(items),
             "num_lesions": int(sum(len(t) for t in truth)),
             "rule": "each lesion's largest cross-section is a key slice; detections are the predicted lesions' "
                     "boxes on it; DeepLesion protocol, IoU >= 0.5"}
@@ -245,8 +252,9 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
         overlaps.append(scan_overlaps(prediction.labels_zyx, num_predicted, truth.lesions_zyx, truth.num_lesions,
                                       options.criterion))
         intervals.append(truth.volume.slice_interval_mm)
-        long_axes.append(lesion_long_axes_mm(truth))
-        slice_items.extend(key_slice_items(truth, prediction))
+        largest = largest_cross_sections(truth.lesions_zyx, truth.num_lesions)
+        long_axes.append(lesion_long_axes_mm(truth, largest))
+        slice_items.extend(key_slice_items(truth, prediction, largest))
         per_case.append({"case": case.case_id, "slice_interval_mm": truth.volume.slice_interval_mm,
                          "num_lesions": truth.num_lesions, "num_predicted": num_predicted})
         if task is not None:

@@ -278,7 +278,7 @@ def read_case(case: MaskedCase, lesion_value: int, *, layout: str, min_lesion_vo
     """
     volume = read_nifti(case.image_path)
     labels = read_nifti(case.label_path)
-    _check_same_grid(volume, labels, case.label_path)
+    check_same_grid(volume, labels, case.label_path)
     values = labels.hu
     if values.dtype.kind != "i":
         raise CtlesionError("label map holds non-integer values", case.label_path)
@@ -307,7 +307,13 @@ def connected_components(mask_zyx: np.ndarray) -> tuple[np.ndarray, int]:
     return components, int(components.max(initial=0))
 
 
-def _check_same_grid(volume: Volume, labels: Volume, path: Path) -> None:
+def check_same_grid(volume: Volume, labels: Volume, path: Path) -> None:
+    """Refuse a label map (read as a Volume from ``path``) that is not on ``volume``'s grid: same
+    (Z, Y, X) shape, and spacing, origin and direction within :data:`GRID_TOLERANCE_MM`.
+
+    Raises:
+        CtlesionError: (naming ``path``) every difference found.
+    """
     problems = []
     if labels.shape_zyx != volume.shape_zyx:
         problems.append(f"shape {labels.shape_zyx} vs the image's {volume.shape_zyx} (z, y, x)")
