@@ -16,6 +16,7 @@ DataLoader workers stay at constant memory over an epoch.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -66,7 +67,8 @@ logger = logging.getLogger(__name__)
 #: augmentation of every item as it was.
 _CROP_STREAM = 0x63726F70
 
-__all__ = ["DeepLesionDataset", "collate_detection", "fit_masks_in_plane", "flip_boxes_x"]
+__all__ = ["DeepLesionDataset", "KeySliceItems", "KeySliceSource", "collate_detection", "fit_masks_in_plane",
+           "flip_boxes_x"]
 
 
 def fit_masks_in_plane(masks: np.ndarray, transform: InPlaneTransform) -> np.ndarray:
@@ -95,7 +97,140 @@ def collate_detection(
     return images, intervals, [item[2] for item in batch]
 
 
-class DeepLesionDataset(Dataset):
+@dataclass(frozen=True)
+class KeySliceSource:
+    """What a dataset reads for one item, before the steps every dataset shares.
+
+    Attributes:
+        key: the item's name (DeepLesion: the key slice's file name; volumes: ``CASE:z``).
+        window_hu: (D, Y, X) float32 HU, the key slice at D // 2 and its neighbours.
+        interval_mm: the slice interval the network sees (2 mm for thin series, else the source's).
+        slice_interval_src_mm: the source's own slice interval, mm.
+        boxes_px: (N, 4) float64 lesion boxes (x1, y1, x2, y2) in source pixels of the key slice.
+        recist_px: (N, 8) float64 RECIST endpoints, or None (used for rotated boxes without masks).
+        masks: (N, Y, X) bool lesion masks on the key slice, or None without masks.
+    """
+
+    key: str
+    window_hu: np.ndarray
+    interval_mm: float
+    slice_interval_src_mm: float
+    boxes_px: np.ndarray
+    recist_px: np.ndarray | None
+    masks: np.ndarray | None
+
+
+class KeySliceItems(Dataset):
+    """The item steps every key-slice dataset shares (:class:`DeepLesionDataset`,
+    :class:`~ctlesion.data.volume_dataset.VolumeKeySliceDataset`): a subclass reads the
+    :class:`KeySliceSource` of an item (:meth:`source`); this class normalises the window to the
+    network input, augments it with its boxes and masks, fits it into the square input, crops it,
+    and builds the target (the item contract is :class:`DeepLesionDataset`'s).
+
+    Subclasses set ``self.names`` (one name per item, for messages) and call
+    :meth:`_init_items`; with ``skip_unreadable`` an item whose source raises
+    :class:`~ctlesion.errors.CtlesionError` is replaced by the next readable one.
+    """
+
+    names: list[str]
+
+    def _init_items(self, *, num_slices: int, image_size_px: int, with_masks: bool, seed: int,
+                    hu_window: tuple[float, float], input_scaling: str, resample_thick: bool,
+                    augment: AugmentConfig | None, crop: CropConfig | None, skip_unreadable: bool) -> None:
+        if crop is not None and crop.size_px > image_size_px:
+            raise ValueError(f"crop size {crop.size_px} px exceeds the network input size {image_size_px} px")
+        self.num_slices = num_slices
+        self.image_size_px = image_size_px
+        self.with_masks = with_masks
+        self.augment = augment
+        self.seed = seed
+        self.input_mapping = InputMapping(tuple(hu_window), input_scaling)
+        self.resample_thick = bool(resample_thick)
+        self.epoch = 0
+        self.crop = crop
+        self.skip_unreadable = bool(skip_unreadable)
+
+    def source(self, index: int) -> KeySliceSource:
+        """The window, boxes and masks of item ``index`` (subclasses).
+
+        Raises:
+            CtlesionError: unreadable data.
+        """
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that, with the seed and the index, decides the random augmentation."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, float, dict]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"key slice index {index} out of range for {len(self)} key slices")
+        index %= len(self)
+        if not self.skip_unreadable:
+            return self._item(index)
+        for step in range(len(self)):
+            current = (index + step) % len(self)
+            try:
+                return self._item(current)
+            except CtlesionError as exc:
+                logger.warning("%s; skipping key slice %s", exc, self.names[current])
+        raise CtlesionError("no readable key slice left in the split", getattr(self, "root", None))
+
+    def _item(self, index: int) -> tuple[torch.Tensor, float, dict]:
+        """Item ``index``, raising CtlesionError for unreadable data."""
+        src = self.source(index)
+        key_hu = src.window_hu[self.num_slices // 2]
+        masks_src = src.masks
+        window = network_input(src.window_hu, self.input_mapping)
+        air = air_input_value(self.input_mapping)
+        boxes_src = src.boxes_px.astype(np.float64)
+        applied = AugmentDraw()  # the identity
+        if self.augment is not None:
+            draw = draw_augmentation(self.augment, np.random.default_rng([self.seed, index, self.epoch]))
+            item = augment_item(window, boxes_src, draw, recist_px=src.recist_px, masks=masks_src, fill=air)
+            window, boxes_src, masks_src, applied = item.window, item.boxes_px, item.masks, item.draw
+        image, transform = fit_in_plane(window, self.image_size_px, air)
+        masks = None if masks_src is None else fit_masks_in_plane(masks_src, transform)
+        extra = {}
+        if self.crop is not None:
+            image, boxes, masks, offset = self._crop(index, image, boxes_src * transform.scale, masks, key_hu,
+                                                     applied, transform)
+            boxes_src = (boxes + np.array([*offset, *offset], dtype=np.float64)) / transform.scale
+            extra["crop_xy_px"] = offset
+        else:
+            boxes = boxes_src * transform.scale
+        target = {
+            "boxes": torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)),
+            "labels": torch.ones(len(boxes_src), dtype=torch.int64),
+            "key": src.key,
+            "scale": float(transform.scale),
+            "boxes_src_px": torch.from_numpy(boxes_src.reshape(-1, 4)),
+            "slice_interval_src_mm": float(src.slice_interval_src_mm),
+            **extra,
+        }
+        if masks is not None:
+            target["masks"] = torch.from_numpy(masks)
+        return torch.from_numpy(image)[None], float(src.interval_mm), target
+
+    def _crop(self, index: int, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
+              key_hu: np.ndarray, applied: AugmentDraw, transform: InPlaneTransform):
+        """Draw and cut the item's crop from the (D, S, S) image with its boxes (network px) and
+        masks: (image (D, PX, PX), kept boxes in crop px, masks (N', PX, PX) or None, offset (x0, y0))."""
+
+        def body() -> np.ndarray:  # the key slice's body, moved like the lesion masks
+            moved = apply_draw_to_masks(body_mask(key_hu)[None], applied)
+            return fit_masks_in_plane(moved, transform)[0].astype(bool)
+
+        rng = np.random.default_rng([self.seed, index, self.epoch, _CROP_STREAM])
+        draw = draw_crop(self.crop, rng, boxes, self.image_size_px, body)
+        cut = crop_item(image, boxes, draw, masks=masks, min_visible_fraction=self.crop.min_visible_fraction)
+        return cut.image, cut.boxes_px, cut.masks, tuple(int(v) for v in draw.offset_xy_px)
+
+
+class DeepLesionDataset(KeySliceItems):
     """Key slices of one split of a DeepLesion-layout folder, ready for the detector.
 
     ``dataset[i]`` returns ``(image, slice_interval_mm, target)``:
@@ -193,8 +328,6 @@ class DeepLesionDataset(Dataset):
         crop: CropConfig | None = None,
         mask_source: str = "auto",
     ) -> None:
-        if crop is not None and crop.size_px > image_size_px:
-            raise ValueError(f"crop size {crop.size_px} px exceeds the network input size {image_size_px} px")
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
         self.root = Path(root)
@@ -208,18 +341,13 @@ class DeepLesionDataset(Dataset):
         ]
         self.skip_unreadable = bool(skip_unreadable)
         self.keys: list[KeySlice] = self._present(keys)
+        self.names = [key.file_name for key in self.keys]
         if not self.keys:
             logger.warning("%s: no annotated key slice in split %r", self.root / "DL_info.csv", split)
         self.split = split
-        self.num_slices = num_slices
-        self.image_size_px = image_size_px
-        self.with_masks = with_masks
-        self.augment = augment
-        self.seed = seed
-        self.input_mapping = InputMapping(tuple(hu_window), input_scaling)
-        self.resample_thick = bool(resample_thick)
-        self.epoch = 0
-        self.crop = crop
+        self._init_items(num_slices=num_slices, image_size_px=image_size_px, with_masks=with_masks, seed=seed,
+                         hu_window=hu_window, input_scaling=input_scaling, resample_thick=resample_thick,
+                         augment=augment, crop=crop, skip_unreadable=skip_unreadable)
         self.mask_source = mask_source
         self.mask_cache = PseudoMaskCache(open_mask_cache_dir(self.root, mask_cache_dir)) if with_masks else None
         self.use_true_masks = with_masks and mask_source == "auto" and (self.root / TRUE_MASKS_DIRNAME).is_dir()
@@ -253,13 +381,6 @@ class DeepLesionDataset(Dataset):
                        self.root / "DL_info.csv", len(missing), len(keys), first)
         absent = {id(key) for key in missing}
         return [key for key in keys if id(key) not in absent]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that, with the seed and the index, decides the random augmentation."""
-        self.epoch = int(epoch)
 
     def true_masks(self, index: int, shape_yx: tuple[int, int]) -> np.ndarray | None:
         """(N, Y, X) bool true masks of key slice ``index`` from ``<root>/masks/``, or None when it has none.
@@ -305,68 +426,16 @@ class DeepLesionDataset(Dataset):
             raise CtlesionError("this dataset was made without masks (with_masks=False)", self.root)
         return self.mask_cache.get(self.keys[index], key_slice_hu)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, float, dict]:
-        if not -len(self.keys) <= index < len(self.keys):
-            raise IndexError(f"key slice index {index} out of range for {len(self.keys)} key slices")
-        index %= len(self.keys)
-        if not self.skip_unreadable:
-            return self._item(index)
-        for step in range(len(self.keys)):
-            current = (index + step) % len(self.keys)
-            try:
-                return self._item(current)
-            except CtlesionError as exc:
-                logger.warning("%s; skipping key slice %s", exc, self.keys[current].file_name)
-        raise CtlesionError("no readable key slice left in the split", self.root)
+    def source(self, index: int) -> KeySliceSource:
+        """The window (``load_key_slice_window``), boxes, RECIST axes and masks of key slice ``index``.
 
-    def _item(self, index: int) -> tuple[torch.Tensor, float, dict]:
-        """Item ``index``, raising CtlesionError for unreadable PNGs."""
+        Raises:
+            CtlesionError: unreadable PNGs or a malformed true-mask file.
+        """
         key = self.keys[index]
         window_hu, interval_mm = load_key_slice_window(self.images_dir, key, self.num_slices,
                                                        resample_thick=self.resample_thick)
-        key_hu = window_hu[self.num_slices // 2]
-        masks_src = self.lesion_masks(index, key_hu) if self.with_masks else None
-        window = network_input(window_hu, self.input_mapping)
-        air = air_input_value(self.input_mapping)
-        boxes_src = key.boxes_px.astype(np.float64)
-        applied = AugmentDraw()  # the identity
-        if self.augment is not None:
-            draw = draw_augmentation(self.augment, np.random.default_rng([self.seed, index, self.epoch]))
-            item = augment_item(window, boxes_src, draw, recist_px=key.recist_px, masks=masks_src, fill=air)
-            window, boxes_src, masks_src, applied = item.window, item.boxes_px, item.masks, item.draw
-        image, transform = fit_in_plane(window, self.image_size_px, air)
-        masks = None if masks_src is None else fit_masks_in_plane(masks_src, transform)
-        extra = {}
-        if self.crop is not None:
-            image, boxes, masks, offset = self._crop(index, image, boxes_src * transform.scale, masks, key_hu,
-                                                     applied, transform)
-            boxes_src = (boxes + np.array([*offset, *offset], dtype=np.float64)) / transform.scale
-            extra["crop_xy_px"] = offset
-        else:
-            boxes = boxes_src * transform.scale
-        target = {
-            "boxes": torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)),
-            "labels": torch.ones(len(boxes_src), dtype=torch.int64),
-            "key": key.file_name,
-            "scale": float(transform.scale),
-            "boxes_src_px": torch.from_numpy(boxes_src.reshape(-1, 4)),
-            "slice_interval_src_mm": float(key.slice_interval_mm),
-            **extra,
-        }
-        if masks is not None:
-            target["masks"] = torch.from_numpy(masks)
-        return torch.from_numpy(image)[None], float(interval_mm), target
-
-    def _crop(self, index: int, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
-              key_hu: np.ndarray, applied: AugmentDraw, transform: InPlaneTransform):
-        """Draw and cut the item's crop from the (D, S, S) image with its boxes (network px) and
-        masks: (image (D, PX, PX), kept boxes in crop px, masks (N', PX, PX) or None, offset (x0, y0))."""
-
-        def body() -> np.ndarray:  # the key slice's body, moved like the lesion masks
-            moved = apply_draw_to_masks(body_mask(key_hu)[None], applied)
-            return fit_masks_in_plane(moved, transform)[0].astype(bool)
-
-        rng = np.random.default_rng([self.seed, index, self.epoch, _CROP_STREAM])
-        draw = draw_crop(self.crop, rng, boxes, self.image_size_px, body)
-        cut = crop_item(image, boxes, draw, masks=masks, min_visible_fraction=self.crop.min_visible_fraction)
-        return cut.image, cut.boxes_px, cut.masks, tuple(int(v) for v in draw.offset_xy_px)
+        masks = self.lesion_masks(index, window_hu[self.num_slices // 2]) if self.with_masks else None
+        return KeySliceSource(key=key.file_name, window_hu=window_hu, interval_mm=interval_mm,
+                              slice_interval_src_mm=key.slice_interval_mm, boxes_px=key.boxes_px,
+                              recist_px=key.recist_px, masks=masks)

@@ -42,7 +42,9 @@ from ctlesion.io.masked_datasets import (
     CaseLesions,
     MaskedCase,
     MaskedDataset,
+    boxes_on_slice,
     check_same_grid,
+    largest_cross_sections,
     read_case,
 )
 from ctlesion.io.nifti import read_nifti
@@ -102,15 +104,6 @@ class ScanPrediction:
     scores: np.ndarray
 
 
-def largest_cross_sections(lesions_zyx: np.ndarray, num_lesions: int) -> np.ndarray:
-    """(G,) int64: the slice (z) where each lesion 1..G has most voxels (the first such slice on ties)."""
-    num_z = lesions_zyx.shape[0]
-    z = np.broadcast_to(np.arange(num_z)[:, None, None], lesions_zyx.shape)
-    on = lesions_zyx > 0
-    counts = np.bincount((lesions_zyx[on].astype(np.int64) - 1) * num_z + z[on], minlength=num_lesions * num_z)
-    return counts.reshape(num_lesions, num_z).argmax(axis=1)
-
-
 def lesion_long_axes_mm(truth: CaseLesions, slices: np.ndarray) -> np.ndarray:
     """(G,) float64 RECIST long axis (mm) of each lesion on its largest cross-section ``slices``
     (:func:`largest_cross_sections`; :func:`ctlesion.postprocess.recist_axes_mm`: maximum Feret
@@ -120,26 +113,16 @@ def lesion_long_axes_mm(truth: CaseLesions, slices: np.ndarray) -> np.ndarray:
                     dtype=np.float64)
 
 
-def _boxes_on_slice(labels_yx: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """(len(wanted), 4) inclusive pixel boxes (x1, y1, x2, y2) of labels ``wanted`` on one slice (absent: NaN)."""
-    boxes = np.full((len(wanted), 4), np.nan)
-    for row, label in enumerate(wanted):
-        ys, xs = np.nonzero(labels_yx == label)
-        if len(ys):
-            boxes[row] = xs.min(), ys.min(), xs.max(), ys.max()
-    return boxes
-
-
 def key_slice_items(truth: CaseLesions, prediction: ScanPrediction,
                     slices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per-slice items of one scan (module docstring, point 5): for each slice that is some
     lesion's largest cross-section (``slices``, :func:`largest_cross_sections`),
     ``(detections (N, 5) x1, y1, x2, y2, score, ground truth (M, 4))``."""
     for z in np.unique(slices):
-        truth_boxes = _boxes_on_slice(truth.lesions_zyx[z], np.flatnonzero(slices == z) + 1)
+        truth_boxes = boxes_on_slice(truth.lesions_zyx[z], np.flatnonzero(slices == z) + 1)
         present = np.unique(prediction.labels_zyx[z])
         present = present[present > 0]
-        boxes = _boxes_on_slice(prediction.labels_zyx[z], present)
+        boxes = boxes_on_slice(prediction.labels_zyx[z], present)
         yield np.column_stack([boxes, prediction.scores[present - 1]]), truth_boxes
 
 

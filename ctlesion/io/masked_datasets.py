@@ -347,3 +347,28 @@ def _drop_small(lesions: np.ndarray, count: int, min_voxels: int) -> tuple[np.nd
     lookup = np.zeros(count + 1, np.int32)
     lookup[keep] = np.arange(1, len(keep) + 1)
     return lookup[lesions], len(keep)
+
+
+def cross_section_areas(lesions_zyx: np.ndarray, num_lesions: int) -> np.ndarray:
+    """(G, Z) int64: the voxel count of each lesion 1..G on each slice z of a lesion map."""
+    num_z = lesions_zyx.shape[0]
+    z = np.broadcast_to(np.arange(num_z)[:, None, None], lesions_zyx.shape)
+    on = lesions_zyx > 0
+    counts = np.bincount((lesions_zyx[on].astype(np.int64) - 1) * num_z + z[on], minlength=num_lesions * num_z)
+    return counts.reshape(num_lesions, num_z)
+
+
+def largest_cross_sections(lesions_zyx: np.ndarray, num_lesions: int) -> np.ndarray:
+    """(G,) int64: the slice (z) where each lesion 1..G has most voxels (the first such slice on ties)."""
+    return cross_section_areas(lesions_zyx, num_lesions).argmax(axis=1)
+
+
+def boxes_on_slice(labels_yx: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """(len(wanted), 4) float64 inclusive pixel boxes (x1, y1, x2, y2: first and last pixel) of
+    labels ``wanted`` on one (Y, X) slice; NaN rows for labels absent from it."""
+    boxes = np.full((len(wanted), 4), np.nan)
+    for row, label in enumerate(wanted):
+        ys, xs = np.nonzero(labels_yx == label)
+        if len(ys):
+            boxes[row] = xs.min(), ys.min(), xs.max(), ys.max()
+    return boxes
