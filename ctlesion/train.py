@@ -1,4 +1,5 @@
-"""Training loop for the detector on any dataset in the DeepLesion layout, on one or many processes.
+"""Training loop for the detector on a DeepLesion-layout dataset or on CT volumes with lesion
+masks (nnU-Net v2 raw / nnDetection layout), on one or many processes.
 
 Recipe (SPEC section 7, released code of the AlignShift paper): SGD, lr 0.02 per 4 images
 (scaled linearly with the global batch), momentum 0.9, weight decay 1e-4 (not on biases and
@@ -21,6 +22,12 @@ on whole slices. Masks (``mask_source``): the dataset's true masks where it has 
 (``DATA/masks/``), else GrabCut pseudo-masks (:mod:`ctlesion.data.mask_cache`). Frozen parts
 (``freeze``, ``ctlesion train --freeze PART``): their weights and BatchNorm statistics stay as
 they were (e.g. fine-tune only the mask head of a checkpoint: its boxes and scores do not move).
+
+Volumes (``lesion_label``; ``ctlesion train --data DATASET --lesion-label NAME``): the items are
+key slices through the train cases' lesions and negative slices, with true masks from the label
+maps (:mod:`ctlesion.data.volume_dataset`); validation after each epoch scores the val cases'
+largest lesion cross-sections per slice, DeepLesion style
+(:func:`ctlesion.evaluate.volumes.validate_on_key_slices`).
 
 A run folder holds ``config.json`` (the options), ``metrics.jsonl`` (one JSON line per step
 and per epoch), ``epoch_NNN.safetensors`` + ``.json`` (weights after every epoch, with the
@@ -55,6 +62,7 @@ from ctlesion.choices import DETECTOR_PARTS, MASK_LOSSES, PRECISIONS
 from ctlesion.data.augment import AugmentConfig, CropConfig
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
 from ctlesion.data.mask_cache import MASK_SOURCES
+from ctlesion.data.volume_dataset import VolumeKeySliceDataset
 from ctlesion.distributed import (
     DistContext,
     barrier,
@@ -66,6 +74,7 @@ from ctlesion.distributed import (
     wrap_ddp,
 )
 from ctlesion.errors import CtlesionError
+from ctlesion.io.masked_datasets import open_masked_dataset
 from ctlesion.networks.detector import (
     AlignShiftDetector,
     DetectorConfig,
@@ -111,6 +120,10 @@ class TrainOptions:
     mask_source: str = "auto"  # "auto": the dataset's true masks (DATA/masks/) where present, else GrabCut; "grabcut"
     mask_loss: str = "dice"  # "dice" (released configuration) or "dice+bce" (choices.MASK_LOSSES)
     freeze: tuple[str, ...] = ()  # detector parts not trained (networks.detector.DETECTOR_PARTS), e.g. all but mask-head
+    # Datasets of volumes with lesion masks (nnU-Net v2 raw / nnDetection layout; data.volume_dataset):
+    lesion_label: str | None = None  # the lesion label (name or value); None: a DeepLesion-layout dataset
+    min_lesion_voxels: int = 1  # smaller lesion components are dropped
+    val_fraction: float | None = None  # share of training cases in val when the dataset has no splits file
 
     @property
     def lr(self) -> float:
@@ -273,8 +286,10 @@ def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
     return model
 
 
-def train_dataset(options: TrainOptions) -> DeepLesionDataset:
-    """The training split (``Train_Val_Test`` = 1) as the run sees it: augmented, cropped, with masks.
+def train_dataset(options: TrainOptions) -> DeepLesionDataset | VolumeKeySliceDataset:
+    """The training split as the run sees it: augmented, cropped, with masks. DeepLesion layout:
+    the key slices of ``Train_Val_Test`` = 1; volumes (``options.lesion_label``): the key slices of
+    the train cases (:mod:`ctlesion.data.volume_dataset`).
 
     Raises:
         CtlesionError: as :class:`~ctlesion.data.dataset.DeepLesionDataset`, or a crop larger
@@ -286,9 +301,38 @@ def train_dataset(options: TrainOptions) -> DeepLesionDataset:
     if options.mask_source not in MASK_SOURCES:
         raise CtlesionError(f"unknown mask source {options.mask_source!r}; expected one of "
                             f"{', '.join(MASK_SOURCES)}", options.out_dir)
+    if options.lesion_label is not None:
+        return volume_split(options, "train", augment=options.augment, crop=options.crop)
     return DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, augment=options.augment,
                                           mask_cache_dir=options.mask_cache_dir, drop_noisy=not options.keep_noisy,
                                           seed=options.seed, crop=options.crop, mask_source=options.mask_source)
+
+
+def volume_split(options: TrainOptions, split: str, **kwargs) -> VolumeKeySliceDataset:
+    """A split of the run's dataset of volumes (``options.lesion_label`` set) as key-slice items
+    (:mod:`ctlesion.data.volume_dataset`); ``kwargs`` as its constructor.
+
+    Raises:
+        CtlesionError: an unreadable dataset, an unknown lesion label, or a case that cannot be read.
+    """
+    dataset = open_masked_dataset(options.data_dir, val_fraction=options.val_fraction, seed=options.seed)
+    return VolumeKeySliceDataset.for_detector(dataset, split, dataset.lesion_value(options.lesion_label),
+                                              options.detector, seed=options.seed,
+                                              min_lesion_voxels=options.min_lesion_voxels,
+                                              cache_dir=options.mask_cache_dir, **kwargs)
+
+
+def validate(model: AlignShiftDetector, options: TrainOptions, device: torch.device) -> dict | None:
+    """The validation after an epoch: the DeepLesion FROC of the val split (``evaluate_model``), or
+    for volumes the per-slice figures on the val cases' largest lesion cross-sections; None
+    without a val split."""
+    from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415 (evaluation imports the loader stack)
+    from ctlesion.evaluate.volumes import validate_on_key_slices  # noqa: PLC0415
+
+    if options.lesion_label is None:
+        return evaluate_model(model, options.data_dir, "val", device=device, progress=False)
+    items = volume_split(options, "val", with_masks=False, other_slices_per_lesion=0, negative_fraction=0.0)
+    return validate_on_key_slices(model, items, device=device)
 
 
 def mixed_precision(options: TrainOptions, device: torch.device) -> tuple[torch.autocast, torch.amp.GradScaler]:
@@ -413,7 +457,6 @@ def train(options: TrainOptions, *, resume: bool = False, overwrite: bool = Fals
 
 
 def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: bool, progress: bool) -> Path:
-    from ctlesion.evaluate.run import evaluate_model  # noqa: PLC0415 (evaluation imports the loader stack)
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
     if options.mask_loss not in MASK_LOSSES:
@@ -432,7 +475,9 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
     seed_everything(options.seed)
     dataset = train_dataset(options)
     if len(dataset) == 0:
-        raise CtlesionError("the training split (Train_Val_Test = 1) holds no usable key slices", options.data_dir)
+        raise CtlesionError("the training split holds no usable key slices" + (
+            " (Train_Val_Test = 1)" if options.lesion_label is None else " (no lesion of that label in its cases)"),
+            options.data_dir)
     iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)
     mask_sources = dataset.mask_sources()
     if ctx.is_main:
@@ -499,8 +544,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
                                            scheduler.last_epoch)
                 if options.checkpoint_every and run.step % options.checkpoint_every == 0 and run.step < iters_per_epoch:
                     save_state()
-            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, evaluate_model, metrics_file, writer,
-                                            mask_sources)
+            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, metrics_file, writer, mask_sources)
             run.epoch, run.step, run.loss_sums = epoch + 1, 0, {}
             save_state()
             barrier(ctx)
@@ -509,7 +553,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
     return last_checkpoint
 
 
-def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunState, epoch: int, evaluate_model,
+def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunState, epoch: int,
                   metrics_file, writer, mask_sources: dict[str, int]) -> Path:
     """Rank 0: validation FROC, the epoch's checkpoint, the best checkpoint, the epoch's metrics line.
 
@@ -522,7 +566,7 @@ def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunS
         return path
     steps = max(run.step, 1)
     record = {"epoch": epoch + 1, "train_loss_mean": {k: v / steps for k, v in run.loss_sums.items()}}
-    val = evaluate_model(model, options.data_dir, "val", device=ctx.device, progress=False)
+    val = validate(model, options, ctx.device)
     ddp.train()
     if val is not None:
         record["val"] = val["summary"]

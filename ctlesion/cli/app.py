@@ -196,7 +196,10 @@ def prepare(
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="Dataset in the DeepLesion layout (DL_info.csv + Images_png).")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Dataset: DeepLesion layout (DL_info.csv + Images_png), or CT volumes with lesion masks in the nnU-Net "
+             "v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/), with "
+             "--lesion-label.")] = None,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, config.json).")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
@@ -225,7 +228,9 @@ def train(
     augment: Annotated[Augment, typer.Option(
         help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), flip (flips only) or none.")] = "paper",
     mask_cache: Annotated[Optional[Path], typer.Option(
-        help="Pseudo-mask cache folder (default: DATA/ctlesion_cache/pseudo_masks; see `ctlesion prepare`).")] = None,
+        help="Cache folder: DeepLesion, GrabCut pseudo-masks (default: DATA/ctlesion_cache/pseudo_masks; see "
+             "`ctlesion prepare`); volumes, the cases as memory-mapped arrays (default: "
+             "DATA/ctlesion_cache/volumes).")] = None,
     mask_source: Annotated[MaskSource, typer.Option(
         help="Lesion masks: auto (the dataset's true masks in DATA/masks/ where present, else GrabCut "
              "pseudo-masks) or grabcut (always GrabCut).")] = "auto",
@@ -238,6 +243,12 @@ def train(
                                "a lesion.")] = 0.25,
     keep_noisy: Annotated[bool, typer.Option(
         "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
+    lesion_label: Annotated[Optional[str], typer.Option(
+        help="Volumes: the label (name in dataset.json, or value) whose 3D connected components are the lesions "
+             "(nnDetection: the class whose instances are).")] = None,
+    min_lesion_voxels: Annotated[int, typer.Option(min=1, help="Volumes: drop smaller lesion components.")] = 1,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        min=0.0, max=0.99, help="Volumes without a splits file: share of training cases in val (seeded by --seed).")] = None,
     mask_loss: Annotated[MaskLoss, typer.Option(
         help="dice (the released configuration) or dice+bce (adds per-pixel binary cross-entropy, whose gradient "
              "does not vanish where the mask head saturates).")] = "dice",
@@ -263,7 +274,8 @@ def train(
     verbose: Verbose = False,
     ctx: typer.Context = None,  # type: ignore[assignment]  (filled by Typer)
 ) -> None:
-    """Train the detector on a DeepLesion-layout dataset (official Train_Val_Test split).
+    """Train the detector on a DeepLesion-layout dataset (official Train_Val_Test split) or on CT volumes
+    with lesion masks (nnU-Net v2 raw or nnDetection layout: key slices through every lesion, true masks).
 
     Several GPUs: `ctlesion train --gpus N ...` on one machine, or `torchrun --nproc-per-node N
     [--nnodes ...] -m ctlesion train ...` for several machines; --batch-size is the global batch.
@@ -296,9 +308,10 @@ def train(
             _error(f"{exc}")
             raise typer.Exit(2) from None
         augmentations = {"paper": AugmentConfig(), "flip": AugmentConfig.flip_only(0.5), "none": None}
-        if not (data / "DL_info.csv").is_file():
-            _error(f"{data}: no DL_info.csv (not a DeepLesion-layout dataset)")
-            raise typer.Exit(1)
+        problem = _train_data_error(data, lesion_label, val_fraction, mask_source.value, keep_noisy)
+        if problem is not None:
+            _error(problem[1])
+            raise typer.Exit(problem[0])
         options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
                                warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
@@ -308,9 +321,31 @@ def train(
                                init_from=None if init_from is None else str(init_from),
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
                                mask_source=mask_source.value,
-                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()))
+                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()),
+                               lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
+                               val_fraction=val_fraction)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
     stdout.print(f"last checkpoint: {last}")
+
+
+def _train_data_error(data: Path, lesion_label, val_fraction, mask_source: str,
+                      keep_noisy: bool) -> tuple[int, str] | None:
+    """What is wrong with train's dataset (exit code 1) or the options that depend on its kind (2), with
+    its message; None when fine."""
+    from ctlesion.io.masked_datasets import is_masked_dataset  # noqa: PLC0415
+
+    if is_masked_dataset(data):
+        if lesion_label is None:
+            return 2, "--lesion-label is required for a dataset of volumes (a label name of its dataset.json, or a value)"
+        if mask_source != "auto" or keep_noisy:
+            return 2, "--mask-source and --keep-noisy are for DeepLesion datasets (volumes have true masks)"
+        return None
+    if not (data / "DL_info.csv").is_file():
+        return 1, (f"{data}: neither a DeepLesion-layout dataset (DL_info.csv) nor volumes with lesion masks "
+                   "(nnU-Net v2 raw or nnDetection layout)")
+    if lesion_label is not None or val_fraction is not None:
+        return 2, "--lesion-label and --val-fraction are for datasets of volumes (nnU-Net or nnDetection layout)"
+    return None
 
 
 #: train's architecture options and the DetectorConfig field each one sets.

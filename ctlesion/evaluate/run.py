@@ -68,14 +68,29 @@ def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, devi
         ``detections`` ((N, 5) float64 x1, y1, x2, y2, score), ``ground_truth`` ((M, 4) float64);
         None when the split holds no key slices.
     """
-    from ctlesion.progress import make_progress
-
     config = model.config
     dataset = DeepLesionDataset.for_detector(data_dir, split, config, with_masks=False,
                                              skip_unreadable=skip_unreadable)
     if keys is not None:
         wanted = set(keys)
         dataset = Subset(dataset, [i for i, key in enumerate(dataset.keys) if key.file_name in wanted])
+    return predict_items(model, dataset, device=device, progress=progress, num_workers=num_workers,
+                         label=f"evaluate {split}")
+
+
+@torch.no_grad()
+def predict_items(model: AlignShiftDetector, dataset, *, device: torch.device | str = "cpu", progress: bool = True,
+                  num_workers: int = 0, label: str = "predict") -> list[dict] | None:
+    """Detections on every item of a key-slice dataset (any :class:`~ctlesion.data.dataset.KeySliceItems`,
+    or a Subset of one, without augmentation or crops), in source pixels.
+
+    Returns:
+        One dict per item: ``key``, ``slice_interval_mm`` (source interval), ``detections``
+        ((N, 5) float64 x1, y1, x2, y2, score), ``ground_truth`` ((M, 4) float64, the item's boxes
+        in source pixels); None for an empty dataset.
+    """
+    from ctlesion.progress import make_progress
+
     if len(dataset) == 0:
         return None
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=num_workers, collate_fn=collate_detection)
@@ -83,7 +98,7 @@ def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, devi
     model.eval()
     results = []
     with make_progress(enabled=progress) as bar:
-        task = bar.add_task(f"evaluate {split}", total=len(dataset), info="")
+        task = bar.add_task(label, total=len(dataset), info="")
         for images, intervals, targets in loader:
             outputs = model(images.to(device), intervals.to(device))
             for output, target in zip(outputs, targets):

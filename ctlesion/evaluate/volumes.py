@@ -35,6 +35,7 @@ from ctlesion.atomic import atomic_write_bytes, atomic_write_text, staged_output
 from ctlesion.errors import CtlesionError
 from ctlesion.evaluate.froc import DEFAULT_FPS_PER_IMAGE, sensitivity_at_fps
 from ctlesion.evaluate.plot import froc_png
+from ctlesion.evaluate.run import predict_items
 from ctlesion.evaluate.scan_froc import FPS_PER_SCAN, SCAN_CRITERIA, SCAN_LAYOUT, scan_overlaps, score_scans
 from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT, averaged_rates
 from ctlesion.io.masked_datasets import (
@@ -189,6 +190,29 @@ def _per_slice_scores(items: list[tuple[np.ndarray, np.ndarray]]) -> dict:
             "num_lesions": int(sum(len(t) for t in truth)),
             "rule": "each lesion's largest cross-section is a key slice; detections are the predicted lesions' "
                     "boxes on it; DeepLesion protocol, IoU >= 0.5"}
+
+
+def validate_on_key_slices(model, dataset, *, device: torch.device | str = "cpu") -> dict | None:
+    """Per-slice DeepLesion-style figures of a model on the key slices of a volume dataset: the
+    quick validation after each training epoch on volumes (no 3D linking, no intervals).
+
+    Args:
+        model: the detector.
+        dataset: a :class:`~ctlesion.data.volume_dataset.VolumeKeySliceDataset` without
+            augmentation or crops (its items' ground truth: the lesions' tight boxes, pixel i
+            covering [i, i + 1); scored here as inclusive boxes, first to last pixel).
+
+    Returns:
+        ``{"split", "summary": {"all": {"fps_per_image", "sensitivity", "avg_0.5_4", "num_images",
+        "num_lesions"}}}``, or None when the dataset has no key slice.
+    """
+    predictions = predict_items(model, dataset, device=device, progress=False)
+    if not predictions:
+        return None
+    items = [(p["detections"], p["ground_truth"] - np.array([0.0, 0.0, 1.0, 1.0])) for p in predictions]
+    scores = _per_slice_scores(items)
+    return {"split": dataset.split, "summary": {"all": {key: scores[key] for key in (
+        "fps_per_image", "sensitivity", KEY_SLICE_LAYOUT.mean_key, "num_images", "num_lesions")}}}
 
 
 def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEvaluateOptions, *, model=None,
