@@ -2,7 +2,13 @@
 
 Usage: python benchmarks/loader_speed.py [--data DIR] [--mask-cache DIR]
        [--workers 0,1,2] [--slices 7] [--size 512] [--batch-size 4] [--min-windows 240]
-       [--num-series 32] [--keep DIR]
+       [--num-series 32] [--keep DIR] [--volumes]
+
+With ``--volumes`` (and no ``--data``) the same series are also simulated in the nnU-Net
+layout (``--layout nnunet``: NIfTI volumes with 3D lesion masks) and the loader of training on
+volumes (:mod:`ctlesion.data.volume_dataset`: key slices through every lesion, windows from
+memory-mapped cached cases, true masks) is measured beside the DeepLesion one, worker count by
+worker count, in this one process (issue 14's goal: not slower than the DeepLesion loader).
 
 Without ``--data`` a DeepLesion-layout dataset is simulated into a temporary folder
 (``ctlesion.data.simulate.simulate_dataset`` on the shipped sample CT, 512 px slices, thin
@@ -39,7 +45,7 @@ import cv2
 import numpy as np
 import torch
 
-from ctlesion.data.dataset import DeepLesionDataset
+from ctlesion.data.dataset import KeySliceItems
 from ctlesion.data.mask_cache import prepare_mask_cache
 from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset
 from ctlesion.distributed import DistContext
@@ -66,7 +72,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def measure(options: TrainOptions, dataset: DeepLesionDataset, min_windows: int) -> dict:
+def measure(options: TrainOptions, dataset: KeySliceItems, min_windows: int) -> dict:
     """Iterate whole epochs of the training loader; windows/s steady and overall."""
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     windows = steady_windows = 0
@@ -103,6 +109,7 @@ def main() -> None:
     parser.add_argument("--min-windows", type=int, default=240)
     parser.add_argument("--num-series", type=int, default=32, help="series to simulate without --data")
     parser.add_argument("--keep", type=Path, help="simulate into this folder and keep it")
+    parser.add_argument("--volumes", action="store_true", help="also the loader of the same series as volumes")
     args = parser.parse_args()
     worker_counts = [int(w) for w in args.workers.split(",")]
 
@@ -118,6 +125,11 @@ def main() -> None:
         simulate_dataset(data, backgrounds=[SAMPLE_BACKGROUND], num_series=args.num_series, image_size_px=512,
                          seed=0, overwrite=True)
         print(f"simulated {args.num_series} series (512 px) in {time.perf_counter() - started:.1f} s: {data}")
+    volumes = None
+    if args.volumes and args.data is None:
+        volumes = data.parent / (data.name + "_nnunet")
+        simulate_dataset(volumes, backgrounds=[SAMPLE_BACKGROUND], num_series=args.num_series, image_size_px=512,
+                         seed=0, overwrite=True, layout="nnunet")
     try:
         started = time.perf_counter()
         report = prepare_mask_cache(data, cache_dir=args.mask_cache, split="train",
@@ -130,12 +142,21 @@ def main() -> None:
         thin = sum(k.slice_interval_mm < 2.0 for k in dataset.keys)
         print(f"train split: {len(dataset)} key slices ({thin} thin, {len(dataset) - thin} thick); "
               f"windows of {args.slices} slices at {args.size} px, batch {args.batch_size}, augmentation on, masks on")
+        loaders = {"deeplesion": (base, dataset)}
+        if volumes is not None:
+            on_volumes = replace(base, data_dir=volumes, out_dir=volumes, lesion_label="lesion", mask_cache_dir=None)
+            started = time.perf_counter()
+            volume_items = train_dataset(on_volumes)
+            print(f"volumes: {len(volume_items.cases)} train cases cached in {time.perf_counter() - started:.1f} s, "
+                  f"{len(volume_items)} key slices ({volume_items.num_negative} negative)")
+            loaders["volumes"] = (on_volumes, volume_items)
         print()
-        print(f"{'workers':>7}  {'epochs':>6}  {'windows':>7}  {'steady win/s':>12}  {'overall win/s':>13}")
+        print(f"{'loader':>10}  {'workers':>7}  {'epochs':>6}  {'windows':>7}  {'steady win/s':>12}  {'overall win/s':>13}")
         for workers in worker_counts:
-            row = measure(replace(base, num_workers=workers), dataset, args.min_windows)
-            print(f"{row['workers']:>7}  {row['epochs']:>6}  {row['windows']:>7}  {row['steady']:>12.1f}  "
-                  f"{row['overall']:>13.1f}", flush=True)
+            for name, (options, items) in loaders.items():
+                row = measure(replace(options, num_workers=workers), items, args.min_windows)
+                print(f"{name:>10}  {row['workers']:>7}  {row['epochs']:>6}  {row['windows']:>7}  "
+                      f"{row['steady']:>12.1f}  {row['overall']:>13.1f}", flush=True)
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

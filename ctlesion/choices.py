@@ -11,6 +11,8 @@ from __future__ import annotations
 PADDINGS = ("zero", "keep")
 #: Detector networks: AlignShift (paper), TSM and 2.5D (the paper's baselines), none (3D, no shift).
 DETECTOR_CONTEXTS = ("alignshift", "tsm", "2.5d", "none")
+#: torchvision 2D networks the detector's backbone can be built from (DenseNet-121: the paper's).
+BACKBONES = ("densenet121", "resnet18", "resnet34", "resnet50", "resnet101")
 #: Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler), fp32.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: What to do with a gantry-tilted series: refuse it, or resample it onto an orthogonal grid.

@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.models import densenet121
 
 from ctlesion import __version__
 from ctlesion.atomic import atomic_write_text
@@ -75,6 +74,7 @@ from ctlesion.distributed import (
 )
 from ctlesion.errors import CtlesionError
 from ctlesion.io.masked_datasets import open_masked_dataset
+from ctlesion.networks.backbone import torchvision_2d
 from ctlesion.networks.detector import (
     AlignShiftDetector,
     DetectorConfig,
@@ -273,10 +273,10 @@ def build_model(options: TrainOptions, resume: bool) -> AlignShiftDetector:
     elif options.pretrained is None or resume:
         model = AlignShiftDetector(options.detector)
     else:
-        densenet = densenet121(weights=None)
-        report = load_pretrained_2d(densenet, options.pretrained, "densenet121")
+        net_2d = torchvision_2d(options.detector.backbone)
+        report = load_pretrained_2d(net_2d, options.pretrained, options.detector.backbone)
         log.info("initialised from %s", report.summary())
-        model = AlignShiftDetector(options.detector, densenet_2d=densenet)
+        model = AlignShiftDetector(options.detector, net_2d=net_2d)
     freeze_parts(model, options.freeze)
     model.roi_heads.mask_loss = options.mask_loss
     if options.grad_checkpoint:
@@ -484,7 +484,8 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
         log.info("training on %d key slices, %s; masks: %d true (%s), %d GrabCut", len(dataset),
                  "whole slices" if options.crop is None else
                  f"{options.crop.size_px} px crops ({options.crop.negative_fraction:.0%} negative)",
-                 mask_sources["true"], options.data_dir / "masks", mask_sources["grabcut"])
+                 mask_sources["true"], "label maps" if options.lesion_label else options.data_dir / "masks",
+                 mask_sources["grabcut"])
     model = synchronise_batchnorm(build_model(options, resume).to(ctx.device), ctx)
     params, optimizer, scheduler = build_optimizer(model, options, iters_per_epoch)
     autocast, scaler = mixed_precision(options, ctx.device)

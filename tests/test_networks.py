@@ -207,3 +207,47 @@ def test_gradient_checkpointing_gives_the_same_gradients(context):
         grads.append([p.grad.clone() for p in backbone.parameters()])
     for plain, recomputed in zip(*grads):
         torch.testing.assert_close(recomputed, plain, rtol=1e-9, atol=1e-12)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_resnet_backbone_without_shift_equals_2d_network_on_one_slice(arch):
+    from ctlesion.networks.backbone import AlignShiftResNet, resnet_stage_channels, torchvision_2d
+
+    torch.manual_seed(0)
+    net2d = _randomise_bn(torchvision_2d(arch)).double()
+    backbone = AlignShiftResNet(copy.deepcopy(net2d), num_slices=1, context="none", fpn_channels=8).double().eval()
+    image = torch.randn(1, 1, 64, 64, dtype=torch.float64)
+    rgb = torch.zeros(1, 3, 64, 64, dtype=torch.float64)
+    rgb[:, 1] = image[:, 0]  # the 3D stem takes the middle ImageNet input channel
+    x = net2d.maxpool(net2d.relu(net2d.bn1(net2d.conv1(rgb))))
+    refs = []
+    for stage in (net2d.layer1, net2d.layer2, net2d.layer3):
+        x = stage(x)
+        refs.append(x)
+    y, interval = backbone.stem(image[:, :, None]), torch.tensor([2.0], dtype=torch.float64)
+    for stage, ref, channels in zip(backbone.stages, refs, resnet_stage_channels(net2d)):
+        y = stage(y, interval)
+        assert y.shape[1] == channels and y.shape[2] == 1
+        torch.testing.assert_close(y[:, :, 0], ref, rtol=0, atol=1e-5)
+
+
+def test_resnet_backbones_train_and_travel_with_their_checkpoints(tmp_path):
+    from ctlesion.checkpoint import load_detector, save_checkpoint
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+
+    torch.manual_seed(0)
+    for context in ("alignshift", "2.5d"):
+        config = DetectorConfig(backbone="resnet18", context=context, num_slices=3, image_size_px=64,
+                                fpn_channels=16, fc_channels=32)
+        model = AlignShiftDetector(config)
+        target = {"boxes": torch.tensor([[10.0, 12.0, 30.0, 34.0]]), "labels": torch.ones(1, dtype=torch.int64),
+                  "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+        losses = model(torch.rand(2, 1, 3, 64, 64), torch.tensor([2.0, 5.0]), [target, target])
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(v) for v in losses.values())
+        path = save_checkpoint(model, tmp_path / f"{context}.safetensors")
+        loaded, _ = load_detector(path)
+        assert loaded.config.backbone == "resnet18" and loaded.config == config
+    with pytest.raises(ValueError, match="must be one of"):
+        DetectorConfig(backbone="vgg16").validate()

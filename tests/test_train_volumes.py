@@ -49,9 +49,10 @@ def test_trains_on_volumes_with_validation_and_fine_tunes_a_checkpoint(volumes, 
     start = save_checkpoint(load_detector(run / "epoch_001.safetensors")[0], tmp_path / "start.safetensors")
     tuned = tmp_path / "tuned"
     result = CliRunner().invoke(app, ["train", "--data", str(volumes), "--lesion-label", "2", "--batch-size", "2",
-                                      *STEPS, "--init-from", str(start), "--out", str(tuned)])
+                                      *STEPS, "--init-from", str(start), "--lr", "0.002", "--out", str(tuned)])
     assert result.exit_code == 0, result.output
-    assert read_run_options(tuned).init_from == str(start)
+    tuned_options = read_run_options(tuned)
+    assert tuned_options.init_from == str(start) and tuned_options.base_lr == 0.002
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -73,3 +74,13 @@ def test_deeplesion_datasets_refuse_volume_options(tmp_path):
     assert result.exit_code == 2 and "for datasets of volumes" in result.output
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path)])
     assert result.exit_code == 1 and "neither a DeepLesion-layout dataset" in result.output
+
+
+def test_a_resnet_backbone_trains_from_the_command_line(volumes, tmp_path):
+    run = tmp_path / "resnet"
+    result = CliRunner().invoke(app, ["train", "--data", str(volumes), "--lesion-label", "tumor", "--batch-size", "2",
+                                      "--backbone", "resnet18", "--out", str(run), *STEPS, *CLI_TINY])
+    assert result.exit_code == 0, result.output
+    assert read_run_options(run).detector.backbone == "resnet18"
+    model, info = load_detector(run / "epoch_001.safetensors")
+    assert info["config"]["backbone"] == "resnet18" and type(model.backbone).__name__ == "AlignShiftResNet"

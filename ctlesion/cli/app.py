@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ctlesion import __version__
 from ctlesion.choices import (
+    BACKBONES,
     CRITERIA,
     DETECTOR_CONTEXTS,
     DETECTOR_PARTS,
@@ -101,6 +102,7 @@ def _choice(name: str, values) -> type[Enum]:
 
 Tilt = _choice("Tilt", TILT_CHOICES)
 Context = _choice("Context", DETECTOR_CONTEXTS)
+Backbone = _choice("Backbone", BACKBONES)
 Padding = _choice("Padding", PADDINGS)
 Precision = _choice("Precision", PRECISIONS)
 Augment = _choice("Augment", ("paper", "flip", "none"))
@@ -207,12 +209,15 @@ def train(
     slices: Annotated[int, typer.Option(help="Window depth D (3 or 7 in the paper).")] = 7,
     context: Annotated[Context, typer.Option(
         help="Network: alignshift (paper), tsm or 2.5d (the paper's baselines), none (3D without shift).")] = "alignshift",
+    backbone: Annotated[Backbone, typer.Option(
+        help="The torchvision 2D network converted into the 3D backbone: densenet121 (the paper's) or a ResNet "
+             "(stem and stages 1-3, the shift in every residual block).")] = "densenet121",
     pretrained: Annotated[Optional[str], typer.Option(
-        help="2D weights for the DenseNet-121 before conversion: 'imagenet' (torchvision's, from the local "
+        help="2D weights for the --backbone network before conversion: 'imagenet' (torchvision's, from the local "
              "torch hub cache only; never downloaded) or a torchvision-format state dict file.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
         help="Fine-tune: start from this ctlesion checkpoint's whole detector (shipped, imported or trained); "
-             "the run takes its architecture (--context, --slices, --padding, --image-size, --fpn-channels, "
+             "the run takes its architecture (--backbone, --context, --slices, --padding, --image-size, --fpn-channels, "
              "--fc-channels, --hu-window may be given only with the checkpoint's values).")] = None,
     padding: Annotated[Padding, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
@@ -220,6 +225,9 @@ def train(
     fc_channels: Annotated[int, typer.Option(help="Box head FC width (paper: 2048).")] = 2048,
     hu_window: Annotated[tuple[float, float], typer.Option(
         help="HU window mapped to [0, 1] at the input (paper: -1024 2050).")] = (-1024.0, 2050.0),
+    lr: Annotated[float, typer.Option(
+        min=1e-9, help="Learning rate per 4 images (paper: 0.02; scaled linearly with --batch-size); "
+                                     "fine-tuning a trained model: e.g. 0.002.")] = 0.02,
     warmup_iters: Annotated[int, typer.Option(min=0)] = 500,
     lr_drop_epoch: Annotated[Optional[list[int]], typer.Option(
         help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
@@ -295,7 +303,8 @@ def train(
             _error("--data is required (unless --resume)")
             raise typer.Exit(2)
         try:
-            detector = DetectorConfig(context=context.value, num_slices=slices, image_size_px=image_size,
+            detector = DetectorConfig(backbone=backbone.value, context=context.value, num_slices=slices,
+                                      image_size_px=image_size,
                                       fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding.value,
                                       hu_window=tuple(hu_window))
             if init_from is not None:
@@ -313,7 +322,7 @@ def train(
             _error(problem[1])
             raise typer.Exit(problem[0])
         options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
-                               warmup_iters=warmup_iters, num_workers=workers, seed=seed,
+                               base_lr=lr, warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
                                lr_drop_epochs=tuple(lr_drop_epoch) if lr_drop_epoch else None,
                                augment=augmentations[augment.value], mask_cache_dir=mask_cache, keep_noisy=keep_noisy,
@@ -349,7 +358,7 @@ def _train_data_error(data: Path, lesion_label, val_fraction, mask_source: str,
 
 
 #: train's architecture options and the DetectorConfig field each one sets.
-_ARCHITECTURE_OPTIONS = {"context": "context", "slices": "num_slices", "padding": "padding",
+_ARCHITECTURE_OPTIONS = {"backbone": "backbone", "context": "context", "slices": "num_slices", "padding": "padding",
                          "image_size": "image_size_px", "fpn_channels": "fpn_channels",
                          "fc_channels": "fc_channels", "hu_window": "hu_window"}
 

@@ -1,4 +1,5 @@
-"""The detector's DenseNet-121 backbones: 3D with slice shifts, or 2.5D (SPEC section 6).
+"""The detector's backbones: DenseNet-121 (the paper's) or a torchvision ResNet, 3D with slice
+shifts, or 2.5D (SPEC section 6).
 
 Released configuration of the AlignShift paper (MICCAI 2020): DenseNet-121 truncated after
 dense block 3, converted to 3D (:func:`ctlesion.networks.convert.convert_to_3d`: 1 x k x k
@@ -7,6 +8,13 @@ Conv3d with kernel (D, 1, 1) after each dense block collapsing depth to a 2D map
 FPN with 1x1 laterals (256, 512, 1024 -> C), nearest upsampling and no smoothing, producing ONE
 map at stride 4. The paper's 2.5D baseline instead feeds the D slices as the input channels of
 the 2D DenseNet (same truncation and FPN).
+
+ResNets (``backbone`` "resnet18", "resnet34", "resnet50", "resnet101"; not in the paper, which
+compares networks on DenseNet-121 only) follow the same plan: the stem and stages 1-3
+(``layer1``-``layer3``, strides 4, 8, 16, as DenseNet-121's blocks 1-3) converted to 3D by
+:func:`~ctlesion.networks.convert.convert_to_3d` (the shift in each residual block before its
+first 3 x 3 convolution), a depth reduction per stage and the same single-map FPN; for 2.5D the
+D slices are the input channels of the 2D ResNet.
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ import logging
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
-from torchvision.models import DenseNet, densenet121
+from torch.utils.checkpoint import checkpoint
+from torchvision.models import DenseNet, ResNet, densenet121
+from torchvision.models.resnet import Bottleneck
 
+from ctlesion.choices import BACKBONES
 from ctlesion.networks.convert import convert_to_3d
 from ctlesion.networks.densenet3d import dense_block_channels
 from ctlesion.networks.layers import stem_conv_for
@@ -165,11 +177,128 @@ class DenseNet25d(nn.Module):
         return top_down_single_map(self.lateral, [c2, c3, c4])
 
 
-def build_backbone(context: str, num_slices: int, fpn_channels: int, *, fold_div: int = 8, padding: str = "zero",
-                   ref_interval_mm: float = 2.0, densenet_2d: DenseNet | None = None,
-                   reduction_bias: bool = True) -> nn.Module:
-    """The detector backbone of a context: :class:`DenseNet25d` for "2.5d", else :class:`AlignShiftDenseNet`."""
+def torchvision_2d(backbone: str) -> nn.Module:
+    """A randomly initialised torchvision 2D network by name (:data:`ctlesion.choices.BACKBONES`).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone {backbone!r} must be one of {', '.join(BACKBONES)}")
+    return getattr(torchvision.models, backbone)(weights=None)
+
+
+def resnet_stage_channels(net: ResNet) -> tuple[int, int, int]:
+    """Output channels of ``layer1``-``layer3`` of a torchvision ResNet (e.g. 256, 512, 1024 for ResNet-50)."""
+    def channels(stage: nn.Sequential) -> int:
+        last = stage[-1]
+        return (last.conv3 if isinstance(last, Bottleneck) else last.conv2).out_channels
+
+    return tuple(channels(getattr(net, f"layer{i}")) for i in (1, 2, 3))
+
+
+class AlignShiftResNet(nn.Module):
+    """A torchvision ResNet (stem and stages 1-3) in 3D with slice shifts, depth reduction and a single-map FPN.
+
+    Args:
+        resnet_2d: the 2D ResNet whose weights are copied (random or pretrained; not modified).
+        num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, reduction_bias:
+            as :class:`AlignShiftDenseNet`.
+
+    Input (B, 1, D, H, W) with H, W divisible by 16 and slice intervals (B,) in mm;
+    output (B, fpn_channels, H / 4, W / 4).
+    """
+
+    def __init__(self, resnet_2d: ResNet, num_slices: int = 3, context: str = "alignshift", fpn_channels: int = 512,
+                 fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0, reduction_bias: bool = True):
+        super().__init__()
+        net = convert_to_3d(resnet_2d, context, in_channels=1, fold_div=fold_div, padding=padding,
+                            ref_interval_mm=ref_interval_mm)
+        self.stem = net.stem
+        self.stages = nn.ModuleList(net.stages[:3])
+        channels = resnet_stage_channels(resnet_2d)
+        self.reduce = nn.ModuleList(DepthReduction(c, num_slices, reduction_bias) for c in channels)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
+        self.num_slices = num_slices
+        self.out_channels = fpn_channels
+        self.gradient_checkpointing = False
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each stage in the backward pass (less memory, slower)."""
+        self.gradient_checkpointing = enabled
+
+    def forward(self, images: Tensor, slice_interval_mm: Tensor) -> Tensor:
+        """images: (B, 1, D, H, W) float; slice_interval_mm: (B,) mm -> (B, C, H/4, W/4)."""
+        _check_images(images, self.num_slices)
+        x, maps = self.stem(images), []
+        for stage, reduce in zip(self.stages, self.reduce):
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(stage, x, slice_interval_mm, use_reentrant=False)
+            else:
+                x = stage(x, slice_interval_mm)
+            maps.append(reduce(x))
+        return top_down_single_map(self.lateral, maps)
+
+
+class ResNet25d(nn.Module):
+    """The 2.5D baseline on a ResNet: the D slices as input channels of the 2D ResNet (stages 1-3) + FPN.
+
+    Args:
+        resnet_2d: the 2D ResNet whose weights are copied (not modified).
+        num_slices, fpn_channels: as :class:`DenseNet25d`.
+    """
+
+    def __init__(self, resnet_2d: ResNet, num_slices: int = 3, fpn_channels: int = 512):
+        super().__init__()
+        net = copy.deepcopy(resnet_2d)
+        self.stem = nn.Sequential(stem_conv_for(net.conv1, num_slices), net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3])
+        self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in resnet_stage_channels(net))
+        self.num_slices = num_slices
+        self.out_channels = fpn_channels
+        self.gradient_checkpointing = False
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute each stage in the backward pass (less memory, slower)."""
+        self.gradient_checkpointing = enabled
+
+    def forward(self, images: Tensor, slice_interval_mm: Tensor | None = None) -> Tensor:
+        """images: (B, 1, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""
+        _check_images(images, self.num_slices)
+        x, maps = self.stem(images[:, 0]), []
+        for stage in self.stages:
+            x = checkpoint(stage, x, use_reentrant=False) if self.gradient_checkpointing and self.training else stage(x)
+            maps.append(x)
+        return top_down_single_map(self.lateral, maps)
+
+
+def build_backbone(context: str, num_slices: int, fpn_channels: int, *, backbone: str = "densenet121",
+                   fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0,
+                   net_2d: nn.Module | None = None, reduction_bias: bool = True) -> nn.Module:
+    """The detector backbone of a context and a 2D network family.
+
+    Args:
+        context: "alignshift", "tsm", "none" (3D) or "2.5d".
+        num_slices, fpn_channels, fold_div, padding, ref_interval_mm, reduction_bias: as
+            :class:`AlignShiftDenseNet`.
+        backbone: the torchvision network (:data:`ctlesion.choices.BACKBONES`).
+        net_2d: that network with the weights to start from (e.g. ImageNet); None: random.
+
+    Returns:
+        :class:`DenseNet25d` / :class:`AlignShiftDenseNet` for "densenet121", else
+        :class:`ResNet25d` / :class:`AlignShiftResNet`.
+
+    Raises:
+        ValueError: an unknown backbone.
+    """
+    if net_2d is None:
+        net_2d = torchvision_2d(backbone)
+    if backbone == "densenet121":
+        if context == "2.5d":
+            return DenseNet25d(num_slices, fpn_channels, net_2d)
+        return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, net_2d,
+                                  reduction_bias)
     if context == "2.5d":
-        return DenseNet25d(num_slices, fpn_channels, densenet_2d)
-    return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, densenet_2d,
-                              reduction_bias)
+        return ResNet25d(net_2d, num_slices, fpn_channels)
+    return AlignShiftResNet(net_2d, num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm,
+                            reduction_bias)

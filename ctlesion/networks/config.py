@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from ctlesion.choices import BOX_CONVENTIONS, DETECTOR_CONTEXTS, INPUT_SCALINGS
+from ctlesion.choices import BACKBONES, BOX_CONVENTIONS, DETECTOR_CONTEXTS, INPUT_SCALINGS
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,10 @@ class DetectorConfig:
         return f"{label} x{self.num_slices}"
 
     def validate(self) -> None:
-        if self.backbone != "densenet121":
-            raise ValueError(f"backbone {self.backbone!r} is not supported (only densenet121)")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone {self.backbone!r} must be one of {', '.join(BACKBONES)}")
+        if self.backbone != "densenet121" and self.box_convention == "mmdet1":
+            raise ValueError("the authors' conventions (box_convention mmdet1) exist for densenet121 only")
         if self.context not in DETECTOR_CONTEXTS:
             raise ValueError(f"context {self.context!r} must be one of {', '.join(DETECTOR_CONTEXTS)}")
         if self.num_slices < 1 or self.num_slices % 2 == 0:

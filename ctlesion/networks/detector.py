@@ -184,15 +184,21 @@ class AlignShiftDetector(nn.Module):
 
     Returns the loss dict in training mode; otherwise one dict per image with ``boxes`` (K, 4),
     ``scores`` (K,), ``labels`` (K,) and ``masks`` (K, 1, S, S) probabilities in [0, 1].
+
+    Args:
+        config: the configuration (``config.backbone``: the torchvision network the backbone is
+            built from, :func:`~ctlesion.networks.backbone.build_backbone`).
+        net_2d: that 2D network with the weights to start from (e.g. ImageNet); None: random.
     """
 
-    def __init__(self, config: DetectorConfig, densenet_2d: nn.Module | None = None):
+    def __init__(self, config: DetectorConfig, net_2d: nn.Module | None = None):
         super().__init__()
         config.validate()
         self.config = config
         self.backbone = build_backbone(
-            config.context, config.num_slices, config.fpn_channels, fold_div=config.fold_div, padding=config.padding,
-            ref_interval_mm=config.ref_interval_mm, densenet_2d=densenet_2d, reduction_bias=config.reduction_bias,
+            config.context, config.num_slices, config.fpn_channels, backbone=config.backbone, fold_div=config.fold_div,
+            padding=config.padding, ref_interval_mm=config.ref_interval_mm, net_2d=net_2d,
+            reduction_bias=config.reduction_bias,
         )
         self.rpn = _region_proposal_network(config)
         self.roi_heads = _roi_heads(config)
