@@ -251,3 +251,24 @@ def test_resnet_backbones_train_and_travel_with_their_checkpoints(tmp_path):
         assert loaded.config.backbone == "resnet18" and loaded.config == config
     with pytest.raises(ValueError, match="must be one of"):
         DetectorConfig(backbone="vgg16").validate()
+
+
+@torch.no_grad()
+def test_detector_thresholds_come_from_the_configuration_and_travel_with_checkpoints(tmp_path):
+    from ctlesion.checkpoint import load_detector, save_checkpoint
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+
+    torch.manual_seed(0)
+    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=16, fc_channels=32, box_score_min=0.0,
+                            detections_per_image=3, rpn_proposals=20, box_nms_iou=0.3, rpn_nms_iou=0.6)
+    model = AlignShiftDetector(config).eval()
+    assert (model.roi_heads.detections_per_img, model.roi_heads.score_thresh, model.roi_heads.nms_thresh) == (3, 0.0, 0.3)
+    assert model.rpn.nms_thresh == 0.6 and model.rpn._post_nms_top_n["testing"] == 20
+    outputs = model(torch.rand(2, 1, 3, 64, 64), torch.tensor([2.0, 5.0]))
+    assert all(len(out["boxes"]) <= 3 for out in outputs)
+    loaded, _ = load_detector(save_checkpoint(model, tmp_path / "m.safetensors"))
+    assert loaded.config == config and loaded.roi_heads.detections_per_img == 3
+    # A checkpoint written before the thresholds were configurable gets the values it had.
+    assert DetectorConfig.from_dict({"num_slices": 3}).detections_per_image == 50
+    with pytest.raises(ValueError, match="box_nms_iou"):
+        DetectorConfig(box_nms_iou=0.0).validate()

@@ -24,6 +24,13 @@ class DetectorConfig:
     own models, or "mmdet1": the box geometry of the authors' mmdetection-1 code, for their
     imported weights), ``reduction_bias`` (a bias in the depth reductions; the authors' have
     none), ``mask_channels`` (the mask head's width; paper 256) and ``padding``.
+
+    The detector's thresholds travel with it too (defaults: the released configuration, SPEC
+    section 6): ``rpn_nms_iou`` (NMS between proposals), ``rpn_proposals`` (proposals kept per
+    image at inference), ``box_score_min`` (the lowest score a detection may have),
+    ``box_nms_iou`` (NMS between detections) and ``detections_per_image`` (at most this many per
+    window, highest scores first). Checkpoints written before these fields existed get the
+    defaults, which are the values their detectors had.
     """
 
     backbone: str = "densenet121"
@@ -40,6 +47,11 @@ class DetectorConfig:
     box_convention: str = "torchvision"
     reduction_bias: bool = True
     mask_channels: int = 256
+    rpn_nms_iou: float = 0.7
+    rpn_proposals: int = 300
+    box_score_min: float = 0.001
+    box_nms_iou: float = 0.5
+    detections_per_image: int = 50
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,3 +102,11 @@ class DetectorConfig:
             raise ValueError(f"box_convention {self.box_convention!r} must be one of {', '.join(BOX_CONVENTIONS)}")
         if self.mask_channels < 1:
             raise ValueError(f"mask_channels must be positive, got {self.mask_channels}")
+        for name in ("rpn_nms_iou", "box_nms_iou"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.box_score_min < 1.0:
+            raise ValueError(f"box_score_min must be in [0, 1), got {self.box_score_min}")
+        if self.rpn_proposals < 1 or self.detections_per_image < 1:
+            raise ValueError(f"rpn_proposals and detections_per_image must be positive, got {self.rpn_proposals}, "
+                             f"{self.detections_per_image}")

@@ -246,8 +246,8 @@ def _region_proposal_network(config: DetectorConfig) -> RegionProposalNetwork:
     """The single-level RPN of SPEC section 6 with the box geometry of ``config.box_convention``:
     torchvision's, or mmdetection 1's (legacy anchors, box coder and proposal selection)."""
     settings = dict(fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=32, positive_fraction=0.5,
-                    pre_nms_top_n=dict(training=12000, testing=6000), post_nms_top_n=dict(training=2000, testing=300),
-                    nms_thresh=0.7)
+                    pre_nms_top_n=dict(training=12000, testing=6000),
+                    post_nms_top_n=dict(training=2000, testing=config.rpn_proposals), nms_thresh=config.rpn_nms_iou)
     if config.box_convention == "mmdet1":
         anchors = LegacyAnchorGenerator(LEGACY_ANCHOR_SCALES, ANCHOR_RATIOS)
         rpn = LegacyRegionProposalNetwork(
@@ -272,8 +272,8 @@ def _roi_heads(config: DetectorConfig) -> LesionRoIHeads:
         box_head=TwoMLPHead(channels * 7 * 7, config.fc_channels),
         box_predictor=FastRCNNPredictor(config.fc_channels, 2),
         fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=64, positive_fraction=0.25,
-        bbox_reg_weights=None, score_thresh=0.001, nms_thresh=0.5,
-        detections_per_img=50, mask_roi_pool=pool(["0"], output_size=14, sampling_ratio=2),
+        bbox_reg_weights=None, score_thresh=config.box_score_min, nms_thresh=config.box_nms_iou,
+        detections_per_img=config.detections_per_image, mask_roi_pool=pool(["0"], output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(channels, [mask] * 4, 1), mask_predictor=MaskRCNNPredictor(mask, mask, 2),
     )
     if legacy:
