@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -73,12 +72,8 @@ def _slice_detections(output: dict, transform, slice_index: int, score_threshold
     keep = output["scores"] >= score_threshold
     boxes = transform.to_source(output["boxes"][keep].cpu().numpy()).astype(np.float32)
     scores = output["scores"][keep].cpu().numpy().astype(np.float32)
-    height, width = transform.src_shape_yx
-    valid_h, valid_w = transform.content_shape_yx
-    masks = output["masks"][keep, 0, :valid_h, :valid_w].cpu().numpy()
-    masks = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in masks]) \
-        if len(masks) else np.zeros((0, height, width), np.float32)
-    return SliceDetections(slice_index=slice_index, boxes_px=boxes, scores=scores, masks=masks.astype(np.float32))
+    masks = transform.masks_to_source(output["masks"][keep, 0].cpu().numpy())
+    return SliceDetections(slice_index=slice_index, boxes_px=boxes, scores=scores, masks=masks)
 
 
 @torch.no_grad()

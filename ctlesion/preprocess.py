@@ -241,10 +241,11 @@ def resample_to_reference(volume: Volume, ref_interval_mm: float = REF_INTERVAL_
 
 @dataclass(frozen=True)
 class InPlaneTransform:
-    """How an image was resized and padded to the network's square input.
+    """How a (Y, X) source image was resized and padded to the network's square input, in both
+    directions, for images, boxes and masks (the one place that knows the in-plane fit).
 
-    ``net_px = scale * src_px`` (continuous pixel coordinates, x = column); padding is
-    added at the bottom and right only, so no offset is needed.
+    ``net_px = scale * src_px`` (continuous pixel coordinates, x = column); padding is added at
+    the bottom and right only, so no offset is needed. Build it with :func:`fit_in_plane`.
     """
 
     scale: float
@@ -257,12 +258,37 @@ class InPlaneTransform:
         height, width = self.src_shape_yx
         return min(self.size_px, round(height * self.scale)), min(self.size_px, round(width * self.scale))
 
-    def to_source(self, boxes_px: np.ndarray) -> np.ndarray:
-        """Map (N, 4) network-frame boxes (x1, y1, x2, y2) back to source pixels, clipped."""
-        boxes = np.asarray(boxes_px, dtype=np.float64) / self.scale
-        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, self.src_shape_yx[1])
-        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, self.src_shape_yx[0])
+    def boxes_to_network(self, boxes_px: np.ndarray) -> np.ndarray:
+        """(N, 4) source-pixel boxes (x1, y1, x2, y2) -> float64 network-frame boxes."""
+        return np.asarray(boxes_px, dtype=np.float64) * self.scale
+
+    def to_source(self, boxes_px: np.ndarray, *, clip: bool = True) -> np.ndarray:
+        """(N, 4) network-frame boxes (x1, y1, x2, y2) -> float64 source pixels, clipped to the
+        source image (``clip=False``: not clipped, as the DeepLesion protocol scores them)."""
+        boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4) / self.scale
+        if clip:
+            boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, self.src_shape_yx[1])
+            boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, self.src_shape_yx[0])
         return boxes
+
+    def masks_to_network(self, masks: np.ndarray) -> np.ndarray:
+        """(N, Y, X) source masks -> (N, S, S) uint8 0/1 network masks (nearest neighbour, padded like the image)."""
+        size = self.size_px
+        new_h, new_w = self.content_shape_yx
+        out = np.zeros((masks.shape[0], size, size), dtype=np.uint8)
+        for n, mask in enumerate(masks):
+            out[n, :new_h, :new_w] = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+        return out
+
+    def masks_to_source(self, masks: np.ndarray) -> np.ndarray:
+        """(N, S, S) network mask probabilities -> (N, Y, X) float32 on the source grid (the
+        padding dropped, bilinear)."""
+        height, width = self.src_shape_yx
+        valid_h, valid_w = self.content_shape_yx
+        if not len(masks):
+            return np.zeros((0, height, width), np.float32)
+        return np.stack([cv2.resize(np.asarray(m[:valid_h, :valid_w], dtype=np.float32), (width, height),
+                                    interpolation=cv2.INTER_LINEAR) for m in masks])
 
 
 def fit_in_plane(stack: np.ndarray, size_px: int, fill: float = 0.0) -> tuple[np.ndarray, InPlaneTransform]:

@@ -24,7 +24,7 @@ from ctlesion.data.augment import (
     draw_augmentation,
     draw_crop,
 )
-from ctlesion.data.dataset import DeepLesionDataset, fit_masks_in_plane
+from ctlesion.data.dataset import DeepLesionDataset
 from ctlesion.data.mask_cache import MASK_SOURCES, prepare_mask_cache, read_true_masks, true_masks_path
 from ctlesion.errors import CtlesionError
 from ctlesion.io.deeplesion import load_key_slice_window, read_dl_info
@@ -178,7 +178,7 @@ def _whole_slice_reference(root: Path, dataset: DeepLesionDataset, index: int, m
         item = augment_item(window, boxes, draw, recist_px=key.recist_px, masks=masks_src, fill=air)
         window, boxes, masks_src = item.window, item.boxes_px, item.masks
     image, transform = fit_in_plane(window, dataset.image_size_px, air)
-    return image, (boxes * transform.scale).astype(np.float32), fit_masks_in_plane(masks_src, transform)
+    return image, (boxes * transform.scale).astype(np.float32), transform.masks_to_network(masks_src)
 
 
 def test_whole_slices_are_unchanged_when_crops_are_off(tiny, monkeypatch) -> None:

@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -67,25 +66,7 @@ logger = logging.getLogger(__name__)
 #: augmentation of every item as it was.
 _CROP_STREAM = 0x63726F70
 
-__all__ = ["DeepLesionDataset", "KeySliceItems", "KeySliceSource", "collate_detection", "fit_masks_in_plane",
-           "flip_boxes_x"]
-
-
-def fit_masks_in_plane(masks: np.ndarray, transform: InPlaneTransform) -> np.ndarray:
-    """Resize (N, Y, X) masks with nearest neighbour and pad them like the image.
-
-    The content size follows :func:`ctlesion.preprocess.fit_in_plane` (round(side * scale),
-    padding at the bottom and right).
-
-    Returns:
-        (N, S, S) uint8 masks of 0/1.
-    """
-    size = transform.size_px
-    new_h, new_w = transform.content_shape_yx
-    out = np.zeros((masks.shape[0], size, size), dtype=np.uint8)
-    for n, mask in enumerate(masks):
-        out[n, :new_h, :new_w] = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    return out
+__all__ = ["DeepLesionDataset", "KeySliceItems", "KeySliceSource", "collate_detection", "flip_boxes_x"]
 
 
 def collate_detection(
@@ -193,20 +174,21 @@ class KeySliceItems(Dataset):
             item = augment_item(window, boxes_src, draw, recist_px=src.recist_px, masks=masks_src, fill=air)
             window, boxes_src, masks_src, applied = item.window, item.boxes_px, item.masks, item.draw
         image, transform = fit_in_plane(window, self.image_size_px, air)
-        masks = None if masks_src is None else fit_masks_in_plane(masks_src, transform)
+        masks = None if masks_src is None else transform.masks_to_network(masks_src)
         extra = {}
         if self.crop is not None:
-            image, boxes, masks, offset = self._crop(index, image, boxes_src * transform.scale, masks, key_hu,
+            image, boxes, masks, offset = self._crop(index, image, transform.boxes_to_network(boxes_src), masks, key_hu,
                                                      applied, transform)
             boxes_src = (boxes + np.array([*offset, *offset], dtype=np.float64)) / transform.scale
             extra["crop_xy_px"] = offset
         else:
-            boxes = boxes_src * transform.scale
+            boxes = transform.boxes_to_network(boxes_src)
         target = {
             "boxes": torch.from_numpy(boxes.astype(np.float32).reshape(-1, 4)),
             "labels": torch.ones(len(boxes_src), dtype=torch.int64),
             "key": src.key,
             "scale": float(transform.scale),
+            "in_plane": transform,
             "boxes_src_px": torch.from_numpy(boxes_src.reshape(-1, 4)),
             "slice_interval_src_mm": float(src.slice_interval_src_mm),
             **extra,
@@ -222,7 +204,7 @@ class KeySliceItems(Dataset):
 
         def body() -> np.ndarray:  # the key slice's body, moved like the lesion masks
             moved = apply_draw_to_masks(body_mask(key_hu)[None], applied)
-            return fit_masks_in_plane(moved, transform)[0].astype(bool)
+            return transform.masks_to_network(moved)[0].astype(bool)
 
         rng = np.random.default_rng([self.seed, index, self.epoch, _CROP_STREAM])
         draw = draw_crop(self.crop, rng, boxes, self.image_size_px, body)
@@ -242,7 +224,8 @@ class DeepLesionDataset(KeySliceItems):
     * ``slice_interval_mm``: the interval the network sees (2 mm for thin series, else s);
     * ``target``: ``boxes`` float32 (N, 4) network pixels (x1, y1, x2, y2); ``labels`` int64
       ones (N,); ``masks`` uint8 (N, S, S) lesion masks (only with ``with_masks``); ``key`` the
-      file name; ``scale`` network px per source px; ``boxes_src_px`` float64 (N, 4) source
+      file name; ``scale`` network px per source px; ``in_plane`` the
+      :class:`~ctlesion.preprocess.InPlaneTransform` of the fit (both directions); ``boxes_src_px`` float64 (N, 4) source
       pixels (after augmentation, if any: ``(boxes + crop offset) / scale``);
       ``slice_interval_src_mm`` the series' own interval; with ``crop``, ``crop_xy_px`` (x0,
       y0) int, the crop's offset in the whole fitted image (crop px = image px - offset).

@@ -102,7 +102,7 @@ def predict_items(model: AlignShiftDetector, dataset, *, device: torch.device | 
         for images, intervals, targets in loader:
             outputs = model(images.to(device), intervals.to(device))
             for output, target in zip(outputs, targets):
-                boxes = output["boxes"].cpu().double().numpy() / float(target["scale"])
+                boxes = target["in_plane"].to_source(output["boxes"].cpu().double().numpy(), clip=False)
                 scores = output["scores"].cpu().double().numpy()[:, None]
                 results.append({
                     "key": target["key"],
