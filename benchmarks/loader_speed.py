@@ -50,7 +50,7 @@ from ctlesion.data.mask_cache import prepare_mask_cache
 from ctlesion.data.simulate import SAMPLE_BACKGROUND, simulate_dataset
 from ctlesion.distributed import DistContext
 from ctlesion.networks.detector import DetectorConfig
-from ctlesion.train import TrainOptions, make_train_loader, train_dataset
+from ctlesion.training import TrainOptions, make_train_loader, train_dataset
 
 
 def cpu_name() -> str:

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
-from ctlesion.train import TrainOptions, build_model, build_optimizer, mixed_precision, optimisation_step
+from ctlesion.training import TrainOptions, build_model, build_optimizer, mixed_precision, optimisation_step
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

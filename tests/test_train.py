@@ -14,11 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ctlesion.train as train_module
+import ctlesion.training as train_module
 from ctlesion.cli.app import app
+from ctlesion.distributed import DistContext
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.detector import DetectorConfig
-from ctlesion.train import TrainOptions, read_run_options, train
+from ctlesion.training import TrainOptions, read_run_options, train
+from ctlesion.training.loop import _train
 
 TINY = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64)
 CLI_TINY = ["--slices", "3", "--image-size", "64", "--fpn-channels", "32", "--fc-channels", "64"]
@@ -127,7 +129,7 @@ def test_disk_full_keeps_the_previous_checkpoint(dataset, tmp_path, monkeypatch)
             raise OSError(28, "No space left on device")
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(CtlesionError, match="No space left on device.*intact"):
         train(_options(dataset, run), device="cpu", progress=False)
     monkeypatch.undo()
@@ -154,9 +156,9 @@ def test_best_checkpoint_overwrite_and_refusal(dataset, reference_run, tmp_path)
 
 def test_global_batch_must_split_evenly():
     options = TrainOptions(data_dir=Path("."), out_dir=Path("."), batch_size=3)
-    ctx = train_module.DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
+    ctx = DistContext(rank=0, world_size=2, local_rank=0, device=torch.device("cpu"))
     with pytest.raises(CtlesionError, match="divisible"):
-        train_module._train(options, ctx, resume=False, overwrite=False, progress=False)
+        _train(options, ctx, resume=False, overwrite=False, progress=False)
 
 
 @pytest.mark.gpu
@@ -170,7 +172,7 @@ def test_mixed_precision_step_on_cuda(dataset, tmp_path, precision):
 def test_augmentation_and_mask_cache_options_round_trip(dataset, tmp_path):
     """The paper's augmentation is the default; config.json records it, and older runs (flip_p) read back."""
     from ctlesion.data.augment import AugmentConfig
-    from ctlesion.train import prepare_run_dir
+    from ctlesion.training import prepare_run_dir
 
     cache = tmp_path / "masks"
     options = _options(dataset, tmp_path / "run", mask_cache_dir=cache)
@@ -227,7 +229,7 @@ def test_possibly_noisy_lesions_are_dropped_unless_kept(dataset, tmp_path):
     import csv
     import shutil
 
-    from ctlesion.train import train_dataset
+    from ctlesion.training import train_dataset
 
     data = tmp_path / "data"
     shutil.copytree(dataset / "Images_png", data / "Images_png")
@@ -260,7 +262,7 @@ def test_crop_training_resumes_exactly_and_records_its_choices(dataset, tmp_path
             raise OSError(28, "No space left on device")
         return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module.torch, "save", failing_save)
+    monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(CtlesionError, match="No space left"):
         train(_options(dataset, run, crop=crop), device="cpu", progress=False)
     monkeypatch.undo()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ctlesion.checkpoint import load_detector, save_checkpoint
 from ctlesion.cli.app import app
-from ctlesion.train import read_run_options
+from ctlesion.training import read_run_options
 from tests.masked_data import case_volume, write_nnunet
 from tests.test_train import CLI_TINY, STEPS
 

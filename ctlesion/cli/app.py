@@ -290,8 +290,8 @@ def train(
     """
     from ctlesion.data.augment import AugmentConfig, CropConfig  # noqa: PLC0415
     from ctlesion.networks.detector import DetectorConfig  # noqa: PLC0415
-    from ctlesion.train import TrainOptions, read_run_options  # noqa: PLC0415
-    from ctlesion.train import train as train_run
+    from ctlesion.training import TrainOptions, read_run_options  # noqa: PLC0415
+    from ctlesion.training import train as train_run
 
     _setup_logging(verbose)
     if gpus > 1:
