@@ -11,8 +11,10 @@ from typer.testing import CliRunner
 from ctlesion.checkpoint import load_detector, save_checkpoint
 from ctlesion.cli.app import app
 from ctlesion.training import read_run_options
-from tests.masked_data import case_volume, write_nnunet
-from tests.test_train import CLI_TINY, STEPS
+from masked_data import case_volume, write_nnunet
+
+CLI_TINY = ["--slices", "3", "--image-size", "64", "--fpn-channels", "32", "--fc-channels", "64"]
+STEPS = ["--epochs", "1", "--max-iters-per-epoch", "4", "--workers", "0", "--warmup-iters", "2", "--device", "cpu"]
 
 
 def _case(seed: int):

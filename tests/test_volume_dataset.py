@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from masked_data import case_volume, write_nndetection, write_nnunet
 
 from ctlesion.data.augment import AugmentConfig, CropConfig
 from ctlesion.data.volume_dataset import VolumeKeySliceDataset, cache_case, choose_key_slices
@@ -14,7 +15,6 @@ from ctlesion.errors import CtlesionError
 from ctlesion.io.masked_datasets import open_masked_dataset
 from ctlesion.io.nifti import write_nifti
 from ctlesion.preprocess import volume_window
-from tests.masked_data import case_volume, write_nndetection, write_nnunet
 
 
 def _lesion_case(interval_mm: float = 5.0):
