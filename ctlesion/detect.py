@@ -22,6 +22,7 @@ from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import PlannedStudy
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
+from ctlesion.predict import predict_windows
 from ctlesion.preprocess import (
     air_input_value,
     fit_in_plane,
@@ -68,14 +69,6 @@ class DetectOptions:
     dicom_sr: bool = False
 
 
-def _slice_detections(output: dict, transform, slice_index: int, score_threshold: float) -> SliceDetections:
-    keep = output["scores"] >= score_threshold
-    boxes = transform.to_source(output["boxes"][keep].cpu().numpy()).astype(np.float32)
-    scores = output["scores"][keep].cpu().numpy().astype(np.float32)
-    masks = transform.masks_to_source(output["masks"][keep, 0].cpu().numpy())
-    return SliceDetections(slice_index=slice_index, boxes_px=boxes, scores=scores, masks=masks)
-
-
 @torch.no_grad()
 def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectOptions = DetectOptions(),
                   device: torch.device | str = "cpu", on_batch=None) -> list[SliceDetections]:
@@ -105,10 +98,12 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
                    for z in indices)
         stacks, transforms = zip(*(fit_in_plane(network_input(w, config), config.image_size_px, air)
                                    for w in windows))
-        images = torch.from_numpy(np.stack(stacks)[:, None]).to(device)
-        outputs = model(images, interval.expand(len(indices)).to(device))
-        per_slice += [_slice_detections(o, t, z, options.score_threshold)
-                      for o, t, z in zip(outputs, transforms, indices)]
+        images = torch.from_numpy(np.stack(stacks)[:, None])
+        found = predict_windows(model, images, interval.expand(len(indices)), transforms, device=device,
+                                score_min=options.score_threshold)
+        per_slice += [SliceDetections(slice_index=z, boxes_px=d.boxes_px.astype(np.float32),
+                                      scores=d.scores.astype(np.float32), masks=d.masks)
+                      for d, z in zip(found, indices)]
         if on_batch is not None:
             on_batch(len(indices))
     return per_slice

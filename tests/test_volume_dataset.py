@@ -130,3 +130,28 @@ def test_nndetection_instances_and_bad_grids(tmp_path):
     bad = open_masked_dataset(root)
     with pytest.raises(CtlesionError, match="bad.nii.gz"):
         VolumeKeySliceDataset(bad, "train", 0, num_slices=3, image_size_px=64)
+
+
+def test_training_items_and_detect_see_the_same_windows_and_predictions(dataset):
+    """One window pipeline: a volume item's window and detections equal what `detect` computes for that slice."""
+    from ctlesion.detect import DetectOptions, detect_slices
+    from ctlesion.evaluate.run import predict_items
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+    from ctlesion.preprocess import fit_in_plane, network_input, volume_window
+
+    torch.manual_seed(0)
+    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=16, fc_channels=32, hu_window=(-1000, 1000))
+    model = AlignShiftDetector(config).eval()
+    items = VolumeKeySliceDataset.for_detector(dataset, "train", 2, config, with_masks=False,
+                                               other_slices_per_lesion=0, negative_fraction=0)
+    volume, _ = _lesion_case()  # thick (5 mm): detect keeps it as it is
+    image, _, _ = items[1]
+    expected, _ = fit_in_plane(network_input(volume_window(volume, 5, 3), config), 64)
+    np.testing.assert_array_equal(image[0].numpy(), expected)
+    predicted = {p["key"]: p["detections"] for p in predict_items(model, items, progress=False)}["case_a:5"]
+    detected = detect_slices(model, volume, options=DetectOptions(score_threshold=0.0))[5]
+    assert len(predicted) == len(detected.scores) > 0
+    np.testing.assert_allclose(predicted[:, 4], detected.scores, rtol=1e-6)
+    inside = (predicted[:, :4] >= 0).all(axis=1) & (predicted[:, [0, 2]] <= 64).all(axis=1) & \
+        (predicted[:, [1, 3]] <= 64).all(axis=1)  # detect clips boxes to the image, evaluate does not
+    np.testing.assert_allclose(predicted[inside, :4], detected.boxes_px[inside], atol=1e-4)

@@ -41,6 +41,7 @@ from ctlesion.evaluate.scoring import score_split
 from ctlesion.evaluate.split import load_evaluation_set
 from ctlesion.io.deeplesion import split_code
 from ctlesion.networks.detector import AlignShiftDetector
+from ctlesion.predict import predict_windows
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,13 @@ def predict_items(model: AlignShiftDetector, dataset, *, device: torch.device | 
     with make_progress(enabled=progress) as bar:
         task = bar.add_task(label, total=len(dataset), info="")
         for images, intervals, targets in loader:
-            outputs = model(images.to(device), intervals.to(device))
-            for output, target in zip(outputs, targets):
-                boxes = target["in_plane"].to_source(output["boxes"].cpu().double().numpy(), clip=False)
-                scores = output["scores"].cpu().double().numpy()[:, None]
+            found = predict_windows(model, images, intervals, [t["in_plane"] for t in targets], device=device,
+                                    clip=False, with_masks=False)
+            for detections, target in zip(found, targets):
                 results.append({
                     "key": target["key"],
                     "slice_interval_mm": float(target["slice_interval_src_mm"]),
-                    "detections": np.concatenate([boxes, scores], axis=1),
+                    "detections": np.concatenate([detections.boxes_px, detections.scores[:, None]], axis=1),
                     "ground_truth": np.asarray(target["boxes_src_px"], dtype=np.float64).reshape(-1, 4),
                 })
             bar.update(task, advance=1)
