@@ -161,8 +161,8 @@ class SlicePlan:
 
     @property
     def needed(self) -> list[int]:
-        """Sorted source slice indices the plan reads."""
-        return sorted(set(self.lo.tolist()) | set(self.hi.tolist()))
+        """Sorted source slice indices the plan reads (a partner of zero weight is not read)."""
+        return sorted(set(self.lo.tolist()) | set(self.hi[self.weight_hi > 0].tolist()))
 
 
 def plan_slices(positions: np.ndarray, num_source_slices: int) -> SlicePlan:
@@ -312,14 +312,25 @@ def fit_in_plane(stack: np.ndarray, size_px: int, fill: float = 0.0) -> tuple[np
     return out, transform
 
 
+def plan_window(key_slice: int, num_source_slices: int, num_slices: int, slice_interval_mm: float,
+                ref_interval_mm: float = REF_INTERVAL_MM, resample_thick: bool = False) -> SlicePlan:
+    """The plan of the D-slice window centred on ``key_slice`` of N source slices ``slice_interval_mm`` apart:
+    its slices at :func:`neighbour_offsets`, interpolated linearly, the edge slice replicated beyond the ends
+    (SPEC section 4). The one window rule of ``detect``, training and evaluation."""
+    offsets = neighbour_offsets(num_slices, slice_interval_mm, ref_interval_mm, resample_thick)
+    return plan_slices(key_slice + offsets, num_source_slices)
+
+
 def volume_window(volume: Volume, key_slice: int, num_slices: int, ref_interval_mm: float = REF_INTERVAL_MM,
                   resample_thick: bool = False) -> np.ndarray:
-    """The (D, Y, X) float32 HU slab centred on ``key_slice`` of a volume already at network spacing.
+    """The (D, Y, X) float32 HU window centred on ``key_slice`` of a volume (:func:`plan_window`).
 
-    Neighbours are adjacent slices (the volume has been resampled by
-    :func:`resample_to_reference` if it was thin) or, with ``resample_thick`` on a thick
-    volume, interpolated r apart (:func:`neighbour_offsets`); ends replicate the edge slice.
+    Neighbours are adjacent slices for thick volumes and r apart (interpolated) for thin ones:
+    ``detect`` gives it volumes resampled to r (:func:`resample_to_reference`), where they are
+    adjacent; training and evaluation give it source volumes, a DeepLesion series read lazily
+    among them (:func:`ctlesion.io.deeplesion.load_key_slice_window`). ``volume.hu`` is read only
+    at the slices the window needs.
     """
-    offsets = neighbour_offsets(num_slices, volume.slice_interval_mm, ref_interval_mm, resample_thick)
-    plan = plan_slices(key_slice + offsets, volume.shape_zyx[0])
+    plan = plan_window(key_slice, volume.shape_zyx[0], num_slices, volume.slice_interval_mm, ref_interval_mm,
+                       resample_thick)
     return apply_plan(plan, lambda i: volume.hu[i])

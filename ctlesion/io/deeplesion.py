@@ -35,12 +35,12 @@ from ctlesion.errors import CtlesionError
 from ctlesion.preprocess import (
     REF_INTERVAL_MM,
     SlicePlan,
-    apply_plan,
     neighbour_offsets,
     network_interval_mm,
-    plan_slices,
+    plan_window,
+    volume_window,
 )
-from ctlesion.volume import hu_int16
+from ctlesion.volume import Volume, hu_int16
 
 logger = logging.getLogger(__name__)
 
@@ -411,6 +411,7 @@ class KeySliceWindowPlan:
 
     Attributes:
         first: slice number of the plan's source index 0 (the series' first slice).
+        last: slice number of the series' last slice (the plan's source indices are 0..last - first).
         plan: interpolation plan over slice numbers ``first + index`` (zero-weight partners
             replaced by the lower slice, so they need not exist).
         present: slice numbers of the PNGs present in the folder (ascending).
@@ -420,6 +421,7 @@ class KeySliceWindowPlan:
     """
 
     first: int
+    last: int
     plan: SlicePlan
     present: tuple[int, ...]
     wanted: tuple[int, ...]
@@ -465,14 +467,35 @@ def plan_key_slice_window(key: KeySlice, available: Sequence[int], num_slices: i
     present = tuple(sorted(set(available) | {key.slice_index}))
     first = min(present[0], int(key.slice_range[0]), key.slice_index)
     last = max(present[-1], int(key.slice_range[1]), key.slice_index)
-    offsets = neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm, resample_thick)
-    positions = key.slice_index - first + offsets
-    plan = plan_slices(positions, last - first + 1)
-    # Slices with zero weight are not needed (and need not exist).
-    plan = SlicePlan(lo=plan.lo, hi=np.where(plan.weight_hi > 0, plan.hi, plan.lo), weight_hi=plan.weight_hi)
+    plan = plan_window(key.slice_index - first, last - first + 1, num_slices, key.slice_interval_mm, ref_interval_mm,
+                       resample_thick)
+    positions = key.slice_index - first + neighbour_offsets(num_slices, key.slice_interval_mm, ref_interval_mm,
+                                                            resample_thick)
     beyond = bool(np.any(positions < -1e-9) or np.any(positions > last - first + 1e-9))
-    return KeySliceWindowPlan(first=first, plan=plan, present=present, wanted=tuple(first + i for i in plan.needed),
-                              beyond_series_ends=beyond)
+    return KeySliceWindowPlan(first=first, last=last, plan=plan, present=present,
+                              wanted=tuple(first + i for i in plan.needed), beyond_series_ends=beyond)
+
+
+class PngSeriesSlices:
+    """The slices ``first``..``last`` of a DeepLesion series folder as a lazily read (Z, Y, X) HU
+    array: ``[i]`` reads the PNG of slice number ``first + i``, or the nearest present one when it
+    is absent (the rule of :class:`KeySliceWindowPlan`), each PNG once; ``read`` holds the slice
+    numbers read so far. Enough of an array for :class:`~ctlesion.volume.Volume` and
+    :func:`~ctlesion.preprocess.volume_window` (``ndim``, ``shape``, integer indexing)."""
+
+    ndim = 3
+
+    def __init__(self, series_dir: Path, window_plan: KeySliceWindowPlan, shape_yx: tuple[int, int]):
+        self.series_dir = Path(series_dir)
+        self.plan = window_plan
+        self.shape = (window_plan.last - window_plan.first + 1, *shape_yx)
+        self.read: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        number = self.plan.source_number(self.plan.first + int(index))
+        if number not in self.read:
+            self.read[number] = read_png_hu(self.series_dir / f"{number:03d}.png")
+        return self.read[number]
 
 
 def load_key_slice_window(
@@ -481,7 +504,9 @@ def load_key_slice_window(
 ) -> tuple[np.ndarray, float]:
     """Read the key slice and its neighbours as the (D, Y, X) HU window the network sees.
 
-    The window is planned by :func:`plan_key_slice_window`. A needed PNG that is absent from
+    The series folder is a :class:`~ctlesion.volume.Volume` read lazily (:class:`PngSeriesSlices`),
+    and the window is :func:`ctlesion.preprocess.volume_window`'s, as for every other source; the
+    PNGs it reads are those of :func:`plan_key_slice_window`. A needed PNG that is absent from
     the folder is replaced by the nearest present one, with one warning; when that leaves
     only the key slice (as in key-slice-only extracts) the warning says "single-slice
     context: neighbours replicated". Each PNG is read once.
@@ -506,18 +531,14 @@ def load_key_slice_window(
     if key.slice_index not in available:
         raise CtlesionError("key slice PNG not found", key.png_path(images_dir))
     window_plan = plan_key_slice_window(key, available, num_slices, ref_interval_mm, resample_thick)
-    cache: dict[int, np.ndarray] = {}
-
-    def read_number(index: int) -> np.ndarray:
-        number = window_plan.source_number(window_plan.first + index)
-        if number not in cache:
-            cache[number] = read_png_hu(series_dir / f"{number:03d}.png")
-        return cache[number]
-
-    window = apply_plan(window_plan.plan, read_number)
+    key_hu = read_png_hu(series_dir / f"{key.slice_index:03d}.png")
+    slices = PngSeriesSlices(series_dir, window_plan, key_hu.shape)
+    slices.read[key.slice_index] = key_hu
+    volume = Volume(hu=slices, spacing_zyx_mm=(key.slice_interval_mm, *key.spacing_yx_mm), source=str(series_dir))
+    window = volume_window(volume, key.slice_index - window_plan.first, num_slices, ref_interval_mm, resample_thick)
     absent = window_plan.absent(key.slice_index)
     neighbours = [n for n in window_plan.wanted if n != key.slice_index]
-    if neighbours and set(cache) == {key.slice_index}:
+    if neighbours and set(slices.read) == {key.slice_index}:
         logger.warning("%s: single-slice context: neighbours replicated", key.file_name)
     elif absent:
         logger.warning(
