@@ -537,38 +537,27 @@ def evaluate(
     if usage:
         _error(usage)
         raise typer.Exit(2)
-    if volumes:
-        evaluation = _evaluate_volumes(data, out, split.value, lesion_label, criterion, iou_threshold,
-                                       min_lesion_voxels, score_threshold, val_fraction, bootstrap, seed,
-                                       weights, predictions, model_name, context, slices, device)
-        from ctlesion.evaluate.scan_froc import SCAN_LAYOUT  # noqa: PLC0415
+    from ctlesion.evaluate.protocols import protocol_for  # noqa: PLC0415
 
-        _print_summary(evaluation["froc_per_scan"]["summary"], SCAN_LAYOUT,
-                       f"Lesion-level FROC per scan, {split.value} split: sensitivity % at FP/scan, mean (CPM)")
-        stdout.print(f"wrote {out}/")
-        return
-    from ctlesion.evaluate.run import EvaluateOptions, run_evaluation  # noqa: PLC0415
-
-    options = EvaluateOptions(split=split.value, key_list=key_slices, criterion=(criterion or Criterion("iou")).value,
-                              iou_threshold=0.5 if iou_threshold is None else iou_threshold, resamples=bootstrap,
-                              seed=seed)
     try:
-        options.validate()
-    except (ValueError, CtlesionError) as exc:
+        protocol = protocol_for(data, split=split.value, criterion=None if criterion is None else criterion.value,
+                                iou_threshold=iou_threshold, resamples=bootstrap, seed=seed, key_list=key_slices,
+                                lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
+                                score_threshold=score_threshold, val_fraction=val_fraction)
+    except ValueError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
+    except CtlesionError as exc:
+        _error(str(exc))
+        raise typer.Exit(1) from None
     if predictions is not None:
-        evaluation = _run(run_evaluation, data, out, options, predictions_path=predictions)
+        evaluation = _run(protocol.evaluate, out, predictions_path=predictions)
     else:
         path = _weights_path(weights, model_name)
         dev = _run(_device, device)
         model, info = _load_model(path, dev, context, slices)
-        evaluation = _run(run_evaluation, data, out, options, model=model, weights_path=path, model_info=info,
-                          device=dev)
-    from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT  # noqa: PLC0415
-
-    _print_summary(evaluation["summary"], KEY_SLICE_LAYOUT,
-                   f"DeepLesion FROC, {split.value} split: sensitivity % at FP/image, avg[0.5-4]")
+        evaluation = _run(protocol.evaluate, out, model=model, weights_path=path, model_info=info, device=dev)
+    _print_summary(protocol.summary(evaluation), protocol.layout, protocol.title())
     if evaluation.get("model_note"):
         stderr.print(f"note: {evaluation['model_note']}", highlight=False)
     stdout.print(f"wrote {out}/")
@@ -589,36 +578,6 @@ def _evaluate_usage_error(volumes: bool, split: str, criterion, key_slices, lesi
     if lesion_label is not None or val_fraction is not None:
         return "--lesion-label and --val-fraction are for datasets of volumes (nnU-Net or nnDetection layout)"
     return None
-
-
-def _evaluate_volumes(data, out, split, lesion_label, criterion, iou_threshold, min_lesion_voxels, score_threshold,
-                      val_fraction, bootstrap, seed, weights, predictions, model_name, context, slices,
-                      device) -> dict:
-    """``evaluate`` on a dataset of volumes with lesion masks (:mod:`ctlesion.evaluate.volumes`)."""
-    from ctlesion.evaluate.volumes import ScanEvaluateOptions, run_scan_evaluation  # noqa: PLC0415
-    from ctlesion.io.masked_datasets import open_masked_dataset  # noqa: PLC0415
-    from ctlesion.progress import make_progress  # noqa: PLC0415
-
-    options = ScanEvaluateOptions(split=split, lesion_label=lesion_label,
-                                  criterion="centre" if criterion is None else criterion.value,
-                                  iou_threshold=0.1 if iou_threshold is None else iou_threshold,
-                                  min_lesion_voxels=min_lesion_voxels, score_threshold=score_threshold,
-                                  resamples=bootstrap, seed=seed)
-    try:
-        options.validate()
-    except ValueError as exc:
-        _error(str(exc))
-        raise typer.Exit(2) from None
-    dataset = _run(open_masked_dataset, data, val_fraction=val_fraction, seed=seed)
-    _run(dataset.lesion_value, lesion_label)  # a bad label fails before a model is loaded
-    if predictions is not None:
-        return _run(run_scan_evaluation, dataset, out, options, results_path=predictions)
-    path = _weights_path(weights, model_name)
-    dev = _run(_device, device)
-    model, info = _load_model(path, dev, context, slices)
-    with make_progress(enabled=True) as progress:
-        return _run(run_scan_evaluation, dataset, out, options, model=model, weights_path=path, model_info=info,
-                    device=dev, progress=progress)
 
 
 @app.command()
@@ -663,10 +622,9 @@ def detect(
                    tilt=tilt.value)  # headers only, before the model loads
     _run(check_output_folder, out.parent)
 
+    from ctlesion.checkpoint import recommended_score_threshold  # noqa: PLC0415
     from ctlesion.detect import DetectOptions, run_detect  # noqa: PLC0415
     from ctlesion.progress import make_progress  # noqa: PLC0415
-
-    from ctlesion.checkpoint import recommended_score_threshold  # noqa: PLC0415
 
     dev = _run(_device, device)
     model, info = _load_model(path, dev, context, slices)
