@@ -12,7 +12,8 @@ PADDINGS = ("zero", "keep")
 #: Detector networks: AlignShift (paper), TSM and 2.5D (the paper's baselines), none (3D, no shift).
 DETECTOR_CONTEXTS = ("alignshift", "tsm", "2.5d", "none")
 #: torchvision 2D networks the detector's backbone can be built from (DenseNet-121: the paper's).
-BACKBONES = ("densenet121", "resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("densenet121", "densenet169", "densenet201", "resnet18", "resnet34", "resnet50", "resnet101",
+             "resnext50_32x4d", "wide_resnet50_2")
 #: Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler), fp32.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 #: What to do with a gantry-tilted series: refuse it, or resample it onto an orthogonal grid.

@@ -272,3 +272,15 @@ def test_detector_thresholds_come_from_the_configuration_and_travel_with_checkpo
     assert DetectorConfig.from_dict({"num_slices": 3}).detections_per_image == 50
     with pytest.raises(ValueError, match="box_nms_iou"):
         DetectorConfig(box_nms_iou=0.0).validate()
+
+
+@torch.no_grad()
+def test_every_backbone_builds_and_runs():
+    from ctlesion.choices import BACKBONES
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+
+    for backbone in BACKBONES:
+        model = AlignShiftDetector(DetectorConfig(backbone=backbone, num_slices=3, image_size_px=64, fpn_channels=8,
+                                                  fc_channels=16)).eval()
+        out = model.backbone(torch.rand(1, 1, 3, 64, 64), torch.tensor([5.0]))
+        assert out.shape == (1, 8, 16, 16), backbone

@@ -210,8 +210,9 @@ def train(
     context: Annotated[Context, typer.Option(
         help="Network: alignshift (paper), tsm or 2.5d (the paper's baselines), none (3D without shift).")] = "alignshift",
     backbone: Annotated[Backbone, typer.Option(
-        help="The torchvision 2D network converted into the 3D backbone: densenet121 (the paper's) or a ResNet "
-             "(stem and stages 1-3, the shift in every residual block).")] = "densenet121",
+        help="The torchvision 2D network converted into the 3D backbone: densenet121 (the paper's), another "
+             "DenseNet (blocks 1-3) or a ResNet / ResNeXt / Wide ResNet (stem and stages 1-3, the shift in every "
+             "residual block).")] = "densenet121",
     pretrained: Annotated[Optional[str], typer.Option(
         help="2D weights for the --backbone network before conversion: 'imagenet' (torchvision's, from the local "
              "torch hub cache only; never downloaded) or a torchvision-format state dict file.")] = None,

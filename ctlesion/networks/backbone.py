@@ -9,8 +9,10 @@ FPN with 1x1 laterals (256, 512, 1024 -> C), nearest upsampling and no smoothing
 map at stride 4. The paper's 2.5D baseline instead feeds the D slices as the input channels of
 the 2D DenseNet (same truncation and FPN).
 
-ResNets (``backbone`` "resnet18", "resnet34", "resnet50", "resnet101"; not in the paper, which
-compares networks on DenseNet-121 only) follow the same plan: the stem and stages 1-3
+Other DenseNets (``backbone`` "densenet169", "densenet201") are converted the same way (blocks
+1-3); ResNets ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d",
+"wide_resnet50_2"; not in the paper, which compares networks on DenseNet-121 only) follow the
+same plan: the stem and stages 1-3
 (``layer1``-``layer3``, strides 4, 8, 16, as DenseNet-121's blocks 1-3) converted to 3D by
 :func:`~ctlesion.networks.convert.convert_to_3d` (the shift in each residual block before its
 first 3 x 3 convolution), a depth reduction per stage and the same single-map FPN; for 2.5D the
@@ -84,7 +86,8 @@ def _check_images(images: Tensor, num_slices: int) -> None:
 
 
 class AlignShiftDenseNet(nn.Module):
-    """DenseNet-121 (blocks 1-3) in 3D with slice shifts, depth reduction and a single-map FPN.
+    """A torchvision DenseNet (DenseNet-121, the paper's, by default; blocks 1-3) in 3D with slice
+    shifts, depth reduction and a single-map FPN.
 
     Args:
         num_slices: window depth D (odd).
@@ -285,7 +288,7 @@ def build_backbone(context: str, num_slices: int, fpn_channels: int, *, backbone
         net_2d: that network with the weights to start from (e.g. ImageNet); None: random.
 
     Returns:
-        :class:`DenseNet25d` / :class:`AlignShiftDenseNet` for "densenet121", else
+        :class:`DenseNet25d` / :class:`AlignShiftDenseNet` for a DenseNet, else
         :class:`ResNet25d` / :class:`AlignShiftResNet`.
 
     Raises:
@@ -293,7 +296,7 @@ def build_backbone(context: str, num_slices: int, fpn_channels: int, *, backbone
     """
     if net_2d is None:
         net_2d = torchvision_2d(backbone)
-    if backbone == "densenet121":
+    if isinstance(net_2d, DenseNet):
         if context == "2.5d":
             return DenseNet25d(num_slices, fpn_channels, net_2d)
         return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, net_2d,
