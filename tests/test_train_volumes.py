@@ -86,3 +86,19 @@ def test_a_resnet_backbone_trains_from_the_command_line(volumes, tmp_path):
     assert read_run_options(run).detector.backbone == "resnet18"
     model, info = load_detector(run / "epoch_001.safetensors")
     assert info["config"]["backbone"] == "resnet18" and type(model.backbone).__name__ == "AlignShiftResNet"
+
+
+def test_a_model_in_the_authors_conventions_fine_tunes_on_volumes(volumes, tmp_path):
+    """What `import-weights` makes (mmdetection-1 box geometry, [0, 255] - 50 input, no reduction bias) trains too."""
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+
+    config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=32, fc_channels=64, padding="keep",
+                            input_scaling="mmdet", box_convention="mmdet1", reduction_bias=False)
+    start = save_checkpoint(AlignShiftDetector(config), tmp_path / "imported.safetensors")
+    run = tmp_path / "tuned"
+    result = CliRunner().invoke(app, ["train", "--data", str(volumes), "--lesion-label", "tumor", "--batch-size", "2",
+                                      "--init-from", str(start), "--lr", "0.002", "--out", str(run), *STEPS])
+    assert result.exit_code == 0, result.output
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert load_detector(run / "epoch_001.safetensors")[0].config == config
