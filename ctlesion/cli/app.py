@@ -200,8 +200,8 @@ def prepare(
 def train(
     data: Annotated[Optional[Path], typer.Option(
         help="Dataset: DeepLesion layout (DL_info.csv + Images_png), or CT volumes with lesion masks in the nnU-Net "
-             "v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/), with "
-             "--lesion-label.")] = None,
+             "v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/), or DICOM CT "
+             "series with DICOM SEG files, with --lesion-label.")] = None,
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints, metrics.jsonl, config.json).")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last epoch.")] = False,
     epochs: Annotated[int, typer.Option(min=1)] = 20,
@@ -487,7 +487,8 @@ ModelName = Annotated[Optional[str], typer.Option(
 def evaluate(
     data: Annotated[Path, typer.Option(
         help="Dataset: DeepLesion layout (DL_info.csv; Images_png to run a model), or CT volumes with lesion masks "
-             "in the nnU-Net v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/).")],
+             "in the nnU-Net v2 raw layout (dataset.json, imagesTr/, labelsTr/) or nnDetection's (raw_splitted/), or "
+             "DICOM CT series with DICOM SEG files.")],
     split: Annotated[EvaluateSplit, typer.Option(
         help="DeepLesion: train, val, test (Train_Val_Test 1, 2, 3) or all. Volumes: train/val (splits_final.json "
              "fold 0, or --val-fraction), test (imagesTs/ with labelsTs/), or all.")] = "test",

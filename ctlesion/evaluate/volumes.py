@@ -175,7 +175,8 @@ def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_
     from ctlesion.io.studies import plan_studies
 
     Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-    studies = plan_studies([case.image_path for case in cases])
+    sources = dict.fromkeys((case.image_path, case.series_uid) for case in cases)  # a CT shared by cases runs once
+    studies = [study for path, series in sources for study in plan_studies([path], series=series)]
     run_detect(studies, Path(results_path), model, model_info, options=DetectOptions(score_threshold=score_threshold),
                device=device, progress=progress)
     return Path(results_path)

@@ -24,6 +24,10 @@ Layouts (read-only; nothing is written into the dataset):
   Lesions are the instances whose class is ``lesion_label`` (a class name of ``labels`` or its
   index); each instance is one lesion, whatever its connectivity.
 
+* **DICOM + SEG** (:mod:`ctlesion.io.dicom_seg_dataset`): a folder of DICOM CT series with DICOM
+  Segmentation objects beside them; each SEG is a case, its segments the labels (by
+  ``SegmentLabel``), the lesions the 3D connected components of the chosen segment(s); no test split.
+
 Splits: ``train`` and ``val`` from ``splits_final.json`` or ``splits.json`` in the dataset
 folder (nnU-Net's format: a list of folds ``[{"train": [...], "val": [...]}, ...]``; fold 0 is
 used), else a seeded random share of the training cases (``val_fraction``), else every training
@@ -44,11 +48,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctlesion.errors import CtlesionError
+from ctlesion.io import read_volume
+from ctlesion.io.dicom_seg_dataset import is_dicom_seg_dataset, scan_dicom_seg_folder, seg_lesion_mask
 from ctlesion.io.nifti import read_nifti
 from ctlesion.volume import Volume
 
 #: Supported layouts.
-LAYOUTS = ("nnunet", "nndetection")
+LAYOUTS = ("nnunet", "nndetection", "dicom-seg")
 #: Splits of a masked dataset (``all``: every case with a label map).
 MASKED_SPLITS = ("train", "val", "test", "all")
 #: Largest difference (mm, and unit-vector components) between an image's and its label map's geometry.
@@ -66,12 +72,16 @@ class MaskedCase:
         image_path: the CT file (``CASE_0000`` + file ending).
         label_path: the label map (nnU-Net: semantic; nnDetection: instances).
         instances_path: nnDetection's ``CASE.json`` (instance -> class); None for nnU-Net.
+        series_uid: DICOM + SEG: the CT series' UID (``image_path`` is the folder holding it).
+        segments: DICOM + SEG: (segment number, dataset label value) of each segment of the SEG.
     """
 
     case_id: str
     image_path: Path
     label_path: Path
     instances_path: Path | None = None
+    series_uid: str | None = None
+    segments: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,9 +140,12 @@ class MaskedDataset:
 
 
 def is_masked_dataset(path: Path) -> bool:
-    """True when ``path`` holds a ``dataset.json`` with an ``imagesTr`` (nnU-Net) or ``raw_splitted`` (nnDetection)."""
+    """True when ``path`` holds a ``dataset.json`` with an ``imagesTr`` (nnU-Net) or ``raw_splitted``
+    (nnDetection), or DICOM SEG files (:func:`~ctlesion.io.dicom_seg_dataset.is_dicom_seg_dataset`)."""
     path = Path(path)
-    return (path / "dataset.json").is_file() and ((path / "imagesTr").is_dir() or (path / "raw_splitted").is_dir())
+    if (path / "dataset.json").is_file() and ((path / "imagesTr").is_dir() or (path / "raw_splitted").is_dir()):
+        return True
+    return is_dicom_seg_dataset(path)
 
 
 def open_masked_dataset(root: Path, *, val_fraction: float | None = None, seed: int = 0) -> MaskedDataset:
@@ -155,7 +168,9 @@ def open_masked_dataset(root: Path, *, val_fraction: float | None = None, seed: 
     root = Path(root)
     if not is_masked_dataset(root):
         raise CtlesionError("not an nnU-Net or nnDetection dataset (no dataset.json with imagesTr/ or "
-                            "raw_splitted/)", root)
+                            "raw_splitted/) nor a folder of DICOM series with SEG files", root)
+    if not (root / "dataset.json").is_file():
+        return _open_dicom_seg(root, val_fraction, seed)
     layout = "nndetection" if (root / "raw_splitted").is_dir() else "nnunet"
     description = _read_json(root / "dataset.json")
     labels = _labels(description, layout, root / "dataset.json")
@@ -170,6 +185,25 @@ def open_masked_dataset(root: Path, *, val_fraction: float | None = None, seed: 
     train, val, source = _train_val(root, training, val_fraction, seed)
     return MaskedDataset(root=root, layout=layout, labels=labels,
                          splits={"train": train, "val": val, "test": test}, split_source=source)
+
+
+def _open_dicom_seg(root: Path, val_fraction: float | None, seed: int) -> MaskedDataset:
+    """The DICOM + SEG layout (:mod:`ctlesion.io.dicom_seg_dataset`): a case per SEG, labels by segment label."""
+    segs, series_folders = scan_dicom_seg_folder(root)
+    labels: dict[str, int] = {}
+    for _, _, segments in segs:
+        for number, label in sorted(segments.items()):
+            labels.setdefault(label, number if number not in labels.values() else max(labels.values()) + 1)
+    cases = []
+    for path, series_uid, segments in segs:
+        if series_uid not in series_folders:
+            raise CtlesionError(f"the CT series {series_uid} this SEG references is not in the folder", path)
+        case_id = str(path.relative_to(root).with_suffix("")).replace("/", "_")
+        cases.append(MaskedCase(case_id, series_folders[series_uid], path, series_uid=series_uid,
+                                segments=tuple((number, labels[label]) for number, label in sorted(segments.items()))))
+    train, val, source = _train_val(root, tuple(sorted(cases, key=lambda c: c.case_id)), val_fraction, seed)
+    return MaskedDataset(root=root, layout="dicom-seg", labels=labels, splits={"train": train, "val": val, "test": ()},
+                         split_source=source)
 
 
 def _read_json(path: Path):
@@ -276,6 +310,12 @@ def read_case(case: MaskedCase, lesion_value: int, *, layout: str, min_lesion_vo
         CtlesionError: (naming the file) an unreadable image or label map, a label map off the
             image's grid, non-integer labels, or an unreadable instances file.
     """
+    if layout == "dicom-seg":
+        volume = read_volume(case.image_path, series=case.series_uid)
+        wanted = {number for number, value in case.segments if value == lesion_value}
+        lesions, count = connected_components(seg_lesion_mask(case.label_path, volume, wanted))
+        lesions, count = _drop_small(lesions.astype(np.int32), count, min_lesion_voxels)
+        return CaseLesions(volume=volume, lesions_zyx=lesions, num_lesions=count)
     volume = read_nifti(case.image_path)
     labels = read_nifti(case.label_path)
     check_same_grid(volume, labels, case.label_path)
