@@ -47,20 +47,19 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
         intervals_mm: (B,) float32 slice intervals the network sees.
         transforms: the B windows' in-plane transforms.
         device: where the model runs.
-        score_min: detections below this score are dropped (before their masks are resized).
+        score_min: detections below this score are dropped inside the detector, before its mask head
+            runs (exactly those of 0 above it remain).
         clip: clip boxes to the source image (``detect``); the DeepLesion protocol scores them
             unclipped.
-        with_masks: also map the masks back to the source grid (bilinear).
+        with_masks: compute the masks and map them back to the source grid (bilinear); without,
+            the detector skips its mask head and mask pasting.
 
     Returns:
         One :class:`WindowDetections` per window.
     """
-    outputs = model(images.to(device), intervals_mm.to(device))
-    result = []
-    for output, transform in zip(outputs, transforms):
-        keep = output["scores"] >= score_min
-        masks = transform.masks_to_source(output["masks"][keep, 0].float().cpu().numpy()) if with_masks else None
-        result.append(WindowDetections(
-            boxes_px=transform.to_source(output["boxes"][keep].cpu().double().numpy(), clip=clip),
-            scores=output["scores"][keep].cpu().double().numpy(), masks=masks))
-    return result
+    outputs = model(images.to(device), intervals_mm.to(device), score_min=score_min, with_masks=with_masks)
+    return [WindowDetections(boxes_px=transform.to_source(output["boxes"].cpu().double().numpy(), clip=clip),
+                             scores=output["scores"].cpu().double().numpy(),
+                             masks=transform.masks_to_source(output["masks"][:, 0].float().cpu().numpy())
+                             if with_masks else None)
+            for output, transform in zip(outputs, transforms)]

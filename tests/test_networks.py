@@ -284,3 +284,29 @@ def test_every_backbone_builds_and_runs():
                                                   fc_channels=16)).eval()
         out = model.backbone(torch.rand(1, 1, 3, 64, 64), torch.tensor([5.0]))
         assert out.shape == (1, 8, 16, 16), backbone
+
+
+@torch.no_grad()
+def test_score_min_and_without_masks_keep_exactly_the_same_detections():
+    """Dropping low scores before the mask head, or skipping masks, changes nothing of what is kept."""
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+
+    torch.manual_seed(0)
+    for convention in ("torchvision", "mmdet1"):
+        config = DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=16, fc_channels=32,
+                                box_convention=convention, input_scaling="mmdet" if convention == "mmdet1" else "unit",
+                                padding="keep" if convention == "mmdet1" else "zero")
+        model = AlignShiftDetector(config).eval()
+        images, intervals = torch.rand(2, 1, 3, 64, 64), torch.tensor([2.0, 5.0])
+        full = model(images, intervals)
+        threshold = float(torch.cat([d["scores"] for d in full]).median())
+        kept = model(images, intervals, score_min=threshold)
+        boxes_only = model(images, intervals, with_masks=False)
+        for every, some, plain in zip(full, kept, boxes_only):
+            above = every["scores"] >= threshold
+            assert 0 < int(above.sum()) < len(every["scores"]) or len(every["scores"]) <= 1
+            torch.testing.assert_close(some["boxes"], every["boxes"][above], rtol=0, atol=0)
+            torch.testing.assert_close(some["scores"], every["scores"][above], rtol=0, atol=0)
+            torch.testing.assert_close(some["masks"], every["masks"][above], rtol=0, atol=1e-6)
+            torch.testing.assert_close(plain["boxes"], every["boxes"], rtol=0, atol=0)
+            assert "masks" not in plain

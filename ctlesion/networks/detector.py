@@ -120,7 +120,11 @@ class LesionRoIHeads(RoIHeads):
     only the order of those calls is written here.
     """
 
-    def forward(self, features, proposals, image_shapes, targets=None):  # noqa: D102
+    def forward(self, features, proposals, image_shapes, targets=None, *, score_min: float = 0.0,
+                with_masks: bool = True):
+        """torchvision's RoIHeads forward; at inference only the detections scoring >= ``score_min``
+        are kept (after the usual post-processing, so they are exactly those of ``score_min`` 0), and
+        their masks are computed only ``with_masks`` (each RoI's mask is independent of the others)."""
         if self.training:
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
@@ -135,10 +139,15 @@ class LesionRoIHeads(RoIHeads):
                                                   [m[i] for m, i in zip(matched_idxs, positive)])
             return [], losses
         boxes, scores, labels = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        mask_logits = self._mask_logits(features, boxes, image_shapes)
-        mask_probs = maskrcnn_inference(mask_logits, labels)
-        return [dict(boxes=b, scores=s, labels=lab, masks=m)
-                for b, s, lab, m in zip(boxes, scores, labels, mask_probs)], {}
+        if score_min > 0:
+            keep = [s >= score_min for s in scores]
+            boxes, scores, labels = ([x[k] for x, k in zip(xs, keep)] for xs in (boxes, scores, labels))
+        detections = [dict(boxes=b, scores=s, labels=lab) for b, s, lab in zip(boxes, scores, labels)]
+        if with_masks:
+            mask_probs = maskrcnn_inference(self._mask_logits(features, boxes, image_shapes), labels)
+            for det, masks in zip(detections, mask_probs):
+                det["masks"] = masks
+        return detections, {}
 
     def _mask_logits(self, features, boxes, image_shapes) -> Tensor:
         return self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
@@ -183,7 +192,11 @@ class AlignShiftDetector(nn.Module):
       is split across processes.
 
     Returns the loss dict in training mode; otherwise one dict per image with ``boxes`` (K, 4),
-    ``scores`` (K,), ``labels`` (K,) and ``masks`` (K, 1, S, S) probabilities in [0, 1].
+    ``scores`` (K,), ``labels`` (K,) and ``masks`` (K, 1, S, S) probabilities in [0, 1]. At
+    inference, ``score_min`` keeps only the detections scoring at least that (exactly those of
+    ``score_min=0`` above it; the mask head and pasting then run for them alone) and
+    ``with_masks=False`` skips masks altogether (no ``masks`` key): what ``detect`` (its score
+    threshold) and the key-slice evaluation (boxes only) ask for.
 
     Args:
         config: the configuration (``config.backbone``: the torchvision network the backbone is
@@ -213,7 +226,8 @@ class AlignShiftDetector(nn.Module):
         self.rpn.fg_bg_sampler.generators = [torch.Generator().manual_seed(2 * int(s)) for s in seeds]
         self.roi_heads.fg_bg_sampler.generators = [torch.Generator().manual_seed(2 * int(s) + 1) for s in seeds]
 
-    def forward(self, images: Tensor, slice_interval_mm: Tensor, targets: list[dict] | None = None):
+    def forward(self, images: Tensor, slice_interval_mm: Tensor, targets: list[dict] | None = None, *,
+                score_min: float = 0.0, with_masks: bool = True):
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
         size = images.shape[-2:]
@@ -223,13 +237,15 @@ class AlignShiftDetector(nn.Module):
         self._seed_samplers(targets)
         try:
             proposals, rpn_losses = self.rpn(image_list, features, targets)
-            detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets)
+            detections, head_losses = self.roi_heads(features, proposals, image_sizes, targets, score_min=score_min,
+                                                     with_masks=with_masks)
         finally:
             self._seed_samplers(None)
         if self.training:
             return {**rpn_losses, **head_losses}
         for det in detections:
-            det["masks"] = self.paste_masks(det["masks"], det["boxes"], tuple(size))
+            if with_masks:
+                det["masks"] = self.paste_masks(det["masks"], det["boxes"], tuple(size))
         return detections
 
 
