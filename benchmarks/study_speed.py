@@ -20,7 +20,8 @@ Variants:
   and ``detect`` drops those under its score threshold afterwards (the behaviour before the
   optimisation);
 * ``default``: ``detect`` asks the detector for the detections at or above its threshold only
-  (``score_min``): the mask head and pasting run for those alone (exact).
+  (``score_min``): the mask head and pasting run for those alone (exact);
+* ``bf16``: the default with bfloat16 autocast (``detect --precision bf16``; not bit-identical).
 """
 
 from __future__ import annotations
@@ -101,11 +102,12 @@ def main() -> None:
         print(f"{'variant':<10}{'s/study':>9}{'windows/s':>11}{'vs plain':>10}{'lesions':>9}{'matched':>9}"
               f"{'max box shift (vox)':>21}{'max score change':>18}")
         runs = {}
-        for variant, net in (("plain", EveryMask(model)), ("default", model)):
+        for variant, net, precision in (("plain", EveryMask(model), "fp32"), ("default", model, "fp32"),
+                                        ("bf16", model, "bf16")):
             out = Path(temp) / variant / "results.json"
             start = time.perf_counter()
             run_detect(plan_studies([study]), out, net, info, options=DetectOptions(
-                score_threshold=threshold, batch_size=args.batch_size), device=args.device)
+                score_threshold=threshold, batch_size=args.batch_size, precision=precision), device=args.device)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start

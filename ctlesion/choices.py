@@ -16,6 +16,8 @@ BACKBONES = ("densenet121", "densenet169", "densenet201", "resnet18", "resnet34"
              "resnext50_32x4d", "wide_resnet50_2")
 #: Training precision: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 (with a gradient scaler), fp32.
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+#: Inference precision of detect: fp32, or bf16 autocast (CPUs with AVX512-BF16 / AMX, CUDA).
+INFERENCE_PRECISIONS = ("fp32", "bf16")
 #: What to do with a gantry-tilted series: refuse it, or resample it onto an orthogonal grid.
 TILT_CHOICES = ("refuse", "resample")
 #: DeepLesion splits by name, with their official ``Train_Val_Test`` codes.

@@ -57,6 +57,7 @@ class DetectOptions:
     Attributes:
         score_threshold: minimum detection score kept for linking into lesions.
         batch_size: windows per forward pass.
+        precision: "fp32" or "bf16" (autocast; :func:`ctlesion.predict.predict_windows`).
         dicom_seg: also write each DICOM study's lesions as a DICOM SEG
             (:mod:`ctlesion.report.dicom_seg`).
         dicom_sr: also write the SEG and a DICOM SR measurement report (TID 1500) referring
@@ -65,6 +66,7 @@ class DetectOptions:
 
     score_threshold: float = 0.5
     batch_size: int = 4
+    precision: str = "fp32"
     dicom_seg: bool = False
     dicom_sr: bool = False
 
@@ -100,7 +102,7 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
                                    for w in windows))
         images = torch.from_numpy(np.stack(stacks)[:, None])
         found = predict_windows(model, images, interval.expand(len(indices)), transforms, device=device,
-                                score_min=options.score_threshold)
+                                score_min=options.score_threshold, precision=options.precision)
         per_slice += [SliceDetections(slice_index=z, boxes_px=d.boxes_px.astype(np.float32),
                                       scores=d.scores.astype(np.float32), masks=d.masks)
                       for d, z in zip(found, indices)]

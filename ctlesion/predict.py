@@ -37,7 +37,8 @@ class WindowDetections:
 @torch.no_grad()
 def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_mm: torch.Tensor,
                     transforms: Sequence[InPlaneTransform], *, device: torch.device | str = "cpu",
-                    score_min: float = 0.0, clip: bool = True, with_masks: bool = True) -> list[WindowDetections]:
+                    score_min: float = 0.0, clip: bool = True, with_masks: bool = True,
+                    precision: str = "fp32") -> list[WindowDetections]:
     """Run the detector (as it is: call ``model.eval()`` first) on a batch of windows.
 
     Args:
@@ -53,11 +54,15 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
             unclipped.
         with_masks: compute the masks and map them back to the source grid (bilinear); without,
             the detector skips its mask head and mask pasting.
+        precision: "fp32", or "bf16" (``torch.autocast`` with bfloat16 on the model's device;
+            :data:`ctlesion.choices.INFERENCE_PRECISIONS`).
 
     Returns:
         One :class:`WindowDetections` per window.
     """
-    outputs = model(images.to(device), intervals_mm.to(device), score_min=score_min, with_masks=with_masks)
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        outputs = model(images.to(device), intervals_mm.to(device), score_min=score_min, with_masks=with_masks)
     return [WindowDetections(boxes_px=transform.to_source(output["boxes"].cpu().double().numpy(), clip=clip),
                              scores=output["scores"].cpu().double().numpy(),
                              masks=transform.masks_to_source(output["masks"][:, 0].float().cpu().numpy())

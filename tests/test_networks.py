@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import densenet121, resnet18
@@ -310,3 +311,21 @@ def test_score_min_and_without_masks_keep_exactly_the_same_detections():
             torch.testing.assert_close(some["masks"], every["masks"][above], rtol=0, atol=1e-6)
             torch.testing.assert_close(plain["boxes"], every["boxes"], rtol=0, atol=0)
             assert "masks" not in plain
+
+
+@torch.no_grad()
+def test_detect_in_bf16_runs_and_returns_source_pixel_arrays():
+    from ctlesion.detect import DetectOptions, detect_slices
+    from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+    from ctlesion.volume import Volume
+
+    torch.manual_seed(0)
+    model = AlignShiftDetector(DetectorConfig(num_slices=3, image_size_px=64, fpn_channels=16, fc_channels=32)).eval()
+    volume = Volume(hu=np.random.default_rng(0).integers(-1000, 400, (4, 48, 40)).astype(np.int16),
+                    spacing_zyx_mm=(5.0, 0.8, 0.8))
+    fp32 = detect_slices(model, volume, options=DetectOptions(score_threshold=0.0))
+    bf16 = detect_slices(model, volume, options=DetectOptions(score_threshold=0.0, precision="bf16"))
+    assert len(bf16) == len(fp32) == 4
+    for a, b in zip(fp32, bf16):
+        assert b.boxes_px.dtype == np.float32 and b.masks.dtype == np.float32 and b.masks.shape[1:] == (48, 40)
+        assert (b.boxes_px[:, 2] <= 40).all() and len(b.scores) > 0 and len(a.scores) > 0

@@ -27,6 +27,7 @@ from ctlesion.choices import (
     CRITERIA,
     DETECTOR_CONTEXTS,
     DETECTOR_PARTS,
+    INFERENCE_PRECISIONS,
     MASK_LOSSES,
     MASK_SOURCES,
     PADDINGS,
@@ -105,6 +106,7 @@ Context = _choice("Context", DETECTOR_CONTEXTS)
 Backbone = _choice("Backbone", BACKBONES)
 Padding = _choice("Padding", PADDINGS)
 Precision = _choice("Precision", PRECISIONS)
+InferencePrecision = _choice("InferencePrecision", INFERENCE_PRECISIONS)
 Augment = _choice("Augment", ("paper", "flip", "none"))
 MaskSource = _choice("MaskSource", MASK_SOURCES)
 DetectorPart = _choice("DetectorPart", DETECTOR_PARTS)
@@ -591,6 +593,9 @@ def detect(
         min=0.0, max=1.0, help="Minimum lesion score (default: the one the model recommends, chosen on validation "
                                "data, see its card; 0.5 for a model without one).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 4,
+    precision: Annotated[InferencePrecision, typer.Option(
+        help="fp32, or bf16 (autocast; CPUs with AVX512-BF16 or AMX, and GPUs): faster, not bit-identical "
+             "(README 'Speed' gives the measured speed and change in lesions).")] = "fp32",
     allow_non_ct: Annotated[bool, typer.Option("--allow-non-ct", help="Also read MR/PT series (the model knows only CT).")] = False,
     series: Annotated[Optional[str], typer.Option(
         help="Series to read from each DICOM folder: SeriesNumber, SeriesInstanceUID or SeriesDescription "
@@ -631,7 +636,8 @@ def detect(
     dev = _run(_device, device)
     model, info = _load_model(path, dev, context, slices)
     threshold = recommended_score_threshold(info) if score_threshold is None else score_threshold
-    options = DetectOptions(score_threshold=threshold, batch_size=batch_size, dicom_seg=dicom_seg, dicom_sr=dicom_sr)
+    options = DetectOptions(score_threshold=threshold, batch_size=batch_size, precision=precision.value,
+                            dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 
     def detect_with_progress():  # the bar closes before an error line is printed
         with make_progress() as progress:
