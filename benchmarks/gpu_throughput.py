@@ -1,7 +1,7 @@
 """Windows per second of the paper-size detector on a GPU, by batch size and execution settings.
 
 Usage: python benchmarks/gpu_throughput.py [--slices 7] [--batch-sizes 8,16,32] [--repeats 5]
-                                           [--variants fp32,bf16,bf16-cl,bf16-cl-compile]
+                                           [--variants fp32,bf16,bf16-boxes,bf16-cl,bf16-cl-compile]
 
 Builds the paper's network (AlignShift, DenseNet-121 blocks 1-3, FPN 512, FC 2048, 512-px
 windows of --slices slices, random initialisation: timing does not depend on the weights) and
@@ -12,7 +12,10 @@ windows in one process, for each variant and batch size:
 - ``bf16``: ``torch.autocast`` bfloat16;
 - ``bf16-cl``: bf16 with channels-last weights and input (``to_channels_last``);
 - ``bf16-cl-compile``: the same with the backbone (where the FLOPs are) through
-  ``torch.compile``; its compile time (the first batch) is printed separately.
+  ``torch.compile``; its compile time (the first batch) is printed separately;
+- ``bf16-boxes``: bf16 without the mask head and mask pasting (``with_masks=False``: what the
+  key-slice evaluation asks for; ``detect`` asks for masks of the detections above its
+  threshold only, between this and ``bf16``).
 
 Prints windows/s (median of --repeats timed batches after two warm-up batches), the ratio
 against fp32 at the same batch size, and the peak GPU memory. The goal of issue 15 is >= 400
@@ -30,7 +33,7 @@ import torch
 
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig, to_channels_last
 
-VARIANTS = ("fp32", "bf16", "bf16-cl", "bf16-cl-compile")
+VARIANTS = ("fp32", "bf16", "bf16-boxes", "bf16-cl", "bf16-cl-compile")
 
 
 def _model(variant: str, state: dict, config: DetectorConfig) -> AlignShiftDetector:
@@ -50,7 +53,7 @@ def _batch_s(model: AlignShiftDetector, images: torch.Tensor, intervals: torch.T
     torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.inference_mode(), autocast:
-        model(images, intervals)
+        model(images, intervals, with_masks=not variant.endswith("boxes"))
     torch.cuda.synchronize()
     return time.perf_counter() - start
 
