@@ -12,7 +12,7 @@ from masked_data import case_volume, write_nndetection, write_nnunet
 from ctlesion.data.augment import AugmentConfig, CropConfig
 from ctlesion.data.volume_dataset import VolumeKeySliceDataset, cache_case, choose_key_slices
 from ctlesion.errors import CtlesionError
-from ctlesion.io.masked_datasets import open_masked_dataset
+from ctlesion.io.masked_datasets import cross_section_areas, open_masked_dataset
 from ctlesion.io.nifti import write_nifti
 from ctlesion.preprocess import volume_window
 
@@ -59,7 +59,7 @@ def test_targets_skip_lesion_tips():
     lesions[4, 2:4, 2:4] = 1  # 4 px: a tip
     hu = np.full((10, 16, 16), 40, np.int16)
     rng = np.random.default_rng(0)
-    positive, negative = choose_key_slices(lesions, np.array([64]), hu, other_slices_per_lesion=5,
+    positive, negative = choose_key_slices(cross_section_areas(lesions, 1), hu, other_slices_per_lesion=5,
                                            negative_fraction=0.5, rng=rng)
     assert positive == [2, 3]
     assert len(negative) == 1 and negative[0] not in (2, 3, 4)

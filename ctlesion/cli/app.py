@@ -119,6 +119,13 @@ SimulationLayout = _choice("SimulationLayout", SIMULATION_LAYOUTS)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
+# Datasets of volumes with lesion masks (train and evaluate):
+LesionLabel = Annotated[Optional[str], typer.Option(
+    help="Volumes: the label (name in dataset.json or a DICOM SEG's segment label, or value) whose 3D connected "
+         "components are the lesions (nnDetection: the class whose instances are).")]
+MinLesionVoxels = Annotated[int, typer.Option(min=1, help="Volumes: drop smaller lesion components.")]
+ValFraction = Annotated[Optional[float], typer.Option(
+    min=0.0, max=0.99, help="Volumes without a splits file: share of training cases in val (seeded by --seed).")]
 
 
 @app.command()
@@ -220,8 +227,8 @@ def train(
              "torch hub cache only; never downloaded) or a torchvision-format state dict file.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
         help="Fine-tune: start from this ctlesion checkpoint's whole detector (shipped, imported or trained); "
-             "the run takes its architecture (--backbone, --context, --slices, --padding, --image-size, --fpn-channels, "
-             "--fc-channels, --hu-window may be given only with the checkpoint's values).")] = None,
+             "the run takes its architecture (--backbone, --context, --slices, --padding, --image-size, "
+             "--fpn-channels, --fc-channels, --hu-window may be given only with the checkpoint's values).")] = None,
     padding: Annotated[Padding, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
@@ -230,7 +237,7 @@ def train(
         help="HU window mapped to [0, 1] at the input (paper: -1024 2050).")] = (-1024.0, 2050.0),
     lr: Annotated[float, typer.Option(
         min=1e-9, help="Learning rate per 4 images (paper: 0.02; scaled linearly with --batch-size); "
-                                     "fine-tuning a trained model: e.g. 0.002.")] = 0.02,
+                       "fine-tuning a trained model: e.g. 0.002.")] = 0.02,
     warmup_iters: Annotated[int, typer.Option(min=0)] = 500,
     lr_drop_epoch: Annotated[Optional[list[int]], typer.Option(
         help="Epoch after which the lr is multiplied by 0.1; repeatable (default: 45 % and 80 % of --epochs).")] = None,
@@ -254,12 +261,9 @@ def train(
                                "a lesion.")] = 0.25,
     keep_noisy: Annotated[bool, typer.Option(
         "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
-    lesion_label: Annotated[Optional[str], typer.Option(
-        help="Volumes: the label (name in dataset.json, or value) whose 3D connected components are the lesions "
-             "(nnDetection: the class whose instances are).")] = None,
-    min_lesion_voxels: Annotated[int, typer.Option(min=1, help="Volumes: drop smaller lesion components.")] = 1,
-    val_fraction: Annotated[Optional[float], typer.Option(
-        min=0.0, max=0.99, help="Volumes without a splits file: share of training cases in val (seeded by --seed).")] = None,
+    lesion_label: LesionLabel = None,
+    min_lesion_voxels: MinLesionVoxels = 1,
+    val_fraction: ValFraction = None,
     mask_loss: Annotated[MaskLoss, typer.Option(
         help="dice (the released configuration) or dice+bce (adds per-pixel binary cross-entropy, whose gradient "
              "does not vanish where the mask head saturates).")] = "dice",
@@ -348,13 +352,14 @@ def _train_data_error(data: Path, lesion_label, val_fraction, mask_source: str,
 
     if is_masked_dataset(data):
         if lesion_label is None:
-            return 2, "--lesion-label is required for a dataset of volumes (a label name of its dataset.json, or a value)"
+            return 2, ("--lesion-label is required for a dataset of volumes (a label name of its dataset.json, "
+                       "or a value)")
         if mask_source != "auto" or keep_noisy:
             return 2, "--mask-source and --keep-noisy are for DeepLesion datasets (volumes have true masks)"
         return None
     if not (data / "DL_info.csv").is_file():
         return 1, (f"{data}: neither a DeepLesion-layout dataset (DL_info.csv) nor volumes with lesion masks "
-                   "(nnU-Net v2 raw or nnDetection layout)")
+                   "(nnU-Net v2 raw or nnDetection layout, or DICOM series with SEG files)")
     if lesion_label is not None or val_fraction is not None:
         return 2, "--lesion-label and --val-fraction are for datasets of volumes (nnU-Net or nnDetection layout)"
     return None
@@ -500,12 +505,9 @@ def evaluate(
              "volumes, a `ctlesion detect` results.json with its label maps.")] = None,
     key_slices: Annotated[Optional[Path], typer.Option(
         help="DeepLesion: restrict to these key slices (one File_name per line, or a CSV with a File_name column).")] = None,
-    lesion_label: Annotated[Optional[str], typer.Option(
-        help="Volumes: the label (name in dataset.json, or value) whose 3D connected components are the lesions "
-             "(nnDetection: the class whose instances are).")] = None,
-    min_lesion_voxels: Annotated[int, typer.Option(min=1, help="Volumes: drop smaller lesion components.")] = 1,
-    val_fraction: Annotated[Optional[float], typer.Option(
-        min=0.0, max=0.99, help="Volumes without a splits file: share of training cases in val (seeded by --seed).")] = None,
+    lesion_label: LesionLabel = None,
+    min_lesion_voxels: MinLesionVoxels = 1,
+    val_fraction: ValFraction = None,
     score_threshold: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Volumes, running a model: minimum lesion score (low, so the FROC reaches 8 FP/scan).")] = 0.05,
     out: Annotated[Path, typer.Option(

@@ -43,7 +43,7 @@ import numpy as np
 from ctlesion.data.augment import body_mask
 from ctlesion.data.dataset import KeySliceItems, KeySliceSource
 from ctlesion.errors import CtlesionError
-from ctlesion.io.masked_datasets import MaskedCase, MaskedDataset, cross_section_areas, read_case
+from ctlesion.io.masked_datasets import MaskedCase, MaskedDataset, boxes_on_slice, cross_section_areas, read_case
 from ctlesion.preprocess import HU_MAX, HU_MIN, network_interval_mm, volume_window
 from ctlesion.volume import Volume
 
@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 #: Default folder of the case cache, inside the dataset folder.
 CACHE_DIRNAME = Path("ctlesion_cache") / "volumes"
+#: Version of the cache's contents (part of every fingerprint: a new format reads the cases again).
+CACHE_FORMAT = "2"
 #: A lesion is a target on a slice where its area is at least this share of its largest (half the linear size).
 MIN_AREA_SHARE = 0.25
 #: Least share of a negative slice's pixels inside the body (slices of air or table only are not drawn).
@@ -66,18 +68,25 @@ class CachedCase:
         hu_path: ``.npy`` (Z, Y, X) HU (int16, or float32 for non-integer data).
         lesions_path: ``.npy`` (Z, Y, X) lesion numbers 1..G (uint16 or int32), 0 elsewhere.
         spacing_zyx_mm: the volume's spacing (slice interval first).
-        largest_area_px: (G,) int64 each lesion's largest cross-section, pixels.
+        areas_px: (G, Z) int64 each lesion's cross-section on each slice, pixels
+            (:func:`~ctlesion.io.masked_datasets.cross_section_areas`), so that choosing key slices
+            reads no lesion map.
     """
 
     case_id: str
     hu_path: Path
     lesions_path: Path
     spacing_zyx_mm: tuple[float, float, float]
-    largest_area_px: np.ndarray
+    areas_px: np.ndarray
+
+    @property
+    def largest_area_px(self) -> np.ndarray:
+        """(G,) int64 each lesion's largest cross-section, pixels."""
+        return self.areas_px.max(axis=1, initial=0)
 
 
 def _fingerprint(case: MaskedCase, lesion_value: int, min_lesion_voxels: int) -> str:
-    parts = [str(lesion_value), str(min_lesion_voxels)]
+    parts = [CACHE_FORMAT, str(lesion_value), str(min_lesion_voxels)]
     for path in (case.image_path, case.label_path, case.instances_path):
         if path is not None:
             stat = path.stat()
@@ -115,14 +124,14 @@ def cache_case(case: MaskedCase, lesion_value: int, *, layout: str, min_lesion_v
         hu = truth.volume.hu
         hu = hu.astype(np.int16) if hu.dtype.kind in "iu" else hu.astype(np.float32, copy=False)
         lesions = truth.lesions_zyx.astype(np.uint16 if truth.num_lesions < 2**16 else np.int32)
-        largest = cross_section_areas(truth.lesions_zyx, truth.num_lesions).max(axis=1, initial=0)
+        areas = cross_section_areas(truth.lesions_zyx, truth.num_lesions)
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             _save_npy(hu_path, hu)
             _save_npy(lesions_path, lesions)
             partial = meta_path.with_name(meta_path.name + f".{os.getpid()}.partial")
             partial.write_text(json.dumps({"case_id": case.case_id, "spacing_zyx_mm": truth.volume.spacing_zyx_mm,
-                                           "largest_area_px": largest.tolist()}))
+                                           "num_slices": truth.volume.shape_zyx[0], "areas_px": areas.tolist()}))
             os.replace(partial, meta_path)
         except OSError as exc:
             raise CtlesionError(f"cannot write the volume cache ({exc.strerror or exc}); name a writable "
@@ -130,34 +139,31 @@ def cache_case(case: MaskedCase, lesion_value: int, *, layout: str, min_lesion_v
     meta = json.loads(meta_path.read_text())
     return CachedCase(case_id=case.case_id, hu_path=hu_path, lesions_path=lesions_path,
                       spacing_zyx_mm=tuple(meta["spacing_zyx_mm"]),
-                      largest_area_px=np.asarray(meta["largest_area_px"], dtype=np.int64))
+                      areas_px=np.asarray(meta["areas_px"], dtype=np.int64).reshape(-1, meta["num_slices"]))
 
 
-def choose_key_slices(lesions_zyx: np.ndarray, largest_area_px: np.ndarray, hu_zyx: np.ndarray, *,
-                      other_slices_per_lesion: int, negative_fraction: float,
-                      rng: np.random.Generator) -> tuple[list[int], list[int]]:
+def choose_key_slices(areas_px: np.ndarray, hu_zyx: np.ndarray, *, other_slices_per_lesion: int,
+                      negative_fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """The key slices of one case (module docstring): ``(positive slices, negative slices)``, sorted.
 
     Args:
-        lesions_zyx: (Z, Y, X) lesion numbers 1..G.
-        largest_area_px: (G,) each lesion's largest cross-section (pixels).
+        areas_px: (G, Z) each lesion's cross-section on each slice, pixels.
         hu_zyx: (Z, Y, X) HU, to find slices with a body (read only for drawn negatives).
         other_slices_per_lesion: slices drawn per lesion besides its largest.
         negative_fraction: negative slices per positive slice (rounded; capped by what exists).
         rng: the draws' generator.
     """
-    num_lesions = len(largest_area_px)
-    areas = cross_section_areas(np.asarray(lesions_zyx), num_lesions)
+    areas = np.asarray(areas_px)
     positive: set[int] = set()
-    for g in range(num_lesions):
-        largest = int(areas[g].argmax())
+    for lesion_areas in areas:
+        largest = int(lesion_areas.argmax())
         positive.add(largest)
-        others = np.flatnonzero(areas[g] >= MIN_AREA_SHARE * largest_area_px[g])
+        others = np.flatnonzero(lesion_areas >= MIN_AREA_SHARE * lesion_areas[largest])
         others = others[others != largest]
         if len(others) and other_slices_per_lesion > 0:
             positive.update(int(z) for z in rng.choice(others, min(other_slices_per_lesion, len(others)),
                                                        replace=False))
-    free = np.flatnonzero(areas.sum(axis=0) == 0) if num_lesions else np.arange(lesions_zyx.shape[0])
+    free = np.flatnonzero(areas.sum(axis=0) == 0) if len(areas) else np.arange(len(hu_zyx))
     wanted = round(negative_fraction * len(positive))
     negative: list[int] = []
     for z in rng.permutation(free):
@@ -206,12 +212,10 @@ class VolumeKeySliceDataset(KeySliceItems):
         for case in dataset.cases(split):
             cached = cache_case(case, lesion_value, layout=dataset.layout, min_lesion_voxels=min_lesion_voxels,
                                 cache_dir=folder)
-            lesions = np.load(cached.lesions_path, mmap_mode="r")
             hu = np.load(cached.hu_path, mmap_mode="r")
             rng = np.random.default_rng([seed, len(self.cases)])
-            positive, negative = choose_key_slices(lesions, cached.largest_area_px, hu,
-                                                   other_slices_per_lesion=other_slices_per_lesion,
-                                                   negative_fraction=negative_fraction, rng=rng)
+            positive, negative = choose_key_slices(cached.areas_px, hu, rng=rng, negative_fraction=negative_fraction,
+                                                   other_slices_per_lesion=other_slices_per_lesion)
             self.items += [(len(self.cases), z) for z in sorted(positive + negative)]
             self.num_negative += len(negative)
             self.cases.append(cached)
@@ -247,15 +251,10 @@ class VolumeKeySliceDataset(KeySliceItems):
             raise CtlesionError(f"cannot read the volume cache ({exc})", case.hu_path) from None
         volume = Volume(hu=hu, spacing_zyx_mm=case.spacing_zyx_mm)
         window_hu = volume_window(volume, z, self.num_slices, resample_thick=self.resample_thick)
-        present = np.unique(labels_yx)
-        present = present[present > 0].astype(np.int64)
-        areas = np.bincount(labels_yx.ravel().astype(np.int64), minlength=len(case.largest_area_px) + 1)
-        targets = present[areas[present] >= MIN_AREA_SHARE * case.largest_area_px[present - 1]]
+        areas = case.areas_px[:, z]
+        targets = np.flatnonzero((areas > 0) & (areas >= MIN_AREA_SHARE * case.largest_area_px)) + 1
         masks = labels_yx[None] == targets[:, None, None]
-        boxes = np.zeros((len(targets), 4), dtype=np.float64)
-        for row, mask in enumerate(masks):
-            ys, xs = np.nonzero(mask)
-            boxes[row] = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        boxes = boxes_on_slice(labels_yx, targets) + np.array([0.0, 0.0, 1.0, 1.0])  # tight: pixel i is [i, i + 1)
         interval = volume.slice_interval_mm
         return KeySliceSource(key=self.names[index], window_hu=window_hu,
                               interval_mm=network_interval_mm(interval, resample_thick=self.resample_thick),

@@ -412,8 +412,9 @@ class KeySliceWindowPlan:
     Attributes:
         first: slice number of the plan's source index 0 (the series' first slice).
         last: slice number of the series' last slice (the plan's source indices are 0..last - first).
-        plan: interpolation plan over slice numbers ``first + index`` (zero-weight partners
-            replaced by the lower slice, so they need not exist).
+        plan: interpolation plan over slice numbers ``first + index``
+            (:func:`ctlesion.preprocess.plan_window`; zero-weight partners are not read, so they
+            need not exist).
         present: slice numbers of the PNGs present in the folder (ascending).
         wanted: slice numbers the plan needs (ascending), the key slice among them.
         beyond_series_ends: the window reaches past the series' first or last slice, where the

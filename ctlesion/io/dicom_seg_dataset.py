@@ -48,10 +48,16 @@ def _dicom_files(root: Path):
             yield path
 
 
-def is_dicom_seg_dataset(path: Path) -> bool:
-    """True for a folder (neither nnU-Net/nnDetection nor DeepLesion layout) holding at least one DICOM SEG file."""
+def may_hold_segs(path: Path) -> bool:
+    """True for a folder that is neither an nnU-Net/nnDetection (``dataset.json``) nor a DeepLesion
+    (``DL_info.csv``) dataset: where DICOM SEG files are looked for."""
     path = Path(path)
-    if not path.is_dir() or (path / "dataset.json").is_file() or (path / "DL_info.csv").is_file():
+    return path.is_dir() and not (path / "dataset.json").is_file() and not (path / "DL_info.csv").is_file()
+
+
+def is_dicom_seg_dataset(path: Path) -> bool:
+    """True for a folder (:func:`may_hold_segs`) holding at least one DICOM SEG file."""
+    if not may_hold_segs(path):
         return False
     for file in _dicom_files(path):
         header = _header(file)

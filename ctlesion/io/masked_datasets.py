@@ -49,7 +49,12 @@ import SimpleITK as sitk
 
 from ctlesion.errors import CtlesionError
 from ctlesion.io import read_volume
-from ctlesion.io.dicom_seg_dataset import is_dicom_seg_dataset, scan_dicom_seg_folder, seg_lesion_mask
+from ctlesion.io.dicom_seg_dataset import (
+    is_dicom_seg_dataset,
+    may_hold_segs,
+    scan_dicom_seg_folder,
+    seg_lesion_mask,
+)
 from ctlesion.io.nifti import read_nifti
 from ctlesion.volume import Volume
 
@@ -142,10 +147,11 @@ class MaskedDataset:
 def is_masked_dataset(path: Path) -> bool:
     """True when ``path`` holds a ``dataset.json`` with an ``imagesTr`` (nnU-Net) or ``raw_splitted``
     (nnDetection), or DICOM SEG files (:func:`~ctlesion.io.dicom_seg_dataset.is_dicom_seg_dataset`)."""
-    path = Path(path)
-    if (path / "dataset.json").is_file() and ((path / "imagesTr").is_dir() or (path / "raw_splitted").is_dir()):
-        return True
-    return is_dicom_seg_dataset(path)
+    return _is_nnunet_or_nndetection(Path(path)) or is_dicom_seg_dataset(path)
+
+
+def _is_nnunet_or_nndetection(path: Path) -> bool:
+    return (path / "dataset.json").is_file() and ((path / "imagesTr").is_dir() or (path / "raw_splitted").is_dir())
 
 
 def open_masked_dataset(root: Path, *, val_fraction: float | None = None, seed: int = 0) -> MaskedDataset:
@@ -166,10 +172,7 @@ def open_masked_dataset(root: Path, *, val_fraction: float | None = None, seed: 
             unknown cases, no case at all, or ``val_fraction`` outside [0, 1).
     """
     root = Path(root)
-    if not is_masked_dataset(root):
-        raise CtlesionError("not an nnU-Net or nnDetection dataset (no dataset.json with imagesTr/ or "
-                            "raw_splitted/) nor a folder of DICOM series with SEG files", root)
-    if not (root / "dataset.json").is_file():
+    if not _is_nnunet_or_nndetection(root):
         return _open_dicom_seg(root, val_fraction, seed)
     layout = "nndetection" if (root / "raw_splitted").is_dir() else "nnunet"
     description = _read_json(root / "dataset.json")
@@ -189,7 +192,10 @@ def open_masked_dataset(root: Path, *, val_fraction: float | None = None, seed: 
 
 def _open_dicom_seg(root: Path, val_fraction: float | None, seed: int) -> MaskedDataset:
     """The DICOM + SEG layout (:mod:`ctlesion.io.dicom_seg_dataset`): a case per SEG, labels by segment label."""
-    segs, series_folders = scan_dicom_seg_folder(root)
+    segs, series_folders = scan_dicom_seg_folder(root) if may_hold_segs(root) else ([], {})
+    if not segs:
+        raise CtlesionError("not an nnU-Net or nnDetection dataset (no dataset.json with imagesTr/ or "
+                            "raw_splitted/) nor a folder of DICOM series with SEG files", root)
     labels: dict[str, int] = {}
     for _, _, segments in segs:
         for number, label in sorted(segments.items()):

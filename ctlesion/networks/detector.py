@@ -243,8 +243,8 @@ class AlignShiftDetector(nn.Module):
             self._seed_samplers(None)
         if self.training:
             return {**rpn_losses, **head_losses}
-        for det in detections:
-            if with_masks:
+        if with_masks:
+            for det in detections:
                 det["masks"] = self.paste_masks(det["masks"], det["boxes"], tuple(size))
         return detections
 

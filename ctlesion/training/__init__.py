@@ -47,9 +47,9 @@ from ctlesion.training.loop import train
 from ctlesion.training.optimisation import build_model, build_optimizer, lr_factor, mixed_precision, optimisation_step
 from ctlesion.training.options import TrainOptions, read_run_options
 from ctlesion.training.state import RUN_FILES, RunState, prepare_run_dir, seed_everything
-from ctlesion.training.validation import validate
+from ctlesion.training.validation import validation
 
 __all__ = ["RUN_FILES", "RunState", "TrainOptions", "build_model", "build_optimizer", "epoch_batches",
            "iterations_per_epoch", "lr_factor", "make_train_loader", "mixed_precision", "optimisation_step",
-           "prepare_run_dir", "read_run_options", "seed_everything", "train", "train_dataset", "validate",
+           "prepare_run_dir", "read_run_options", "seed_everything", "train", "train_dataset", "validation",
            "volume_split"]

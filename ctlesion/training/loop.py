@@ -29,7 +29,7 @@ from ctlesion.training.data import iterations_per_epoch, make_train_loader, targ
 from ctlesion.training.optimisation import build_model, build_optimizer, mixed_precision, optimisation_step
 from ctlesion.training.options import TrainOptions
 from ctlesion.training.state import RunState, prepare_run_dir, restore_state, seed_everything, write_state
-from ctlesion.training.validation import validate
+from ctlesion.training.validation import Validation, validation
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
             options.data_dir)
     iters_per_epoch = iterations_per_epoch(len(dataset), options, ctx)
     mask_sources = dataset.mask_sources()
+    validate = validation(options)
     if ctx.is_main:
         log.info("training on %d key slices, %s; masks: %d true (%s), %d GrabCut", len(dataset),
                  "whole slices" if options.crop is None else
@@ -137,7 +138,8 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
                                            scheduler.last_epoch)
                 if options.checkpoint_every and run.step % options.checkpoint_every == 0 and run.step < iters_per_epoch:
                     save_state()
-            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, metrics_file, writer, mask_sources)
+            last_checkpoint = _finish_epoch(ddp, model, options, ctx, run, epoch, validate, metrics_file, writer,
+                                            mask_sources)
             run.epoch, run.step, run.loss_sums = epoch + 1, 0, {}
             save_state()
             barrier(ctx)
@@ -146,7 +148,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
     return last_checkpoint
 
 def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunState, epoch: int,
-                  metrics_file, writer, mask_sources: dict[str, int]) -> Path:
+                  validate: Validation, metrics_file, writer, mask_sources: dict[str, int]) -> Path:
     """Rank 0: validation FROC, the epoch's checkpoint, the best checkpoint, the epoch's metrics line.
 
     The checkpoints' ``training`` record is the run's options (``crop``, ``mask_source`` among
@@ -158,7 +160,7 @@ def _finish_epoch(ddp, model, options: TrainOptions, ctx: DistContext, run: RunS
         return path
     steps = max(run.step, 1)
     record = {"epoch": epoch + 1, "train_loss_mean": {k: v / steps for k, v in run.loss_sums.items()}}
-    val = validate(model, options, ctx.device)
+    val = validate(model, ctx.device)
     ddp.train()
     if val is not None:
         record["val"] = val["summary"]
