@@ -16,7 +16,7 @@ Everything here follows SPEC section 4 (AlignShift paper, section 3, and its rel
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -241,16 +241,21 @@ def resample_to_reference(volume: Volume, ref_interval_mm: float = REF_INTERVAL_
 
 @dataclass(frozen=True)
 class InPlaneTransform:
-    """How a (Y, X) source image was resized and padded to the network's square input, in both
-    directions, for images, boxes and masks (the one place that knows the in-plane fit).
+    """How a (Y, X) source image was resized and padded to the network's square input, and
+    optionally cut to a window of it, in both directions, for images, boxes and masks (the one
+    place that knows the in-plane fit).
 
-    ``net_px = scale * src_px`` (continuous pixel coordinates, x = column); padding is added at
-    the bottom and right only, so no offset is needed. Build it with :func:`fit_in_plane`.
+    ``fit_px = scale * src_px`` (continuous pixel coordinates, x = column) in the padded
+    ``size_px`` square (padding at the bottom and right only); the network sees
+    ``net_px = fit_px - crop offset``, where the crop (``crop_yx_px``, None = the whole square)
+    is rows y0 .. y1 - 1 and columns x0 .. x1 - 1 of the square. Build it with
+    :func:`fit_in_plane`, crop it with :func:`body_crop`.
     """
 
     scale: float
     src_shape_yx: tuple[int, int]
     size_px: int
+    crop_yx_px: tuple[int, int, int, int] | None = None
 
     @property
     def content_shape_yx(self) -> tuple[int, int]:
@@ -258,35 +263,53 @@ class InPlaneTransform:
         height, width = self.src_shape_yx
         return min(self.size_px, round(height * self.scale)), min(self.size_px, round(width * self.scale))
 
+    @property
+    def _offset_xy(self) -> np.ndarray:
+        y0, x0 = (0, 0) if self.crop_yx_px is None else self.crop_yx_px[:2]
+        return np.array([x0, y0, x0, y0], dtype=np.float64)
+
+    def crop(self, stack: np.ndarray) -> np.ndarray:
+        """(..., S, S) fitted images -> (..., y1 - y0, x1 - x0), the network's view (a view, not a copy)."""
+        if self.crop_yx_px is None:
+            return stack
+        y0, x0, y1, x1 = self.crop_yx_px
+        return stack[..., y0:y1, x0:x1]
+
     def boxes_to_network(self, boxes_px: np.ndarray) -> np.ndarray:
         """(N, 4) source-pixel boxes (x1, y1, x2, y2) -> float64 network-frame boxes."""
-        return np.asarray(boxes_px, dtype=np.float64) * self.scale
+        return np.asarray(boxes_px, dtype=np.float64) * self.scale - self._offset_xy
 
     def to_source(self, boxes_px: np.ndarray, *, clip: bool = True) -> np.ndarray:
         """(N, 4) network-frame boxes (x1, y1, x2, y2) -> float64 source pixels, clipped to the
         source image (``clip=False``: not clipped, as the DeepLesion protocol scores them)."""
-        boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4) / self.scale
+        boxes = (np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4) + self._offset_xy) / self.scale
         if clip:
             boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, self.src_shape_yx[1])
             boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, self.src_shape_yx[0])
         return boxes
 
     def masks_to_network(self, masks: np.ndarray) -> np.ndarray:
-        """(N, Y, X) source masks -> (N, S, S) uint8 0/1 network masks (nearest neighbour, padded like the image)."""
+        """(N, Y, X) source masks -> (N, S', S') uint8 0/1 network masks (nearest neighbour, padded
+        and cropped like the image)."""
         size = self.size_px
         new_h, new_w = self.content_shape_yx
         out = np.zeros((masks.shape[0], size, size), dtype=np.uint8)
         for n, mask in enumerate(masks):
             out[n, :new_h, :new_w] = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-        return out
+        return np.ascontiguousarray(self.crop(out))
 
     def masks_to_source(self, masks: np.ndarray) -> np.ndarray:
-        """(N, S, S) network mask probabilities -> (N, Y, X) float32 on the source grid (the
-        padding dropped, bilinear)."""
+        """(N, S', S') network mask probabilities -> (N, Y, X) float32 on the source grid (zero
+        outside a crop, the padding dropped, bilinear)."""
         height, width = self.src_shape_yx
         valid_h, valid_w = self.content_shape_yx
         if not len(masks):
             return np.zeros((0, height, width), np.float32)
+        if self.crop_yx_px is not None:  # back into the whole square, zero outside the crop
+            y0, x0, y1, x1 = self.crop_yx_px
+            square = np.zeros((len(masks), self.size_px, self.size_px), np.float32)
+            square[:, y0:y1, x0:x1] = masks
+            masks = square
         return np.stack([cv2.resize(np.asarray(m[:valid_h, :valid_w], dtype=np.float32), (width, height),
                                     interpolation=cv2.INTER_LINEAR) for m in masks])
 
@@ -310,6 +333,41 @@ def fit_in_plane(stack: np.ndarray, size_px: int, fill: float = 0.0) -> tuple[np
             img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
         out[d, :new_h, :new_w] = img
     return out, transform
+
+
+def body_crop(transform: InPlaneTransform, body_box_yx_px: tuple[int, int, int, int], margin_px: int,
+              multiple_px: int = 32) -> InPlaneTransform:
+    """``transform`` cut to a body's bounding box plus a margin: what ``detect`` runs the network on.
+
+    The crop's edges are the box's, scaled into the fitted square, moved out by ``margin_px``
+    and then out to multiples of ``multiple_px`` (clipped to the square). Both its offset and
+    its size are multiples of ``multiple_px`` (32 = the backbone's largest stride in this
+    project's networks), so the network's feature grid and anchors stay where they are in the
+    whole square, and far enough (``margin_px``) from the crop's edge its features are those of
+    the whole square: only the band within the receptive field of the edge sees zero padding
+    instead of the air there.
+
+    Args:
+        transform: the uncropped fit of the slice (:func:`fit_in_plane`).
+        body_box_yx_px: (y0, x0, y1, x1) end-exclusive source pixels
+            (:func:`ctlesion.body.body_box_px`, or a union of several).
+        margin_px: added on every side, network pixels (>= 0).
+        multiple_px: alignment of the crop's offset and size, network pixels.
+
+    Returns:
+        The cropped transform (``crop_yx_px`` None when the crop is the whole square).
+    """
+    y0, x0, y1, x1 = (float(v) * transform.scale for v in body_box_yx_px)
+    size = transform.size_px
+
+    def edges(low: float, high: float) -> tuple[int, int]:
+        first = max(0, int(np.floor((low - margin_px) / multiple_px)) * multiple_px)
+        last = min(size, int(np.ceil((high + margin_px) / multiple_px)) * multiple_px)
+        return first, last
+
+    (top, bottom), (left, right) = edges(y0, y1), edges(x0, x1)
+    crop = None if (top, left, bottom, right) == (0, 0, size, size) else (top, left, bottom, right)
+    return replace(transform, crop_yx_px=crop)
 
 
 def plan_window(key_slice: int, num_source_slices: int, num_slices: int, slice_interval_mm: float,

@@ -19,7 +19,6 @@ from ctlesion.data.augment import (
     CropConfig,
     CropDraw,
     augment_item,
-    body_mask,
     crop_item,
     draw_augmentation,
     draw_crop,
@@ -139,19 +138,6 @@ def test_crop_item_shifts_by_exactly_the_offset_and_applies_the_visibility_rule(
     assert cut.kept.tolist() == [0, 2]
     # Without masks the same boxes are kept; a negative crop keeps what is visible enough.
     assert crop_item(image, boxes, CropDraw((28, 20), 64, None)).kept.tolist() == [0, 1]
-
-
-def test_body_mask_keeps_the_largest_region_and_fills_the_lungs() -> None:
-    yy, xx = np.mgrid[:128, :128]
-    hu = np.full((128, 128), -1000.0)
-    trunk = (yy - 60) ** 2 / 50**2 + (xx - 64) ** 2 / 60**2 <= 1
-    hu[trunk] = 40.0
-    lungs = ((yy - 55) ** 2 + (xx - 40) ** 2 <= 15**2) | ((yy - 55) ** 2 + (xx - 88) ** 2 <= 15**2)
-    hu[lungs] = -850.0
-    hu[120:124, 10:118] = 200.0  # the scanner table, apart from the body
-    body = body_mask(hu)
-    np.testing.assert_array_equal(body, trunk)
-    assert not body_mask(np.full((16, 16), -1000.0)).any()
 
 
 def test_crop_config_checks() -> None:

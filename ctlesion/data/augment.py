@@ -40,7 +40,7 @@ the augmentation above), so lesions keep the size they have at inference, where 
 (:func:`draw_crop`) from its own generator, after the augmentation, by these rules:
 
 * with probability ``negative_fraction`` (or when the slice has no lesion) a **negative crop**:
-  a pixel drawn uniformly from the body (:func:`body_mask` of the key slice, carried through
+  a pixel drawn uniformly from the body (:func:`ctlesion.body.body_mask` of the key slice, carried through
   the augmentation and the resize) becomes the crop's centre (the crop is then moved inside
   the image); lesions that happen to lie in it are kept by the rule below;
 * otherwise a **lesion crop**: one of the slice's lesions drawn uniformly; along each axis the
@@ -67,10 +67,6 @@ import cv2
 import numpy as np
 
 from ctlesion.data.masks import box_pixel_range
-
-#: Key-slice HU above which a pixel counts as body for negative crops (air is -1000, lung ~ -850,
-#: fat ~ -100): the simulator's body threshold; the lungs are added back by filling holes.
-BODY_THRESHOLD_HU = -500.0
 
 #: Directions of the box sides in image coordinates (x right, y down): left, top, right, bottom.
 _SIDE_DIRECTIONS = np.array([[-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
@@ -450,22 +446,6 @@ class CropDraw:
     def negative(self) -> bool:
         """Whether the crop was drawn anywhere in the body rather than around a lesion."""
         return self.lesion is None
-
-
-def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """(Y, X) bool body of a CT slice: its largest 4-connected region above ``threshold_hu``, holes filled.
-
-    Filling the holes puts the lungs and bowel gas back inside the body. A slice with nothing
-    above the threshold gives an empty mask.
-    """
-    above = (np.asarray(slice_hu) > threshold_hu).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
-    if count <= 1:
-        return np.zeros(above.shape, dtype=bool)
-    body = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    outside = np.pad((~body).astype(np.uint8), 1, constant_values=1)
-    cv2.floodFill(outside, None, (0, 0), 2)  # everything not body that reaches the border
-    return body | (outside[1:-1, 1:-1] == 1)
 
 
 def apply_draw_to_masks(masks: np.ndarray, draw: AugmentDraw) -> np.ndarray:

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ctlesion.body import body_mask
 from ctlesion.data.augment import (
     AugmentConfig,
     AugmentDraw,
     CropConfig,
     apply_draw_to_masks,
     augment_item,
-    body_mask,
     crop_item,
     draw_augmentation,
     draw_crop,

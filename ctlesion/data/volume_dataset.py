@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctlesion.data.augment import body_mask
+from ctlesion.body import body_mask
 from ctlesion.data.dataset import KeySliceItems, KeySliceSource
 from ctlesion.errors import CtlesionError
 from ctlesion.io.masked_datasets import MaskedCase, MaskedDataset, boxes_on_slice, cross_section_areas, read_case
