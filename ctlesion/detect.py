@@ -52,6 +52,8 @@ DEFAULT_WEIGHTS = SHIPPED_DEMO_WEIGHTS  # the shipped demo model (models/ of the
 #: Margin around the body's bounding box of ``detect``'s network input, network pixels: the
 #: smallest that kept the shipped model's lesions within 1 px / 0.01 score (README "Speed").
 BODY_CROP_MARGIN_PX = 64
+#: ``detect --fast``: the network runs on every second window (README "Speed": measured cost).
+FAST_KEY_SLICE_STRIDE = 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ class DetectOptions:
         body_crop_margin_px: run the network on each batch's body bounding box plus this margin
             (network pixels; :func:`ctlesion.preprocess.body_crop`) instead of the whole square;
             None = the whole square.
+        key_slice_stride: run the network on every this-many-th slice of the network volume only
+            (``detect --fast``: 2); the lesions are linked across the slices between, which take the
+            nearest computed slice's mask (:func:`ctlesion.postprocess.link_detections` with a
+            detector interval ``stride`` times the network's). Approximate: README "Speed" gives
+            the measured sensitivity cost.
         dicom_seg: also write each DICOM study's lesions as a DICOM SEG
             (:mod:`ctlesion.report.dicom_seg`).
         dicom_sr: also write the SEG and a DICOM SR measurement report (TID 1500) referring
@@ -79,6 +86,7 @@ class DetectOptions:
     precision: str = "fp32"
     skip_no_body: bool = True
     body_crop_margin_px: int | None = BODY_CROP_MARGIN_PX
+    key_slice_stride: int = 1
     dicom_seg: bool = False
     dicom_sr: bool = False
 
@@ -112,19 +120,21 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
         on_batch: optional callback ``on_batch(num_windows_done)`` for progress.
 
     Returns:
-        One :class:`SliceDetections` per slice (index = slice of ``volume``), boxes and masks
-        in the volume's (Y, X) pixels.
+        One :class:`SliceDetections` per key slice (slices 0, stride, 2 stride ... of ``volume``
+        with ``options.key_slice_stride``; every slice by default; ``slice_index`` = slice of
+        ``volume``), boxes and masks in the volume's (Y, X) pixels.
     """
     config = model.config
     num = volume.shape_zyx[0]
     interval = torch.tensor(network_interval_mm(volume.slice_interval_mm, config.ref_interval_mm,
                                                 config.resample_thick), dtype=torch.float32)
     air = air_input_value(config)
+    key_slices = range(0, num, options.key_slice_stride)
     need_boxes = options.skip_no_body or options.body_crop_margin_px is not None
-    body_boxes = [body_box_px(volume.hu[z]) if need_boxes else None for z in range(num)]
-    run = [z for z in range(num) if body_boxes[z] is not None or not options.skip_no_body]
-    if on_batch is not None and len(run) < num:
-        on_batch(num - len(run))
+    body_boxes = {z: body_box_px(volume.hu[z]) if need_boxes else None for z in key_slices}
+    run = [z for z in key_slices if body_boxes[z] is not None or not options.skip_no_body]
+    if on_batch is not None and len(run) < len(key_slices):
+        on_batch(len(key_slices) - len(run))
     found_by_slice: dict[int, SliceDetections] = {}
     for start in range(0, len(run), options.batch_size):
         indices = run[start:start + options.batch_size]
@@ -144,7 +154,7 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
                                for d, z in zip(found, indices)})
         if on_batch is not None:
             on_batch(len(indices))
-    return [found_by_slice.get(z) or _no_detections(z, volume.shape_zyx[1:]) for z in range(num)]
+    return [found_by_slice.get(z) or _no_detections(z, volume.shape_zyx[1:]) for z in key_slices]
 
 
 def detect_volume(model: AlignShiftDetector, volume: Volume, *, options: DetectOptions = DetectOptions(),
@@ -155,9 +165,11 @@ def detect_volume(model: AlignShiftDetector, volume: Volume, *, options: DetectO
         The lesions (descending score) and the slice interval the network saw (mm).
     """
     network_volume = resample_to_reference(volume, model.config.ref_interval_mm)
-    per_slice = detect_slices(model, network_volume, options=options, device=device, on_batch=on_batch)
+    stride = options.key_slice_stride
+    per_slice = [replace(found, slice_index=found.slice_index // stride)  # detector slices stride apart
+                 for found in detect_slices(model, network_volume, options=options, device=device, on_batch=on_batch)]
     lesions = link_detections(
-        per_slice, detector_interval_mm=network_volume.slice_interval_mm,
+        per_slice, detector_interval_mm=network_volume.slice_interval_mm * stride,
         input_interval_mm=volume.slice_interval_mm, spacing_yx_mm=volume.spacing_zyx_mm[1:],
         num_input_slices=volume.shape_zyx[0], score_threshold=options.score_threshold,
     )
@@ -235,7 +247,7 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
             volume = item.read()
             task = None
             if progress is not None:
-                num_windows = num_resampled_slices(volume, model.config.ref_interval_mm)
+                num_windows = -(-num_resampled_slices(volume, model.config.ref_interval_mm) // options.key_slice_stride)
                 task = progress.add_task(f"detect {name}", total=num_windows, info="")
             lesions, network_interval = detect_volume(
                 model, volume, options=options, device=device,

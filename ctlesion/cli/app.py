@@ -117,6 +117,10 @@ Criterion = _choice("Criterion", tuple(dict.fromkeys((*CRITERIA, *SCAN_CRITERIA)
 EvaluateSplit = _choice("EvaluateSplit", (*SPLITS, "all"))
 SimulationLayout = _choice("SimulationLayout", SIMULATION_LAYOUTS)
 
+#: ``detect --fast``: what it does and what it was measured to cost (README "Speed").
+FAST_HELP = ("Approximate screening mode: the network runs on every second window and lesions are linked across "
+             "the windows between (they take the nearest computed slice's mask); README 'Speed' gives its measured "
+             "speed and sensitivity cost.")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
 # Datasets of volumes with lesion masks (train and evaluate):
@@ -518,6 +522,9 @@ def evaluate(
         show_default=False)] = None,
     iou_threshold: Annotated[Optional[float], typer.Option(
         help="Minimum overlap for a hit (default: 0.5 for DeepLesion, 0.1 for 3D IoU).", show_default=False)] = None,
+    fast: Annotated[bool, typer.Option(
+        "--fast", help="Volumes, running a model: as `detect --fast` (the network on every second window), to "
+                       "measure what it costs.")] = False,
     bootstrap: Annotated[int, typer.Option(
         min=0, help="Bootstrap resamples (by image, or by scan) for 95 % intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed (and --val-fraction's).")] = 0,
@@ -536,6 +543,8 @@ def evaluate(
     usage = _evaluate_usage_error(volumes, split.value, criterion, key_slices, lesion_label, val_fraction)
     usage = usage or (predictions is not None and weights is not None and "--predictions and --weights exclude "
                                                                          "each other")
+    usage = usage or (fast and (not volumes or predictions is not None) and "--fast is for running a model on a "
+                                                                            "dataset of volumes")
     if model_name is not None and (weights is not None or predictions is not None):
         usage = f"--model and {'--weights' if weights is not None else '--predictions'} exclude each other"
     if not usage and (out.suffix.lower() == ".json" or out.is_file()):
@@ -543,13 +552,15 @@ def evaluate(
     if usage:
         _error(usage)
         raise typer.Exit(2)
+    from ctlesion.detect import FAST_KEY_SLICE_STRIDE  # noqa: PLC0415
     from ctlesion.evaluate.protocols import protocol_for  # noqa: PLC0415
 
     try:
         protocol = protocol_for(data, split=split.value, criterion=None if criterion is None else criterion.value,
                                 iou_threshold=iou_threshold, resamples=bootstrap, seed=seed, key_list=key_slices,
                                 lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
-                                score_threshold=score_threshold, val_fraction=val_fraction)
+                                score_threshold=score_threshold, val_fraction=val_fraction,
+                                key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1)
     except ValueError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -602,6 +613,7 @@ def detect(
         "--body-crop/--no-body-crop",
         help="Run the network on the body's bounding box plus a margin rather than the whole slice: faster, "
              "detections unchanged within the limits README 'Speed' states.")] = True,
+    fast: Annotated[bool, typer.Option("--fast", help=FAST_HELP)] = False,
     all_windows: Annotated[bool, typer.Option(
         "--all-windows", help="Also run the network on windows whose key slice holds no body (skipped by "
                               "default: no lesion can be found there).")] = False,
@@ -639,14 +651,19 @@ def detect(
     _run(check_output_folder, out.parent)
 
     from ctlesion.checkpoint import recommended_score_threshold  # noqa: PLC0415
-    from ctlesion.detect import BODY_CROP_MARGIN_PX, DetectOptions, run_detect  # noqa: PLC0415
+    from ctlesion.detect import (  # noqa: PLC0415
+        BODY_CROP_MARGIN_PX,
+        FAST_KEY_SLICE_STRIDE,
+        DetectOptions,
+        run_detect,
+    )
     from ctlesion.progress import make_progress  # noqa: PLC0415
 
     dev = _run(_device, device)
     model, info = _load_model(path, dev, context, slices)
     threshold = recommended_score_threshold(info) if score_threshold is None else score_threshold
     options = DetectOptions(score_threshold=threshold, batch_size=batch_size, precision=precision.value,
-                            skip_no_body=not all_windows,
+                            skip_no_body=not all_windows, key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1,
                             body_crop_margin_px=BODY_CROP_MARGIN_PX if body_crop else None,
                             dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 

@@ -72,6 +72,7 @@ class ScanEvaluateOptions:
         min_lesion_voxels: smaller ground-truth components are dropped.
         score_threshold: minimum detection score when a model runs (low, so that the curve
             reaches 8 false positives per scan).
+        key_slice_stride: when a model runs, ``detect``'s ``key_slice_stride`` (2 = ``--fast``).
         resamples: bootstrap resamples by case for the 95 % intervals (0: none).
         seed: bootstrap seed.
     """
@@ -82,6 +83,7 @@ class ScanEvaluateOptions:
     iou_threshold: float = 0.1
     min_lesion_voxels: int = 1
     score_threshold: float = 0.05
+    key_slice_stride: int = 1
     resamples: int = 1000
     seed: int = 0
 
@@ -93,7 +95,8 @@ class ScanEvaluateOptions:
             raise ValueError(f"criterion must be one of {', '.join(SCAN_CRITERIA)}, got {self.criterion!r}")
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ValueError(f"the IoU threshold must be in (0, 1], got {self.iou_threshold}")
-        if self.min_lesion_voxels < 1 or self.resamples < 0 or not 0.0 <= self.score_threshold <= 1.0:
+        if (self.min_lesion_voxels < 1 or self.resamples < 0 or self.key_slice_stride < 1
+                or not 0.0 <= self.score_threshold <= 1.0):
             raise ValueError("min lesion voxels must be >= 1, resamples >= 0 and the score threshold in [0, 1]")
 
 
@@ -164,9 +167,11 @@ def _saved_prediction(case: MaskedCase, truth: CaseLesions, saved: dict, results
 
 
 def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_info: dict, *,
-                  score_threshold: float, device: torch.device | str = "cpu", progress=None) -> Path:
-    """Run ``detect`` on every case's CT (:func:`ctlesion.detect.run_detect`, the command's own code):
-    ``results_path`` (results.json), label maps, overlays and summary sheets, for rescoring later.
+                  score_threshold: float, key_slice_stride: int = 1, device: torch.device | str = "cpu",
+                  progress=None) -> Path:
+    """Run ``detect`` on every case's CT (:func:`ctlesion.detect.run_detect`, the command's own code, its
+    default options but ``score_threshold`` and ``key_slice_stride``): ``results_path`` (results.json),
+    label maps, overlays and summary sheets, for rescoring later.
 
     Raises:
         CtlesionError: an unreadable image (nothing is written then).
@@ -177,8 +182,8 @@ def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_
     Path(results_path).parent.mkdir(parents=True, exist_ok=True)
     sources = dict.fromkeys((case.image_path, case.series_uid) for case in cases)  # a CT shared by cases runs once
     studies = [study for path, series in sources for study in plan_studies([path], series=series)]
-    run_detect(studies, Path(results_path), model, model_info, options=DetectOptions(score_threshold=score_threshold),
-               device=device, progress=progress)
+    options = DetectOptions(score_threshold=score_threshold, key_slice_stride=key_slice_stride)
+    run_detect(studies, Path(results_path), model, model_info, options=options, device=device, progress=progress)
     return Path(results_path)
 
 
@@ -243,7 +248,8 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
     predictions_file = results_path
     if model is not None:
         results_path = predict_cases(cases, Path(out_dir) / PREDICTIONS_DIR / "results.json", model, model_info or {},
-                                     score_threshold=options.score_threshold, device=device, progress=progress)
+                                     score_threshold=options.score_threshold,
+                                     key_slice_stride=options.key_slice_stride, device=device, progress=progress)
     saved = saved_predictions(results_path)
     missing = [case.case_id for case in cases if case.image_path.name not in saved]
     if missing:
@@ -288,6 +294,7 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
             "iou_threshold": options.iou_threshold if options.criterion == "iou" else None,
             "min_lesion_voxels": options.min_lesion_voxels,
             "score_threshold": options.score_threshold if model is not None else None,
+            "key_slice_stride": options.key_slice_stride if model is not None else None,
             "num_scans": len(cases),
             "num_lesions": int(sum(item["num_lesions"] for item in per_case)),
         },
