@@ -135,3 +135,36 @@ def test_the_body_crop_keeps_the_shipped_models_detections() -> None:
         assert (iou.max(1) > 0.9).all()
         assert np.abs(a.boxes_px - b.boxes_px[match]).max() <= 1.0
         assert np.abs(a.scores - b.scores[match]).max() <= 0.01
+
+
+class OneFinding(torch.nn.Module):
+    """A detector that finds the same square (network pixels 40..56) with score 0.9 in every window."""
+
+    def __init__(self, config: DetectorConfig):
+        super().__init__()
+        self.config, self.calls = config, 0
+
+    def forward(self, images, intervals, targets=None, *, score_min: float = 0.0, with_masks: bool = True):
+        self.calls += len(images)
+        height, width = images.shape[-2:]
+        masks = torch.zeros(1, 1, height, width)
+        masks[..., 40:56, 40:56] = 1.0
+        return [{"boxes": torch.tensor([[40.0, 40.0, 56.0, 56.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.ones(1, dtype=torch.int64), "masks": masks} for _ in range(len(images))]
+
+
+def test_fast_runs_every_second_window_and_links_lesions_across_the_gaps() -> None:
+    from ctlesion.detect import FAST_KEY_SLICE_STRIDE, detect_volume  # noqa: PLC0415
+
+    config = DetectorConfig(num_slices=3, image_size_px=128, fpn_channels=16, fc_channels=32)
+    hu = np.full((7, 128, 128), 40.0, np.float32)  # body everywhere: nothing skipped, no crop
+    volume = Volume(hu=hu, spacing_zyx_mm=(5.0, 0.8, 0.8))
+    lesions = {}
+    for stride in (1, FAST_KEY_SLICE_STRIDE):
+        model = OneFinding(config)
+        lesions[stride], _ = detect_volume(model, volume, options=DetectOptions(key_slice_stride=stride))
+        assert model.calls == len(range(0, 7, stride))
+    (every,), (fast,) = lesions[1], lesions[FAST_KEY_SLICE_STRIDE]
+    np.testing.assert_array_equal(every.box_vox, fast.box_vox)  # slices 0..6: the windows between are linked
+    assert fast.box_vox[2] == 0 and fast.box_vox[5] == 6 and fast.mask_zyx.shape == every.mask_zyx.shape
+    assert fast.mask_zyx.sum() == every.mask_zyx.sum() == 7 * 16 * 16

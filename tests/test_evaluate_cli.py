@@ -124,6 +124,7 @@ def test_missing_column_is_refused(tmp_path):
         ["--criterion", "dice"],
         ["--iou-threshold", "0"],
         ["--weights", "w.safetensors"],  # together with --predictions
+        ["--fast"],  # DeepLesion key slices, and saved predictions
     ],
 )
 def test_usage_errors_exit_2(hand_split, tmp_path, options):
