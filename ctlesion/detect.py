@@ -271,6 +271,9 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                                         dicom_sr_file=sr_name, summary_sheet_file=sheet.name))
         model_record = {"weights": model_info.get("weights", ""), "config": model.config.to_dict(),
                         "description": model_info.get("training", {}).get("description", ""),
-                        "score_threshold": options.score_threshold}
+                        "score_threshold": options.score_threshold,
+                        "inference": {"precision": options.precision, "key_slice_stride": options.key_slice_stride,
+                                      "skip_no_body": options.skip_no_body,
+                                      "body_crop_margin_px": options.body_crop_margin_px}}
         write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)
     return {"version": __version__, "model": model_record, "studies": records}

@@ -186,12 +186,16 @@ def test_detect_uses_the_models_recommended_threshold(run_dir, tmp_path):
     volume = np.full((48, 48, 6), -1000, np.int16)
     volume[16:32, 16:32, 2:4] = 40
     nib.save(nib.Nifti1Image(volume, np.diag([-1.0, -1.0, 5.0, 1.0])), nii)
-    for extra, expected in (((), 0.97), (("--score-threshold", "0.25"), 0.25)):
+    for extra, expected, inference in (
+            ((), 0.97, {"precision": "fp32", "key_slice_stride": 1, "skip_no_body": True, "body_crop_margin_px": 64}),
+            (("--score-threshold", "0.25", "--fast", "--no-body-crop", "--all-windows"), 0.25,
+             {"precision": "fp32", "key_slice_stride": 2, "skip_no_body": False, "body_crop_margin_px": None})):
         out = tmp_path / f"out{expected}" / "results.json"
         result = invoke("detect", nii, "--out", out, "--weights", weights, *extra)
         assert result.exit_code == 0, result.output
         results = json.loads(out.read_text())
         assert results["model"]["score_threshold"] == expected
+        assert results["model"]["inference"] == inference
         assert all(lesion["score"] >= expected for lesion in results["studies"][0]["lesions"])
     del info["operating_point"]
     (tmp_path / "model.json").write_text(json.dumps(info))
