@@ -56,7 +56,14 @@ from ctlesion.io import read_volume
 from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import plan_studies
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
-from ctlesion.preprocess import num_resampled_slices, resample_to_reference
+from ctlesion.preprocess import (
+    air_input_value,
+    fit_in_plane,
+    network_input,
+    num_resampled_slices,
+    resample_to_reference,
+    volume_window,
+)
 
 STUDY = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_backgrounds" / "cmb_crc_msb-01068_chest.nii.gz"
 
@@ -102,6 +109,16 @@ def compare(reference: list[dict], lesions: list[dict]) -> tuple[int, int, int, 
     shift = max((float(np.abs(np.subtract(a["box_vox"], b["box_vox"])).max()) for a, b in pairs), default=0.0)
     score = max((abs(a["score"] - b["score"]) for a, b in pairs), default=0.0)
     return len(pairs), len(reference) - len(pairs), len(lesions) - len(pairs), shift, score
+
+
+def _window_seconds(volume, config) -> float:
+    """Seconds per window to build ``detect``'s network inputs (window, HU mapping, in-plane fit)."""
+    start = time.perf_counter()
+    air = air_input_value(config)
+    for z in range(volume.shape_zyx[0]):
+        fit_in_plane(network_input(volume_window(volume, z, config.num_slices, config.ref_interval_mm,
+                                                 config.resample_thick), config), config.image_size_px, air)
+    return (time.perf_counter() - start) / volume.shape_zyx[0]
 
 
 def variants(model, margins: list[int]) -> dict[str, tuple[torch.nn.Module, dict]]:
@@ -155,14 +172,16 @@ def main() -> None:
         write_nifti(cut.hu, cut, study)
         windows = num_resampled_slices(cut, model.config.ref_interval_mm)
         start = time.perf_counter()
-        resample_to_reference(read_volume(study), model.config.ref_interval_mm)
+        network_volume = resample_to_reference(read_volume(study), model.config.ref_interval_mm)
         read_s = time.perf_counter() - start
+        window_s = _window_seconds(network_volume, model.config)
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads "
               f"({torch.get_num_threads()} used by torch), torch {torch.__version__}, device {args.device}"
               + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
         print(f"model: {name}; score threshold {threshold:.3f}; study {study.name}: {cut.shape_zyx} voxels, "
               f"{cut.slice_interval_mm:g} mm -> {windows} windows, batch {args.batch_size}; "
-              f"reading + resampling alone {read_s:.2f} s")
+              f"reading + resampling alone {read_s:.2f} s; building the network inputs {1000 * window_s:.1f} ms "
+              "per window")
         print(f"{'variant':<11}{'s/study':>9}{'windows/s':>11}{'speed-up':>10}{'lesions':>9}{'matched':>9}"
               f"{'only ref':>9}{'only this':>10}{'max box shift (vox)':>21}{'max score change':>18}"
               + ("  peak CUDA GiB" if args.device.startswith("cuda") else ""))
@@ -190,7 +209,9 @@ def main() -> None:
                   f"{len(lesions):>9}{matched:>9}{only_ref:>9}{only_this:>10}{shift:>21.3f}{score:>18.4f}"
                   + (f"{torch.cuda.max_memory_allocated() / 2**30:>15.2f}" if args.device.startswith("cuda") else ""),
                   flush=True)
-        print(f"reading + resampling: {100 * read_s / runs[chosen[0]][0]:.1f} % of the {chosen[0]} run")
+        reference_s = runs[chosen[0]][0]
+        print(f"reading + resampling: {100 * read_s / reference_s:.1f} % of the {chosen[0]} run; building the "
+              f"network inputs: {100 * window_s * windows / reference_s:.1f} %")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak resident memory of this process: {peak:.2f} GiB")
 

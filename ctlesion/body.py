@@ -16,6 +16,9 @@ import numpy as np
 #: HU above which a pixel counts as body (air is -1000, lung ~ -850, fat ~ -100); the lungs are
 #: added back by filling holes.
 BODY_THRESHOLD_HU = -500.0
+#: Regions apart from the body kept in ``detect``'s crop: at least this share of the body's area
+#: (an arm beside a chest is about a tenth of it; a scanner table's thin slab often less).
+MIN_PART_SHARE = 0.02
 
 
 def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
@@ -38,20 +41,29 @@ def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
     return body | (outside[1:-1, 1:-1] == 1)
 
 
-def body_box_px(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> tuple[int, int, int, int] | None:
-    """The bounding box of a slice's body (:func:`body_mask`; holes need no filling for a box).
+def body_box_px(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU,
+                min_share: float = MIN_PART_SHARE) -> tuple[int, int, int, int] | None:
+    """The bounding box of everything on a slice that may hold a lesion: the body and each other
+    region above ``threshold_hu`` of at least ``min_share`` of its area (the arms beside the
+    trunk, the other leg), so that nothing the network could report is cut off. A table larger
+    than that share is included (it costs time, not findings).
 
     Args:
         slice_hu: (Y, X) HU, any real dtype.
         threshold_hu: body threshold, HU.
+        min_share: least area of another region, as a share of the largest one's.
 
     Returns:
-        (y0, x0, y1, x1) source pixels, end-exclusive, or None when the slice holds no body.
+        (y0, x0, y1, x1) source pixels, end-exclusive, or None when nothing on the slice is above
+        the threshold.
     """
     above = (np.asarray(slice_hu) > threshold_hu).astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
     if count <= 1:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x0, y0, width, height = (int(v) for v in stats[largest, :4])
-    return y0, x0, y0 + height, x0 + width
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    parts = stats[1:][areas >= min_share * areas.max()]
+    x0, y0 = parts[:, cv2.CC_STAT_LEFT].min(), parts[:, cv2.CC_STAT_TOP].min()
+    x1 = (parts[:, cv2.CC_STAT_LEFT] + parts[:, cv2.CC_STAT_WIDTH]).max()
+    y1 = (parts[:, cv2.CC_STAT_TOP] + parts[:, cv2.CC_STAT_HEIGHT]).max()
+    return int(y0), int(x0), int(y1), int(x1)

@@ -39,10 +39,14 @@ def test_body_mask_keeps_the_largest_region_and_fills_the_lungs() -> None:
     assert not body_mask(np.full((16, 16), -1000.0)).any()
 
 
-def test_body_box_is_the_trunks_bounding_box() -> None:
+def test_body_box_holds_the_trunk_and_the_arms_but_not_small_things() -> None:
     hu, trunk = trunk_slice()
     rows, cols = np.nonzero(trunk)
-    assert body_box_px(hu) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+    assert body_box_px(hu, min_share=0.1) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)  # no table
+    assert body_box_px(hu) == (rows.min(), 10, 124, 118)  # the table (3 % of the trunk's area) kept
+    hu[60:62, 2:4] = 100.0  # a cable: left out
+    hu[50:70, 110:122] = 40.0  # an arm beside the trunk (4 % of its area): kept
+    assert body_box_px(hu) == (rows.min(), 10, 124, 122)
     assert body_box_px(np.full((16, 16), -1000.0)) is None
 
 
