@@ -119,8 +119,10 @@ SimulationLayout = _choice("SimulationLayout", SIMULATION_LAYOUTS)
 
 #: ``detect --fast``: what it does and what it was measured to cost (README "Speed").
 FAST_HELP = ("Approximate screening mode: the network runs on every second window and lesions are linked across "
-             "the windows between (they take the nearest computed slice's mask); README 'Speed' gives its measured "
-             "speed and sensitivity cost.")
+             "the windows between (they take the nearest computed slice's mask): 2.3-3.0x faster on 2 CPU cores. "
+             "Measured cost (shipped model, simulated test split, 68 lesions): CPM 15.5 % with --fast against 15.1 % "
+             "without, no loss visible at that size; lesions seen on a single thick slice can be missed "
+             "(README 'Speed').")
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
 # Datasets of volumes with lesion masks (train and evaluate):
