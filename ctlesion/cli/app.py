@@ -611,10 +611,10 @@ def detect(
     precision: Annotated[InferencePrecision, typer.Option(
         help="fp32, or bf16 (autocast; CPUs with AVX512-BF16 or AMX, and GPUs): faster, not bit-identical "
              "(README 'Speed' gives the measured speed and change in lesions).")] = "fp32",
-    body_crop: Annotated[bool, typer.Option(
-        "--body-crop/--no-body-crop",
-        help="Run the network on the body's bounding box plus a margin rather than the whole slice: faster, "
-             "detections unchanged within the limits README 'Speed' states.")] = True,
+    whole_slice: Annotated[bool, typer.Option(
+        "--whole-slice",
+        help="Run the network on the whole slice (default: on the body's bounding box plus a margin, faster, "
+             "detections unchanged within the limits README 'Speed' states).")] = False,
     fast: Annotated[bool, typer.Option("--fast", help=FAST_HELP)] = False,
     all_windows: Annotated[bool, typer.Option(
         "--all-windows", help="Also run the network on windows whose key slice holds no body (skipped by "
@@ -666,7 +666,7 @@ def detect(
     threshold = recommended_score_threshold(info) if score_threshold is None else score_threshold
     options = DetectOptions(score_threshold=threshold, batch_size=batch_size, precision=precision.value,
                             skip_no_body=not all_windows, key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1,
-                            body_crop_margin_px=BODY_CROP_MARGIN_PX if body_crop else None,
+                            body_crop_margin_px=None if whole_slice else BODY_CROP_MARGIN_PX,
                             dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 
     def detect_with_progress():  # the bar closes before an error line is printed
