@@ -56,14 +56,7 @@ from ctlesion.io import read_volume
 from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import plan_studies
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
-from ctlesion.preprocess import (
-    air_input_value,
-    fit_in_plane,
-    network_input,
-    num_resampled_slices,
-    resample_to_reference,
-    volume_window,
-)
+from ctlesion.preprocess import network_window, num_resampled_slices, resample_to_reference
 
 STUDY = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_backgrounds" / "cmb_crc_msb-01068_chest.nii.gz"
 
@@ -114,10 +107,8 @@ def compare(reference: list[dict], lesions: list[dict]) -> tuple[int, int, int, 
 def _window_seconds(volume, config) -> float:
     """Seconds per window to build ``detect``'s network inputs (window, HU mapping, in-plane fit)."""
     start = time.perf_counter()
-    air = air_input_value(config)
     for z in range(volume.shape_zyx[0]):
-        fit_in_plane(network_input(volume_window(volume, z, config.num_slices, config.ref_interval_mm,
-                                                 config.resample_thick), config), config.image_size_px, air)
+        network_window(volume, z, config)
     return (time.perf_counter() - start) / volume.shape_zyx[0]
 
 

@@ -1,11 +1,12 @@
 """Where the patient's body is in a CT slice: the one body rule of training and ``detect``.
 
-The body is the largest 4-connected region above :data:`BODY_THRESHOLD_HU` with its holes
-filled (the lungs and bowel gas put back inside); the table, clothing and air outside are
-left out. Training draws negative crops inside it (:mod:`ctlesion.data.augment`) and keeps
-negative key slices that hold enough of it (:mod:`ctlesion.data.volume_dataset`); ``detect``
-skips windows whose key slice holds none and crops the network's input to its bounding box
-(:func:`ctlesion.preprocess.body_crop`).
+The body (:func:`body_mask`) is the largest 4-connected region above :data:`BODY_THRESHOLD_HU`
+with its holes filled (the lungs and bowel gas put back inside); the table, clothing and air
+outside are left out. Training draws negative crops inside it (:mod:`ctlesion.data.augment`) and
+keeps negative key slices that hold enough of it (:mod:`ctlesion.data.volume_dataset`).
+``detect`` skips windows whose key slice holds nothing above the threshold and crops the
+network's input (:func:`ctlesion.preprocess.body_crop`) to :func:`body_box_px`: the body and
+every other large region (arms, the other leg), so that nothing that may hold a lesion is cut.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ BODY_THRESHOLD_HU = -500.0
 MIN_PART_SHARE = 0.02
 
 
+def _regions(slice_hu: np.ndarray, threshold_hu: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """The 4-connected regions above ``threshold_hu``: (count with the background, (Y, X) int32 labels,
+    OpenCV's per-label stats)."""
+    above = (np.asarray(slice_hu) > threshold_hu).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
+    return count, labels, stats
+
+
 def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """(Y, X) bool body of a CT slice: its largest 4-connected region above ``threshold_hu``, holes filled.
 
@@ -31,10 +40,9 @@ def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
         slice_hu: (Y, X) HU, any real dtype.
         threshold_hu: body threshold, HU.
     """
-    above = (np.asarray(slice_hu) > threshold_hu).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
+    count, labels, stats = _regions(slice_hu, threshold_hu)
     if count <= 1:
-        return np.zeros(above.shape, dtype=bool)
+        return np.zeros(labels.shape, dtype=bool)
     body = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     outside = np.pad((~body).astype(np.uint8), 1, constant_values=1)
     cv2.floodFill(outside, None, (0, 0), 2)  # everything not body that reaches the border
@@ -57,8 +65,7 @@ def body_box_px(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU,
         (y0, x0, y1, x1) source pixels, end-exclusive, or None when nothing on the slice is above
         the threshold.
     """
-    above = (np.asarray(slice_hu) > threshold_hu).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=4)
+    count, _, stats = _regions(slice_hu, threshold_hu)
     if count <= 1:
         return None
     areas = stats[1:, cv2.CC_STAT_AREA]

@@ -25,14 +25,11 @@ from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
 from ctlesion.predict import predict_windows
 from ctlesion.preprocess import (
-    air_input_value,
     body_crop,
-    fit_in_plane,
-    network_input,
     network_interval_mm,
+    network_window,
     num_resampled_slices,
     resample_to_reference,
-    volume_window,
 )
 from ctlesion.report.dicom_seg import (
     completed_sources,
@@ -128,7 +125,6 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     num = volume.shape_zyx[0]
     interval = torch.tensor(network_interval_mm(volume.slice_interval_mm, config.ref_interval_mm,
                                                 config.resample_thick), dtype=torch.float32)
-    air = air_input_value(config)
     key_slices = range(0, num, options.key_slice_stride)
     need_boxes = options.skip_no_body or options.body_crop_margin_px is not None
     body_boxes = {z: body_box_px(volume.hu[z]) if need_boxes else None for z in key_slices}
@@ -138,17 +134,14 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     found_by_slice: dict[int, SliceDetections] = {}
     for start in range(0, len(run), options.batch_size):
         indices = run[start:start + options.batch_size]
-        windows = (volume_window(volume, z, config.num_slices, config.ref_interval_mm, config.resample_thick)
-                   for z in indices)
-        stacks, transforms = zip(*(fit_in_plane(network_input(w, config), config.image_size_px, air)
-                                   for w in windows))
+        stacks, transforms = zip(*(network_window(volume, z, config) for z in indices))
+        transform = transforms[0]  # the same for every slice of a volume
         present = [body_boxes[z] for z in indices if body_boxes[z] is not None]
         if options.body_crop_margin_px is not None and present:
-            crop = body_crop(transforms[0], _union(present), options.body_crop_margin_px)
-            transforms = [replace(t, crop_yx_px=crop.crop_yx_px) for t in transforms]
-        images = torch.from_numpy(np.ascontiguousarray(transforms[0].crop(np.stack(stacks)[:, None])))
-        found = predict_windows(model, images, interval.expand(len(indices)), transforms, device=device,
-                                score_min=options.score_threshold, precision=options.precision)
+            transform = body_crop(transform, _union(present), options.body_crop_margin_px)
+        images = torch.from_numpy(np.ascontiguousarray(transform.crop(np.stack(stacks)[:, None])))
+        found = predict_windows(model, images, interval.expand(len(indices)), [transform] * len(indices),
+                                device=device, score_min=options.score_threshold, precision=options.precision)
         found_by_slice.update({z: SliceDetections(slice_index=z, boxes_px=d.boxes_px.astype(np.float32),
                                                   scores=d.scores.astype(np.float32), masks=d.masks)
                                for d, z in zip(found, indices)})

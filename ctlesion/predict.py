@@ -43,8 +43,8 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
 
     Args:
         model: the detector.
-        images: (B, 1, D, S, S) float32 network inputs (:func:`ctlesion.preprocess.network_input`,
-            fitted by :func:`ctlesion.preprocess.fit_in_plane`).
+        images: (B, 1, D, H, W) float32 network inputs (:func:`ctlesion.preprocess.network_window`:
+            the S x S square, or the window of it each transform's crop names).
         intervals_mm: (B,) float32 slice intervals the network sees.
         transforms: the B windows' in-plane transforms.
         device: where the model runs.

@@ -392,3 +392,19 @@ def volume_window(volume: Volume, key_slice: int, num_slices: int, ref_interval_
     plan = plan_window(key_slice, volume.shape_zyx[0], num_slices, volume.slice_interval_mm, ref_interval_mm,
                        resample_thick)
     return apply_plan(plan, lambda i: volume.hu[i])
+
+
+def network_window(volume: Volume, key_slice: int, config) -> tuple[np.ndarray, InPlaneTransform]:
+    """The network's input for the window centred on ``key_slice``: :func:`volume_window` by the model's
+    depth, interval and thick-slice rule, :func:`network_input`, then :func:`fit_in_plane` padded with air.
+
+    Args:
+        volume: at network spacing (``detect``: :func:`resample_to_reference`).
+        key_slice: slice index of ``volume``.
+        config: the model's :class:`~ctlesion.networks.detector.DetectorConfig`.
+
+    Returns:
+        The (D, S, S) float32 stack and its uncropped :class:`InPlaneTransform`.
+    """
+    window = volume_window(volume, key_slice, config.num_slices, config.ref_interval_mm, config.resample_thick)
+    return fit_in_plane(network_input(window, config), config.image_size_px, air_input_value(config))

@@ -545,8 +545,8 @@ def evaluate(
     usage = _evaluate_usage_error(volumes, split.value, criterion, key_slices, lesion_label, val_fraction)
     usage = usage or (predictions is not None and weights is not None and "--predictions and --weights exclude "
                                                                          "each other")
-    usage = usage or (fast and (not volumes or predictions is not None) and "--fast is for running a model on a "
-                                                                            "dataset of volumes")
+    usage = usage or (fast and predictions is not None and "--fast runs a model; saved --predictions are "
+                                                           "scored as they are")
     if model_name is not None and (weights is not None or predictions is not None):
         usage = f"--model and {'--weights' if weights is not None else '--predictions'} exclude each other"
     if not usage and (out.suffix.lower() == ".json" or out.is_file()):

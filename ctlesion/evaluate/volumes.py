@@ -97,7 +97,8 @@ class ScanEvaluateOptions:
             raise ValueError(f"the IoU threshold must be in (0, 1], got {self.iou_threshold}")
         if (self.min_lesion_voxels < 1 or self.resamples < 0 or self.key_slice_stride < 1
                 or not 0.0 <= self.score_threshold <= 1.0):
-            raise ValueError("min lesion voxels must be >= 1, resamples >= 0 and the score threshold in [0, 1]")
+            raise ValueError("min lesion voxels must be >= 1, resamples >= 0, the key-slice stride >= 1 and the "
+                             "score threshold in [0, 1]")
 
 
 @dataclass(frozen=True)
