@@ -370,6 +370,30 @@ def test_frozen_parts_keep_their_weights_and_batchnorm_statistics(dataset, refer
     assert result.exit_code == 2 and "neck" in result.output
 
 
+def test_norm_eval_trains_weights_but_keeps_every_batchnorm_statistic(dataset, reference_run, tmp_path, monkeypatch):
+    """--norm-eval: every part trains, but no BatchNorm running statistic moves (crops and small
+    batches do not replace whole slices' statistics); without it they move."""
+    from ctlesion.checkpoint import load_detector
+
+    start = reference_run / "epoch_001.safetensors"
+    before = load_detector(start)[0].state_dict()
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert statistics
+    for norm_eval in (True, False):
+        run = tmp_path / f"norm_eval_{norm_eval}"
+        train(_options(dataset, run, init_from=str(start), norm_eval=norm_eval, max_iters_per_epoch=2),
+              device="cpu", progress=False)
+        assert read_run_options(run).norm_eval is norm_eval
+        after = load_detector(run / "epoch_001.safetensors")[0].state_dict()
+        moved = [k for k in statistics if not torch.equal(before[k], after[k])]
+        assert (moved == []) is norm_eval
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.") and k.endswith("weight"))
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda options, **kwargs: seen.append(options) or Path("last"))
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "cli"), "--norm-eval"])
+    assert result.exit_code == 0 and seen[-1].norm_eval, result.output
+
+
 def test_dice_plus_bce_mask_loss_keeps_a_gradient_where_the_mask_head_saturates():
     """The Dice loss's gradient vanishes with the sigmoid (a head stuck at probability 1 over whole
     boxes stays there); binary cross-entropy's does not: d/dlogit = p - target."""

@@ -277,6 +277,10 @@ def train(
         help="Keep this part of the detector as it is (weights and BatchNorm statistics); repeatable. With "
              "--init-from, e.g. train only the mask head: --freeze backbone --freeze rpn --freeze box-head "
              "(boxes and scores then stay the checkpoint's).")] = None,
+    norm_eval: Annotated[bool, typer.Option(
+        "--norm-eval", help="Every BatchNorm layer uses its running statistics and keeps them (weights still "
+             "train): for fine-tuning with small batches or crops, whose statistics differ from whole slices' "
+             "(mmdetection's norm_eval).")] = False,
     checkpoint_every: Annotated[int, typer.Option(
         min=0, help="Steps between mid-epoch checkpoints (state.pt) for --resume; 0: epoch ends only.")] = 500,
     precision: Annotated[Precision, typer.Option(
@@ -343,7 +347,7 @@ def train(
                                init_from=None if init_from is None else str(init_from),
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
                                mask_source=mask_source.value,
-                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()),
+                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()), norm_eval=norm_eval,
                                lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
                                val_fraction=val_fraction)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))

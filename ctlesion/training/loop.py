@@ -104,7 +104,7 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
                             completed=run.epoch * iters_per_epoch + run.step, info="")
         for epoch in range(run.epoch, options.epochs):
             ddp.train()
-            hold_frozen_norms(model, options.freeze)
+            hold_frozen_norms(model, DETECTOR_PARTS if options.norm_eval else options.freeze)
             started, seen = time.perf_counter(), 0
             loader = make_train_loader(dataset, options, ctx, epoch, run.step)
             for step, (images, intervals, targets) in enumerate(loader, start=run.step):

@@ -45,6 +45,8 @@ class TrainOptions:
     mask_loss: str = "dice"  # "dice" (released configuration) or "dice+bce" (choices.MASK_LOSSES)
     freeze: tuple[str, ...] = ()  # detector parts not trained (networks.detector.DETECTOR_PARTS), e.g. all but
     # the mask head
+    norm_eval: bool = False  # every BatchNorm layer uses (and keeps) its running statistics: fine-tuning with
+    # small batches or crops (mmdetection's norm_eval)
     # Datasets of volumes with lesion masks (nnU-Net v2 raw / nnDetection layout; data.volume_dataset):
     lesion_label: str | None = None  # the lesion label (name or value); None: a DeepLesion-layout dataset
     min_lesion_voxels: int = 1  # smaller lesion components are dropped
