@@ -164,7 +164,8 @@ def detect_volume(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     lesions = link_detections(
         per_slice, detector_interval_mm=network_volume.slice_interval_mm * stride,
         input_interval_mm=volume.slice_interval_mm, spacing_yx_mm=volume.spacing_zyx_mm[1:],
-        num_input_slices=volume.shape_zyx[0], score_threshold=options.score_threshold,
+        num_input_slices=volume.shape_zyx[0], num_detector_slices=len(per_slice),
+        score_threshold=options.score_threshold,
     )
     return lesions, network_volume.slice_interval_mm
 

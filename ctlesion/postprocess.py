@@ -190,6 +190,7 @@ def link_detections(
     input_interval_mm: float,
     spacing_yx_mm: tuple[float, float],
     num_input_slices: int,
+    num_detector_slices: int | None = None,
     score_threshold: float = 0.5,
     iou_threshold: float = 0.3,
     mask_threshold: float = 0.5,
@@ -207,8 +208,12 @@ def link_detections(
     3. Detector slice k lies at input slice position k * detector_interval_mm /
        input_interval_mm (they differ only for thin inputs that were resampled). Input slice z
        belongs to a chain spanning detector slices [ka, kb] if round(z * input_interval_mm /
-       detector_interval_mm) (halves rounded up) is in [ka, kb]; it gets that nearest detector
-       slice's mask (probability >= ``mask_threshold``).
+       detector_interval_mm) (halves rounded up; with ``num_detector_slices``, clipped to the
+       last detector slice) is in [ka, kb]; it gets that nearest detector slice's mask
+       (probability >= ``mask_threshold``). The clip matters at the far end: input slices past
+       the last detector slice (a resampled volume that stops short of the input's last slice,
+       or ``detect --fast`` with an even count of network slices) join the last detector
+       slice's chains instead of no lesion.
     4. The key slice is the input slice nearest the highest-scoring detection (or, where the
        mask is off there, the slice of its largest cross-section); the in-plane box is the
        union of the chain's boxes; RECIST axes come from the key slice's mask
@@ -223,6 +228,8 @@ def link_detections(
         input_interval_mm: slice interval of the input volume, mm.
         spacing_yx_mm: in-plane (row, column) spacing of the input volume, mm.
         num_input_slices: number of slices Z of the input volume.
+        num_detector_slices: number of detector slices K (slices 0..K-1, with or without
+            detections); None: unknown, input slices past the last one are in no lesion.
         score_threshold: minimum detection score kept.
         iou_threshold: minimum IoU to link boxes of adjacent slices.
         mask_threshold: mask probability at and above which a pixel is lesion.
@@ -264,9 +271,11 @@ def link_detections(
             f"(ratio {ratio:g})"
         )
 
+    last_k = np.iinfo(np.int64).max if num_detector_slices is None else num_detector_slices - 1
     spacing_zyx_mm = (float(input_interval_mm), float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
     chains = [
-        _chain_to_lesion(chain, slice_arr, box_arr, score_arr, masks, ratio, num_input_slices, spacing_zyx_mm)
+        _chain_to_lesion(chain, slice_arr, box_arr, score_arr, masks, ratio, num_input_slices, last_k,
+                         spacing_zyx_mm)
         for chain in _link_chains(slice_arr, box_arr, score_arr, iou_threshold)
     ]
     lesions = disjoint_lesions(chains, spacing_zyx_mm)
@@ -283,13 +292,14 @@ def _chain_to_lesion(
     masks: list[np.ndarray],
     ratio: float,
     num_input_slices: int,
+    last_k: int,
     spacing_zyx_mm: tuple[float, float, float],
 ) -> Lesion:
     """Map one chain (detector slices ascending) onto the input slices; see link_detections."""
     det_slices = slice_of[chain]
     ka, kb = int(det_slices[0]), int(det_slices[-1])
     z_all = np.arange(num_input_slices)
-    nearest_k = np.floor(z_all / ratio + 0.5).astype(np.int64)
+    nearest_k = np.minimum(np.floor(z_all / ratio + 0.5).astype(np.int64), last_k)
     z_in = z_all[(nearest_k >= ka) & (nearest_k <= kb)]
     by_k = {int(slice_of[i]): i for i in chain}
     stack = np.stack([masks[by_k[int(nearest_k[z])]] for z in z_in])  # (nz, Y, X) bool

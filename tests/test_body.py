@@ -161,14 +161,15 @@ def test_fast_runs_every_second_window_and_links_lesions_across_the_gaps() -> No
     from ctlesion.detect import FAST_KEY_SLICE_STRIDE, detect_volume  # noqa: PLC0415
 
     config = DetectorConfig(num_slices=3, image_size_px=128, fpn_channels=16, fc_channels=32)
-    hu = np.full((7, 128, 128), 40.0, np.float32)  # body everywhere: nothing skipped, no crop
-    volume = Volume(hu=hu, spacing_zyx_mm=(5.0, 0.8, 0.8))
-    lesions = {}
-    for stride in (1, FAST_KEY_SLICE_STRIDE):
-        model = OneFinding(config)
-        lesions[stride], _ = detect_volume(model, volume, options=DetectOptions(key_slice_stride=stride))
-        assert model.calls == len(range(0, 7, stride))
-    (every,), (fast,) = lesions[1], lesions[FAST_KEY_SLICE_STRIDE]
-    np.testing.assert_array_equal(every.box_vox, fast.box_vox)  # slices 0..6: the windows between are linked
-    assert fast.box_vox[2] == 0 and fast.box_vox[5] == 6 and fast.mask_zyx.shape == every.mask_zyx.shape
-    assert fast.mask_zyx.sum() == every.mask_zyx.sum() == 7 * 16 * 16
+    for num_z in (7, 8):  # 8: the last slice lies past the last computed window (slices 0, 2, 4, 6)
+        hu = np.full((num_z, 128, 128), 40.0, np.float32)  # body everywhere: nothing skipped, no crop
+        volume = Volume(hu=hu, spacing_zyx_mm=(5.0, 0.8, 0.8))
+        lesions = {}
+        for stride in (1, FAST_KEY_SLICE_STRIDE):
+            model = OneFinding(config)
+            lesions[stride], _ = detect_volume(model, volume, options=DetectOptions(key_slice_stride=stride))
+            assert model.calls == len(range(0, num_z, stride))
+        (every,), (fast,) = lesions[1], lesions[FAST_KEY_SLICE_STRIDE]
+        np.testing.assert_array_equal(every.box_vox, fast.box_vox)  # every slice: the windows between are linked
+        assert fast.box_vox[2] == 0 and fast.box_vox[5] == num_z - 1 and fast.mask_zyx.shape == every.mask_zyx.shape
+        assert fast.mask_zyx.sum() == every.mask_zyx.sum() == num_z * 16 * 16

@@ -94,6 +94,21 @@ def test_thin_input_maps_detector_slices_to_nearest_input_slices():
     assert lesion.volume_ml == pytest.approx(got.sum() * 1.0 * 0.8 * 0.5 / 1000, rel=1e-12)
 
 
+def test_input_slices_past_the_last_detector_slice_join_its_lesions():
+    # Input 1 mm, 8 slices; detector 2 mm, 4 slices (k = 0..3 at z = 0, 2, 4, 6): z = 7 rounds to
+    # k = 4, which does not exist. Knowing K = 4 it joins the chain ending on k = 3; not knowing K,
+    # it stays outside (the old behaviour, for callers that omit empty slices).
+    b2, b3 = (20, 20, 40, 36), (22, 21, 41, 37)
+    per_slice = [slice_dets(2, (b2, 0.6)), slice_dets(3, (b3, 0.95))]
+    args = dict(detector_interval_mm=2.0, input_interval_mm=1.0, num_input_slices=8)
+    (known,) = link(per_slice, num_detector_slices=4, **args)
+    (unknown,) = link(per_slice, **args)
+    assert known.box_vox[2::3] == (3.0, 7.0) and unknown.box_vox[2::3] == (3.0, 6.0)
+    got = painted(known, num_z=8)
+    np.testing.assert_array_equal(got[7], box_mask(b3))
+    np.testing.assert_array_equal(got[:7], painted(unknown, num_z=8)[:7])
+
+
 def test_greedy_linking_takes_best_overlap_and_each_box_once():
     seed = (10, 10, 30, 30)
     good, poor = (11, 11, 31, 31), (18, 18, 38, 38)  # IoU with the seed: 0.82 and 0.22
