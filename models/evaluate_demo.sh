@@ -4,8 +4,8 @@
 #   1. the default score threshold, chosen on the simulated validation split (written into
 #      models/ctlesion_demo_sim.json as "operating_point", which `ctlesion detect` uses);
 #   (a) FROC on the simulated test split            -> models/ctlesion_demo_sim_eval/
-#   (b) FROC on the real DeepLesion key slices of ../shared/data/deeplesion_sample (none used in
-#       training)                                    -> models/ctlesion_demo_sim_eval/deeplesion_sample_{val,test}/
+#   (b) FROC on the real DeepLesion key slices of ../shared/data/deeplesion_sample not used in
+#       training (8 patients)                        -> models/ctlesion_demo_sim_eval/deeplesion_sample_heldout/
 #   (c)-(e) `ctlesion detect` at the default threshold on the sample study and the other real CTs
 #       (lesions reported, mask shape, seconds)      -> models/ctlesion_demo_sim_eval/real_ct.json
 #   (d) masks against the true masks of the simulated validation split -> .../mask_quality.json
@@ -35,10 +35,10 @@ cp "$work/val_normal/results.json" "$card/sim_eval/val_normal_study_results.json
   --normal "$card/sim_eval/val_normal_study_results.json"
 
 ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card" --device cpu
-for split in val test; do
-  ctlesion evaluate --data "$shared/deeplesion_sample" --split "$split" --weights "$weights" \
-    --out "$card/deeplesion_sample_$split" --device cpu
-done
+# (b): the real key slices of the patients stage 3 did not train on (models/mix_real_slices.py).
+"$python" models/mix_real_slices.py heldout "$shared/deeplesion_sample" "$work/real_heldout"
+ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
+  --out "$card/deeplesion_sample_heldout" --device cpu
 
 results=()
 for ct in sample_data/abdomen_ct_dicom "$shared/totalseg_example/example_ct_sm.nii.gz" \

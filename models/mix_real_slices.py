@@ -1,6 +1,7 @@
 """Real DeepLesion key slices for the demo model: a training set mixing them into the simulated
-one, and the held-out set they leave for an honest measure (the experiment "real DeepLesion key
-slices in stage 1" of models/README.md; the shipped model was not trained on them).
+one, and the held-out set they leave for an honest measure (stage 3 of models/train_demo.sh,
+the shipped model's crop fine-tuning; earlier the experiment "real DeepLesion key slices in
+stage 1" of models/README.md).
 
 Usage (from the repository root):
   python models/mix_real_slices.py mix SIM_DIR REAL_DIR OUT_DIR [--copies 8]
