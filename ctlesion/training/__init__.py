@@ -22,6 +22,9 @@ on whole slices. Masks (``mask_source``): the dataset's true masks where it has 
 (``DATA/masks/``), else GrabCut pseudo-masks (:mod:`ctlesion.data.mask_cache`). Frozen parts
 (``freeze``, ``ctlesion train --freeze PART``): their weights and BatchNorm statistics stay as
 they were (e.g. fine-tune only the mask head of a checkpoint: its boxes and scores do not move).
+``norm_eval`` (``--norm-eval``) holds every BatchNorm layer's statistics while all weights train:
+fine-tuning on crops or small batches, whose statistics are not whole slices' (the shipped demo
+model's crop stage).
 
 Volumes (``lesion_label``; ``ctlesion train --data DATASET --lesion-label NAME``): the items are
 key slices through the train cases' lesions and negative slices, with true masks from the label
