@@ -264,18 +264,20 @@ def link_detections(
     if not scores:
         return []
     slice_arr, box_arr, score_arr = np.array(slice_of), np.array(boxes), np.array(scores)
-    bad = [int(k) for k in np.unique(slice_arr) if k < 0 or np.floor(k * ratio + 0.5) > num_input_slices - 1]
+    bad = [int(k) for k in np.unique(slice_arr) if k < 0 or np.floor(k * ratio + 0.5) > num_input_slices - 1
+           or (num_detector_slices is not None and k >= num_detector_slices)]
     if bad:
         raise ValueError(
             f"detector slices {bad} map outside the input volume of {num_input_slices} slices "
-            f"(ratio {ratio:g})"
+            f"(ratio {ratio:g}) or lie past the {num_detector_slices} detector slices"
         )
 
-    last_k = np.iinfo(np.int64).max if num_detector_slices is None else num_detector_slices - 1
+    nearest_k = np.floor(np.arange(num_input_slices) / ratio + 0.5).astype(np.int64)  # per input slice
+    if num_detector_slices is not None:
+        nearest_k = np.minimum(nearest_k, num_detector_slices - 1)
     spacing_zyx_mm = (float(input_interval_mm), float(spacing_yx_mm[0]), float(spacing_yx_mm[1]))
     chains = [
-        _chain_to_lesion(chain, slice_arr, box_arr, score_arr, masks, ratio, num_input_slices, last_k,
-                         spacing_zyx_mm)
+        _chain_to_lesion(chain, slice_arr, box_arr, score_arr, masks, ratio, nearest_k, spacing_zyx_mm)
         for chain in _link_chains(slice_arr, box_arr, score_arr, iou_threshold)
     ]
     lesions = disjoint_lesions(chains, spacing_zyx_mm)
@@ -291,15 +293,14 @@ def _chain_to_lesion(
     scores: np.ndarray,
     masks: list[np.ndarray],
     ratio: float,
-    num_input_slices: int,
-    last_k: int,
+    nearest_k: np.ndarray,
     spacing_zyx_mm: tuple[float, float, float],
 ) -> Lesion:
-    """Map one chain (detector slices ascending) onto the input slices; see link_detections."""
+    """Map one chain (detector slices ascending) onto the input slices; ``nearest_k``: (Z,) the detector
+    slice of every input slice (step 3 of link_detections)."""
     det_slices = slice_of[chain]
     ka, kb = int(det_slices[0]), int(det_slices[-1])
-    z_all = np.arange(num_input_slices)
-    nearest_k = np.minimum(np.floor(z_all / ratio + 0.5).astype(np.int64), last_k)
+    z_all = np.arange(len(nearest_k))
     z_in = z_all[(nearest_k >= ka) & (nearest_k <= kb)]
     by_k = {int(slice_of[i]): i for i in chain}
     stack = np.stack([masks[by_k[int(nearest_k[z])]] for z in z_in])  # (nz, Y, X) bool

@@ -8,8 +8,8 @@
 #   4 minutes on an NVIDIA H200 (bf16; here with --channels-last, 2.4x faster: benchmarks/train_speed.py)
 #   and would take about 7 hours on 2 CPU cores (float32).
 #   TRAIN_SECONDS=S instead sizes the run from a 40-iteration probe so that it lasts about S seconds.
-#   Then stage 2 trains the mask head alone and stage 3 the whole detector on crops (below). The figures of the model card come from
-#   models/evaluate_demo.sh afterwards.
+#   Then stage 2 trains the mask head alone and stage 3 the whole detector on crops (below). The
+#   figures of the model card come from models/evaluate_demo.sh afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}

@@ -67,10 +67,10 @@ def test_shipped_model_is_small_and_described(shipped):
 def test_default_threshold_is_rederived_from_the_validation_predictions():
     info = read_checkpoint_info(DEFAULT_WEIGHTS)
     stored = info["operating_point"]
-    again = _models_script("demo_card").choose_threshold(CARD / "sim_eval", "val", CARD / "sim_eval" / "val_predictions.json",
-                                          stored["max_fp_per_image"],
-                                          [CARD / "sim_eval" / f"{name}.json" for name in stored["normal_studies"]],
-                                          stored["max_lesions_per_normal_study"])
+    again = _models_script("demo_card").choose_threshold(
+        CARD / "sim_eval", "val", CARD / "sim_eval" / "val_predictions.json", stored["max_fp_per_image"],
+        [CARD / "sim_eval" / f"{name}.json" for name in stored["normal_studies"]],
+        stored["max_lesions_per_normal_study"])
     assert again == stored
 
 

@@ -387,7 +387,8 @@ def test_norm_eval_trains_weights_but_keeps_every_batchnorm_statistic(dataset, r
         after = load_detector(run / "epoch_001.safetensors")[0].state_dict()
         moved = [k for k in statistics if not torch.equal(before[k], after[k])]
         assert (moved == []) is norm_eval
-        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone.") and k.endswith("weight"))
+        backbone_weights = [k for k in before if k.startswith("backbone.") and k.endswith("weight")]
+        assert any(not torch.equal(before[k], after[k]) for k in backbone_weights)
     seen = []
     monkeypatch.setattr(train_module, "train", lambda options, **kwargs: seen.append(options) or Path("last"))
     result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "cli"), "--norm-eval"])

@@ -347,7 +347,8 @@ def train(
                                init_from=None if init_from is None else str(init_from),
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
                                mask_source=mask_source.value,
-                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()), norm_eval=norm_eval,
+                               mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()),
+                               norm_eval=norm_eval,
                                lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
                                val_fraction=val_fraction)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
