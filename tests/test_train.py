@@ -272,7 +272,9 @@ def test_crop_training_resumes_exactly_and_records_its_choices(dataset, tmp_path
     train(options, resume=True, device="cpu", progress=False)
     _assert_same_weights(_weights(run), _weights(reference), atol=1e-6)
     training = json.loads((run / "epoch_001.json").read_text())["training"]
-    assert training["crop"] == {"size_px": 32, "negative_fraction": 0.5, "min_visible_fraction": 0.5}
+    assert training["crop"] == {"size_px": 32, "negative_fraction": 0.5, "min_visible_fraction": 0.5,
+                                "hard_negative_fraction": 0.0}
+    assert training["hard_negatives"] is None
     assert training["mask_source"] == "auto"
     sources = train_module.train_dataset(options).mask_sources()
     assert training["mask_sources"] == sources and sum(sources.values()) > 0

@@ -265,6 +265,16 @@ def train(
     negative_crop_fraction: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="With --crop-size: share of crops drawn anywhere in the body instead of around "
                                "a lesion.")] = 0.25,
+    hard_negatives: Annotated[Optional[Path], typer.Option(
+        help="With --crop-size, DeepLesion layout: a predictions JSON of an earlier model on this dataset's training "
+             "key slices (`ctlesion evaluate --split train --weights ...`); its false positives (scoring at least "
+             "--hard-negative-min-score, touching no annotated lesion) centre --hard-negative-fraction of the "
+             "negative crops (hard negative mining).")] = None,
+    hard_negative_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="With --hard-negatives: share of the negative crops centred on a false positive "
+                               "(key slices without one get body crops).")] = 0.5,
+    hard_negative_min_score: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="With --hard-negatives: lowest score of a false positive used.")] = 0.5,
     keep_noisy: Annotated[bool, typer.Option(
         "--keep-noisy", help="Train on lesions marked Possibly_noisy too (the paper drops them).")] = False,
     lesion_label: LesionLabel = None,
@@ -327,17 +337,26 @@ def train(
             if init_from is not None:
                 detector = _run(_checkpoint_architecture, ctx, init_from, detector, pretrained)
             detector.validate()
-            crop = None if crop_size is None else CropConfig(crop_size, negative_fraction=negative_crop_fraction)
+            if hard_negatives is not None and crop_size is None:
+                raise ValueError("--hard-negatives needs --crop-size (hard negatives centre negative crops)")
+            crop = None if crop_size is None else CropConfig(
+                crop_size, negative_fraction=negative_crop_fraction,
+                hard_negative_fraction=0.0 if hard_negatives is None else hard_negative_fraction)
             if crop is not None and crop.size_px > image_size:
                 raise ValueError(f"--crop-size {crop_size} exceeds --image-size {image_size}")
         except ValueError as exc:
             _error(f"{exc}")
             raise typer.Exit(2) from None
         augmentations = {"paper": AugmentConfig(), "flip": AugmentConfig.flip_only(0.5), "none": None}
-        problem = _train_data_error(data, lesion_label, val_fraction, mask_source.value, keep_noisy)
+        problem = _train_data_error(data, lesion_label, val_fraction, mask_source.value, keep_noisy,
+                                    hard_negatives is not None)
         if problem is not None:
             _error(problem[1])
             raise typer.Exit(problem[0])
+        if hard_negatives is not None:  # a bad file stops the run before its folder is made
+            from ctlesion.data.hard_negatives import read_hard_negatives  # noqa: PLC0415
+
+            _run(read_hard_negatives, hard_negatives, data / "DL_info.csv", hard_negative_min_score)
         options = TrainOptions(data_dir=data, out_dir=out, detector=detector, epochs=epochs, batch_size=batch_size,
                                base_lr=lr, warmup_iters=warmup_iters, num_workers=workers, seed=seed,
                                max_iters_per_epoch=max_iters_per_epoch,
@@ -348,7 +367,8 @@ def train(
                                grad_checkpoint=grad_checkpoint, channels_last=channels_last, crop=crop,
                                mask_source=mask_source.value,
                                mask_loss=mask_loss.value, freeze=tuple(part.value for part in freeze or ()),
-                               norm_eval=norm_eval,
+                               norm_eval=norm_eval, hard_negatives=hard_negatives,
+                               hard_negative_min_score=hard_negative_min_score,
                                lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
                                val_fraction=val_fraction)
     last = _run(train_run, options, resume=resume, overwrite=overwrite, device=_run(_device, device))
@@ -356,7 +376,7 @@ def train(
 
 
 def _train_data_error(data: Path, lesion_label, val_fraction, mask_source: str,
-                      keep_noisy: bool) -> tuple[int, str] | None:
+                      keep_noisy: bool, hard_negatives: bool) -> tuple[int, str] | None:
     """What is wrong with train's dataset (exit code 1) or the options that depend on its kind (2), with
     its message; None when fine."""
     from ctlesion.io.masked_datasets import is_masked_dataset  # noqa: PLC0415
@@ -365,8 +385,9 @@ def _train_data_error(data: Path, lesion_label, val_fraction, mask_source: str,
         if lesion_label is None:
             return 2, ("--lesion-label is required for a dataset of volumes (a label name of its dataset.json, "
                        "or a value)")
-        if mask_source != "auto" or keep_noisy:
-            return 2, "--mask-source and --keep-noisy are for DeepLesion datasets (volumes have true masks)"
+        if mask_source != "auto" or keep_noisy or hard_negatives:
+            return 2, ("--mask-source, --keep-noisy and --hard-negatives are for DeepLesion datasets (volumes have "
+                       "true masks)")
         return None
     if not (data / "DL_info.csv").is_file():
         return 1, (f"{data}: neither a DeepLesion-layout dataset (DL_info.csv) nor volumes with lesion masks "

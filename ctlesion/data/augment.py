@@ -42,7 +42,14 @@ the augmentation above), so lesions keep the size they have at inference, where 
 * with probability ``negative_fraction`` (or when the slice has no lesion) a **negative crop**:
   a pixel drawn uniformly from the body (:func:`ctlesion.body.body_mask` of the key slice, carried through
   the augmentation and the resize) becomes the crop's centre (the crop is then moved inside
-  the image); lesions that happen to lie in it are kept by the rule below;
+  the image); lesions that happen to lie in it are kept by the rule below. With
+  ``hard_negative_fraction`` > 0 and hard negatives known for the slice (boxes where an earlier
+  model fired on no lesion, :mod:`ctlesion.data.hard_negatives`), a negative crop is a **hard
+  negative crop** with that probability: the centre is drawn uniformly from the union of those
+  boxes instead (carried through the augmentation and the resize like the body), so the network
+  sees again, as background, what it mistook for a lesion (hard negative mining, e.g. Shrivastava
+  et al., "Training Region-based Object Detectors with Online Hard Example Mining", CVPR 2016,
+  here offline and at the crop level);
 * otherwise a **lesion crop**: one of the slice's lesions drawn uniformly; along each axis the
   crop's integer position is drawn uniformly among those that hold the lesion's box wholly
   and stay inside the image (a crop centred on the lesion, jittered by up to half the room
@@ -410,6 +417,9 @@ class CropConfig:
             crop around a lesion.
         min_visible_fraction: a lesion cut by the crop's border is kept when at least this
             fraction of its box area lies inside the crop (else it is dropped from the targets).
+        hard_negative_fraction: probability that a negative crop is centred in the slice's hard
+            negatives (when it has any) instead of anywhere in the body; 0 (default) draws exactly
+            as before hard negatives existed.
 
     Raises:
         ValueError: for a size that is not a positive multiple of 32, or a fraction outside [0, 1].
@@ -418,11 +428,13 @@ class CropConfig:
     size_px: int
     negative_fraction: float = 0.25
     min_visible_fraction: float = 0.5
+    hard_negative_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if int(self.size_px) != self.size_px or self.size_px < 32 or self.size_px % 32:
             raise ValueError(f"crop size must be a positive multiple of 32 px, got {self.size_px}")
-        if not (0.0 <= self.negative_fraction <= 1.0 and 0.0 <= self.min_visible_fraction <= 1.0):
+        fractions = (self.negative_fraction, self.min_visible_fraction, self.hard_negative_fraction)
+        if not all(0.0 <= value <= 1.0 for value in fractions):
             raise ValueError(f"crop fractions must lie in [0, 1]: {self}")
 
 
@@ -436,11 +448,13 @@ class CropDraw:
             coordinate - offset.
         size_px: PX.
         lesion: index of the lesion the crop was drawn around; None for a negative crop.
+        hard: whether a negative crop was centred in the slice's hard negatives.
     """
 
     offset_xy_px: tuple[int, int]
     size_px: int
     lesion: int | None
+    hard: bool = False
 
     @property
     def negative(self) -> bool:
@@ -475,11 +489,13 @@ def draw_crop(
     boxes_px: np.ndarray,
     image_size_px: int,
     body: Callable[[], np.ndarray | None] | None = None,
+    hard: Callable[[], np.ndarray | None] | None = None,
 ) -> CropDraw:
     """Draw one crop of an (S, S) network image by the rules of the module doc.
 
     Draw order: one number deciding negative or not, then the lesion and the x and y starts
-    (lesion crops), or the body pixel (negative crops).
+    (lesion crops), or (negative crops) one number deciding hard or not (only with
+    ``config.hard_negative_fraction`` > 0 and ``hard`` given) and the centre pixel.
 
     Args:
         config: the crop settings.
@@ -488,6 +504,8 @@ def draw_crop(
         image_size_px: S; must be >= ``config.size_px``.
         body: returns the (S, S) bool body mask of the image, called only for a negative
             crop; None (or an empty mask) places negative crops uniformly in the image.
+        hard: returns the (S, S) bool mask of the image's hard negatives, called only for a
+            negative crop drawn as hard; None, or an empty mask, falls back to ``body``.
 
     Raises:
         ValueError: if the crop is larger than the image.
@@ -504,7 +522,12 @@ def draw_crop(
         x0 = _lesion_offset(rng, x1, x2, image_size_px, size)
         y0 = _lesion_offset(rng, y1, y2, image_size_px, size)
         return CropDraw((x0, y0), size, lesion)
-    mask = None if body is None else body()
+    mask = None
+    if config.hard_negative_fraction > 0 and hard is not None and rng.random() < config.hard_negative_fraction:
+        mask = hard()
+    is_hard = mask is not None and bool(np.any(mask))
+    if not is_hard:
+        mask = None if body is None else body()
     pixels = np.empty(0, dtype=np.int64) if mask is None else np.flatnonzero(mask)
     if pixels.size == 0:
         x0, y0 = (int(v) for v in rng.integers(0, room + 1, 2))
@@ -512,7 +535,7 @@ def draw_crop(
     row, col = divmod(int(pixels[rng.integers(pixels.size)]), image_size_px)
     # Pixel (row, col) at the crop's centre (pixel PX / 2), the crop then moved inside the image.
     x0, y0 = (int(np.clip(v - size // 2, 0, room)) for v in (col, row))
-    return CropDraw((x0, y0), size, None)
+    return CropDraw((x0, y0), size, None, hard=is_hard)
 
 
 @dataclass(frozen=True)

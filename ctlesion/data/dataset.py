@@ -16,6 +16,7 @@ DataLoader workers stay at constant memory over an epoch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from ctlesion.data.augment import (
     draw_crop,
     flip_boxes_x,
 )
+from ctlesion.data.hard_negatives import box_region_mask
 from ctlesion.data.mask_cache import (
     MASK_SOURCES,
     TRUE_MASKS_DIRNAME,
@@ -117,7 +119,8 @@ class KeySliceItems(Dataset):
 
     def _init_items(self, *, num_slices: int, image_size_px: int, with_masks: bool, seed: int,
                     hu_window: tuple[float, float], input_scaling: str, resample_thick: bool,
-                    augment: AugmentConfig | None, crop: CropConfig | None, skip_unreadable: bool) -> None:
+                    augment: AugmentConfig | None, crop: CropConfig | None, skip_unreadable: bool,
+                    hard_negatives: Mapping[str, np.ndarray] | None = None) -> None:
         if crop is not None and crop.size_px > image_size_px:
             raise ValueError(f"crop size {crop.size_px} px exceeds the network input size {image_size_px} px")
         self.num_slices = num_slices
@@ -130,6 +133,7 @@ class KeySliceItems(Dataset):
         self.epoch = 0
         self.crop = crop
         self.skip_unreadable = bool(skip_unreadable)
+        self.hard_negatives = dict(hard_negatives or {})
 
     def source(self, index: int) -> KeySliceSource:
         """The window, boxes and masks of item ``index`` (subclasses).
@@ -177,8 +181,8 @@ class KeySliceItems(Dataset):
         masks = None if masks_src is None else transform.masks_to_network(masks_src)
         extra = {}
         if self.crop is not None:
-            image, boxes, masks, offset = self._crop(index, image, transform.boxes_to_network(boxes_src), masks, key_hu,
-                                                     applied, transform)
+            image, boxes, masks, offset = self._crop(index, src.key, image, transform.boxes_to_network(boxes_src), masks,
+                                                     key_hu, applied, transform)
             boxes_src = (boxes + np.array([*offset, *offset], dtype=np.float64)) / transform.scale
             extra["crop_xy_px"] = offset
         else:
@@ -197,17 +201,23 @@ class KeySliceItems(Dataset):
             target["masks"] = torch.from_numpy(masks)
         return torch.from_numpy(image)[None], float(src.interval_mm), target
 
-    def _crop(self, index: int, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
+    def _crop(self, index: int, key: str, image: np.ndarray, boxes: np.ndarray, masks: np.ndarray | None,
               key_hu: np.ndarray, applied: AugmentDraw, transform: InPlaneTransform):
         """Draw and cut the item's crop from the (D, S, S) image with its boxes (network px) and
         masks: (image (D, PX, PX), kept boxes in crop px, masks (N', PX, PX) or None, offset (x0, y0))."""
 
-        def body() -> np.ndarray:  # the key slice's body, moved like the lesion masks
-            moved = apply_draw_to_masks(body_mask(key_hu)[None], applied)
-            return transform.masks_to_network(moved)[0].astype(bool)
+        def to_network(region: np.ndarray) -> np.ndarray:  # a key-slice region, moved like the lesion masks
+            return transform.masks_to_network(apply_draw_to_masks(region[None], applied))[0].astype(bool)
+
+        def body() -> np.ndarray:
+            return to_network(body_mask(key_hu))
+
+        def hard() -> np.ndarray | None:
+            boxes_src = self.hard_negatives.get(key)
+            return None if boxes_src is None else to_network(box_region_mask(boxes_src, key_hu.shape))
 
         rng = np.random.default_rng([self.seed, index, self.epoch, _CROP_STREAM])
-        draw = draw_crop(self.crop, rng, boxes, self.image_size_px, body)
+        draw = draw_crop(self.crop, rng, boxes, self.image_size_px, body, hard)
         cut = crop_item(image, boxes, draw, masks=masks, min_visible_fraction=self.crop.min_visible_fraction)
         return cut.image, cut.boxes_px, cut.masks, tuple(int(v) for v in draw.offset_xy_px)
 
@@ -282,6 +292,10 @@ class DeepLesionDataset(KeySliceItems):
         skip_unreadable: skip missing / corrupt PNGs (and malformed true-mask files) instead of raising.
         crop: train on crops at the native scale; None for whole slices (evaluation).
         mask_source: ``"auto"`` (true masks where the dataset has them, else GrabCut) or ``"grabcut"``.
+        hard_negatives: key-slice file name -> (K, 4) boxes (x1, y1, x2, y2, source pixels) where an
+            earlier model fired on no lesion (:func:`~ctlesion.data.hard_negatives.read_hard_negatives`);
+            with ``crop.hard_negative_fraction`` > 0, negative crops are centred in them with that
+            probability (:mod:`ctlesion.data.augment`).
 
     An empty split gives an empty dataset (with a logged warning).
 
@@ -310,6 +324,7 @@ class DeepLesionDataset(KeySliceItems):
         skip_unreadable: bool = True,
         crop: CropConfig | None = None,
         mask_source: str = "auto",
+        hard_negatives: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
@@ -330,7 +345,7 @@ class DeepLesionDataset(KeySliceItems):
         self.split = split
         self._init_items(num_slices=num_slices, image_size_px=image_size_px, with_masks=with_masks, seed=seed,
                          hu_window=hu_window, input_scaling=input_scaling, resample_thick=resample_thick,
-                         augment=augment, crop=crop, skip_unreadable=skip_unreadable)
+                         augment=augment, crop=crop, skip_unreadable=skip_unreadable, hard_negatives=hard_negatives)
         self.mask_source = mask_source
         self.mask_cache = PseudoMaskCache(open_mask_cache_dir(self.root, mask_cache_dir)) if with_masks else None
         self.use_true_masks = with_masks and mask_source == "auto" and (self.root / TRUE_MASKS_DIRNAME).is_dir()

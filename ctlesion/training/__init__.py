@@ -24,7 +24,9 @@ on whole slices. Masks (``mask_source``): the dataset's true masks where it has 
 they were (e.g. fine-tune only the mask head of a checkpoint: its boxes and scores do not move).
 ``norm_eval`` (``--norm-eval``) holds every BatchNorm layer's statistics while all weights train:
 fine-tuning on crops or small batches, whose statistics are not whole slices' (the shipped demo
-model's crop stage).
+model's crop stage). Hard negatives (``hard_negatives``, ``--hard-negatives PREDICTIONS``): an
+earlier model's false positives on the training key slices
+(:mod:`ctlesion.data.hard_negatives`) centre ``crop.hard_negative_fraction`` of the negative crops.
 
 Volumes (``lesion_label``; ``ctlesion train --data DATASET --lesion-label NAME``): the items are
 key slices through the train cases' lesions and negative slices, with true masks from the label

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ctlesion.data.dataset import DeepLesionDataset, collate_detection
+from ctlesion.data.hard_negatives import read_hard_negatives
 from ctlesion.data.mask_cache import MASK_SOURCES
 from ctlesion.data.volume_dataset import VolumeKeySliceDataset
 from ctlesion.distributed import (
@@ -69,24 +70,34 @@ def targets_to_device(targets: list[dict], device: torch.device) -> list[dict]:
 
 def train_dataset(options: TrainOptions) -> DeepLesionDataset | VolumeKeySliceDataset:
     """The training split as the run sees it: augmented, cropped, with masks. DeepLesion layout:
-    the key slices of ``Train_Val_Test`` = 1; volumes (``options.lesion_label``): the key slices of
-    the train cases (:mod:`ctlesion.data.volume_dataset`).
+    the key slices of ``Train_Val_Test`` = 1, with ``options.hard_negatives`` read
+    (:func:`~ctlesion.data.hard_negatives.read_hard_negatives`) for the crops; volumes
+    (``options.lesion_label``): the key slices of the train cases (:mod:`ctlesion.data.volume_dataset`).
 
     Raises:
         CtlesionError: as :class:`~ctlesion.data.dataset.DeepLesionDataset`, or a crop larger
-            than the network input, or an unknown mask source.
+            than the network input, an unknown mask source, hard negatives without crops or with
+            volumes, or an unreadable hard-negatives file.
     """
     if options.crop is not None and options.crop.size_px > options.detector.image_size_px:
         raise CtlesionError(f"crop size {options.crop.size_px} px exceeds the network input size "
                             f"{options.detector.image_size_px} px", options.out_dir)
+    if options.hard_negatives is not None and (options.crop is None or options.lesion_label is not None):
+        raise CtlesionError("hard negatives need crops (--crop-size) and a DeepLesion-layout dataset",
+                            options.hard_negatives)
     if options.mask_source not in MASK_SOURCES:
         raise CtlesionError(f"unknown mask source {options.mask_source!r}; expected one of "
                             f"{', '.join(MASK_SOURCES)}", options.out_dir)
     if options.lesion_label is not None:
         return volume_split(options, "train", augment=options.augment, crop=options.crop)
+    hard = None
+    if options.hard_negatives is not None:
+        hard = read_hard_negatives(options.hard_negatives, options.data_dir / "DL_info.csv",
+                                   options.hard_negative_min_score)
     return DeepLesionDataset.for_detector(options.data_dir, "train", options.detector, augment=options.augment,
                                           mask_cache_dir=options.mask_cache_dir, drop_noisy=not options.keep_noisy,
-                                          seed=options.seed, crop=options.crop, mask_source=options.mask_source)
+                                          seed=options.seed, crop=options.crop, mask_source=options.mask_source,
+                                          hard_negatives=hard)
 
 def volume_split(options: TrainOptions, split: str, **kwargs) -> VolumeKeySliceDataset:
     """A split of the run's dataset of volumes (``options.lesion_label`` set) as key-slice items

@@ -76,7 +76,9 @@ def _train(options: TrainOptions, ctx: DistContext, *, resume: bool, overwrite: 
     if ctx.is_main:
         log.info("training on %d key slices, %s; masks: %d true (%s), %d GrabCut", len(dataset),
                  "whole slices" if options.crop is None else
-                 f"{options.crop.size_px} px crops ({options.crop.negative_fraction:.0%} negative)",
+                 f"{options.crop.size_px} px crops ({options.crop.negative_fraction:.0%} negative"
+                 + (f", {options.crop.hard_negative_fraction:.0%} of them on hard negatives)"
+                    if options.hard_negatives is not None else ")"),
                  mask_sources["true"], "label maps" if options.lesion_label else options.data_dir / "masks",
                  mask_sources["grabcut"])
     model = synchronise_batchnorm(build_model(options, resume).to(ctx.device), ctx)

@@ -47,6 +47,9 @@ class TrainOptions:
     # the mask head
     norm_eval: bool = False  # every BatchNorm layer uses (and keeps) its running statistics: fine-tuning with
     # small batches or crops (mmdetection's norm_eval)
+    hard_negatives: Path | None = None  # predictions file of an earlier model on the training data: its
+    # false positives centre crop.hard_negative_fraction of the negative crops (data.hard_negatives)
+    hard_negative_min_score: float = 0.5  # lowest score of a false positive used as a hard negative
     # Datasets of volumes with lesion masks (nnU-Net v2 raw / nnDetection layout; data.volume_dataset):
     lesion_label: str | None = None  # the lesion label (name or value); None: a DeepLesion-layout dataset
     min_lesion_voxels: int = 1  # smaller lesion components are dropped
@@ -66,7 +69,8 @@ class TrainOptions:
     def to_json(self) -> dict:
         data = asdict(self)
         data.update(data_dir=str(self.data_dir), out_dir=str(self.out_dir), detector=self.detector.to_dict(),
-                    mask_cache_dir=None if self.mask_cache_dir is None else str(self.mask_cache_dir))
+                    mask_cache_dir=None if self.mask_cache_dir is None else str(self.mask_cache_dir),
+                    hard_negatives=None if self.hard_negatives is None else str(self.hard_negatives))
         return data
 
 def read_run_options(run_dir: Path) -> TrainOptions:
@@ -91,7 +95,8 @@ def read_run_options(run_dir: Path) -> TrainOptions:
         data["augment"] = AugmentConfig(**data["augment"])
     if isinstance(data.get("crop"), dict):  # runs made before crops have no "crop": whole slices
         data["crop"] = CropConfig(**data["crop"])
-    if data.get("mask_cache_dir") is not None:
-        data["mask_cache_dir"] = Path(data["mask_cache_dir"])
+    for name in ("mask_cache_dir", "hard_negatives"):
+        if data.get(name) is not None:
+            data[name] = Path(data[name])
     data["freeze"] = tuple(data.get("freeze", ()))
     return TrainOptions(**data)
