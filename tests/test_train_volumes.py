@@ -59,7 +59,9 @@ def test_trains_on_volumes_with_validation_and_fine_tunes_a_checkpoint(volumes, 
 
 @pytest.mark.parametrize("extra, message", [
     ([], "--lesion-label is required"),
-    (["--lesion-label", "tumor", "--mask-source", "grabcut"], "--mask-source and --keep-noisy"),
+    (["--lesion-label", "tumor", "--mask-source", "grabcut"], "--keep-noisy and --hard-negatives"),
+    (["--lesion-label", "tumor", "--crop-size", "32", "--hard-negatives", "mined.json"],
+     "--keep-noisy and --hard-negatives"),
     (["--lesion-label", "nerve"], "no label 'nerve'"),
 ])
 def test_bad_volume_options_are_one_line_errors(volumes, tmp_path, extra, message):
