@@ -8,6 +8,7 @@ window of D slices per slice -> detector (batched) -> per-slice detections in so
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -206,6 +207,34 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
     return seg_name, sr_name
 
 
+def remove_stale_outputs(out_dir: Path, name: str, record: dict) -> list[Path]:
+    """Delete the per-lesion files an earlier ``detect`` of study ``name`` left in ``out_dir``.
+
+    A run into a folder that holds an earlier run's outputs replaces the files it writes, but an
+    earlier run with more lesions (or with ``--dicom-seg`` / ``--dicom-sr``) also left
+    ``<name>_lesionNN.png`` overlays and ``<name>_lesions.seg.dcm`` / ``.sr.dcm`` files that the new
+    results.json does not list. Only files named exactly like this study's outputs are touched;
+    called after the new outputs are in place, so a failed run leaves the earlier one whole.
+
+    Args:
+        out_dir: the folder of results.json.
+        name: the study's output name (the prefix of its files).
+        record: the study's entry of the new results.json (:func:`study_record`).
+
+    Returns:
+        The paths deleted.
+    """
+    kept = {record.get("dicom_seg"), record.get("dicom_sr"),
+            *(lesion.get("overlay") for lesion in record.get("lesions", []))}
+    ours = re.compile(re.escape(name) + r"_(lesion\d{2,}\.png|lesions\.seg\.dcm|lesions\.sr\.dcm)")
+    stale = [path for path in Path(out_dir).iterdir()
+             if path.is_file() and ours.fullmatch(path.name) and path.name not in kept]
+    for path in stale:
+        path.unlink()
+        log.info("removed %s (an earlier run's output)", path)
+    return stale
+
+
 def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: AlignShiftDetector, model_info: dict, *,
                options: DetectOptions = DetectOptions(), device: torch.device | str = "cpu",
                progress=None) -> dict:
@@ -221,7 +250,8 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
             overlays ``<study>_lesionNN.png``, a summary sheet ``<study>_lesions.png`` (when
             the study has lesions) and (``options.dicom_seg`` / ``dicom_sr``) DICOM
             SEGs ``<study>_lesions.seg.dcm`` and SRs ``<study>_lesions.sr.dcm`` go into the same
-            folder.
+            folder. Overlays, SEGs and SRs of an earlier run of the same study in that folder
+            that this run does not write are deleted afterwards (:func:`remove_stale_outputs`).
         model: detector in eval mode; model_info: its checkpoint sidecar dict.
         options: inference options; device: torch device.
         progress: optional rich Progress to report windows on.
@@ -270,4 +300,6 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                                       "skip_no_body": options.skip_no_body,
                                       "body_crop_margin_px": options.body_crop_margin_px}}
         write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)
+    for study, record in zip(studies, records):
+        remove_stale_outputs(out_dir, study.name, record)
     return {"version": __version__, "model": model_record, "studies": records}

@@ -104,6 +104,19 @@ def test_detect_writes_results_label_map_and_overlays(run_dir, tmp_path):
         assert (out.parent / lesion["overlay"]).is_file()
         x1, y1, z1, x2, y2, z2 = lesion["box_vox"]
         assert 0 <= x1 <= x2 <= 512 and 0 <= z1 <= z2 <= 19
+    # A second run into the same folder that finds fewer lesions leaves none of the first run's
+    # overlays behind, and touches no file that is not one of this study's outputs.
+    overlay = study["lesions"][0]["overlay"]
+    name = overlay[: overlay.rindex("_lesion")]
+    foreign = [out.parent / f"other_{overlay}", out.parent / f"{overlay}.bak", out.parent / f"{name}_lesion01.jpg"]
+    for path in foreign:
+        path.write_bytes(b"")
+    again = invoke("detect", SAMPLE, "--out", out, "--weights", run_dir / "epoch_001.safetensors",
+                   "--score-threshold", "1.0")
+    assert again.exit_code == 0, again.output
+    assert json.loads(out.read_text())["studies"][0]["lesions"] == []
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left == sorted([study["label_map"], study["summary_sheet"], out.name, *(p.name for p in foreign)])
 
 
 def _dicom_folder_with(tmp_path: Path, modality: str | None = None, corrupt: bool = False) -> Path:
