@@ -77,7 +77,7 @@ ctlesion train "${stage2[@]}" --out "$work/mask_stage"
 # 3b: from 3a, 12 epochs, 30 % negative crops, centred on those false positives wherever the slice
 #     has some (--hard-negatives), lr x 0.1 after epoch 8;
 # 3c: a second round: 3b's false positives on every training key slice (1,258 slices, 31 minutes),
-#     then from 3b 6 epochs (seed 1), 30 % negative crops on them, lr x 0.1 after epoch 4.
+#     then from 3b 6 epochs (seed 1; 43 minutes), 30 % negative crops on them, lr x 0.1 after epoch 4.
 # About 3 hours on 2 CPU cores in all.
 "$python" models/mix_real_slices.py mix "$work/sim_train" "$shared/deeplesion_sample" "$work/mix_train" --copies 8
 stage3=(--data "$work/mix_train" --workers $((cpus > 2 ? cpus - 2 : 1)) --overwrite
