@@ -8,7 +8,6 @@ window of D slices per slice -> detector (batched) -> per-slice detections in so
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -199,7 +198,7 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
     except (ValueError, AttributeError, KeyError) as error:
         log.warning("%s: no DICOM SEG or SR written: highdicom refused the source headers (%s)", item.path, error)
         return None, None
-    seg_name, sr_name = f"{name}_lesions.seg.dcm", f"{name}_lesions.sr.dcm"
+    seg_name, sr_name = dicom_output_names(name)
     write_dicom_file(stage / seg_name, segmentation)
     if report is None:
         return seg_name, None
@@ -207,14 +206,24 @@ def _write_dicom_objects(stage: Path, name: str, item: PendingVolume, volume: Vo
     return seg_name, sr_name
 
 
+def overlay_name(name: str, label: int) -> str:
+    """File name of lesion ``label``'s overlay picture of study ``name``: ``<name>_lesionNN.png``."""
+    return f"{name}_lesion{label:02d}.png"
+
+
+def dicom_output_names(name: str) -> tuple[str, str]:
+    """File names of study ``name``'s DICOM SEG and SR: ``<name>_lesions.seg.dcm``, ``.sr.dcm``."""
+    return f"{name}_lesions.seg.dcm", f"{name}_lesions.sr.dcm"
+
+
 def remove_stale_outputs(out_dir: Path, name: str, record: dict) -> list[Path]:
     """Delete the per-lesion files an earlier ``detect`` of study ``name`` left in ``out_dir``.
 
     A run into a folder that holds an earlier run's outputs replaces the files it writes, but an
-    earlier run with more lesions (or with ``--dicom-seg`` / ``--dicom-sr``) also left
-    ``<name>_lesionNN.png`` overlays and ``<name>_lesions.seg.dcm`` / ``.sr.dcm`` files that the new
-    results.json does not list. Only files named exactly like this study's outputs are touched;
-    called after the new outputs are in place, so a failed run leaves the earlier one whole.
+    earlier run with more lesions (or with ``--dicom-seg`` / ``--dicom-sr``) also left overlays
+    :func:`overlay_name` past this run's last label (a run numbers them 1..N) and a SEG / SR
+    (:func:`dicom_output_names`) that the new results.json does not list. Only those names are
+    touched; called after the new outputs are in place, so a failed run leaves the earlier one whole.
 
     Args:
         out_dir: the folder of results.json.
@@ -224,11 +233,14 @@ def remove_stale_outputs(out_dir: Path, name: str, record: dict) -> list[Path]:
     Returns:
         The paths deleted.
     """
-    kept = {record.get("dicom_seg"), record.get("dicom_sr"),
-            *(lesion.get("overlay") for lesion in record.get("lesions", []))}
-    ours = re.compile(re.escape(name) + r"_(lesion\d{2,}\.png|lesions\.seg\.dcm|lesions\.sr\.dcm)")
-    stale = [path for path in Path(out_dir).iterdir()
-             if path.is_file() and ours.fullmatch(path.name) and path.name not in kept]
+    out_dir = Path(out_dir)
+    stale = [out_dir / file_name for file_name, written in zip(dicom_output_names(name),
+                                                               (record["dicom_seg"], record["dicom_sr"]))
+             if not written and (out_dir / file_name).is_file()]
+    label = len(record["lesions"]) + 1
+    while (out_dir / overlay_name(name, label)).is_file():
+        stale.append(out_dir / overlay_name(name, label))
+        label += 1
     for path in stale:
         path.unlink()
         log.info("removed %s (an earlier run's output)", path)
@@ -284,10 +296,10 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                                  if options.dicom_seg or options.dicom_sr else (None, None))
             overlays = []
             for label, lesion in enumerate(lesions, start=1):
-                overlay_name = f"{name}_lesion{label:02d}.png"
-                write_overlay(volume, lesion, label, Path(stage) / overlay_name, num_lesions=len(lesions),
+                overlay = overlay_name(name, label)
+                write_overlay(volume, lesion, label, Path(stage) / overlay, num_lesions=len(lesions),
                               study_name=name)
-                overlays.append(overlay_name)
+                overlays.append(overlay)
             sheet = write_summary_sheet(volume, lesions, Path(stage) / f"{name}_lesions.png", study_name=name,
                                         score_threshold=options.score_threshold)
             records.append(study_record(volume, lesions, input_path=str(item.path), detector_interval_mm=network_interval,

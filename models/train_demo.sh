@@ -92,7 +92,6 @@ from pathlib import Path
 with (Path(sys.argv[1]) / "DL_info.csv").open() as handle:
     train = sorted({row["File_name"] for row in csv.DictReader(handle) if row["Train_Val_Test"].strip() == "1"})
 Path(sys.argv[2]).write_text("\n".join(train[::3]) + "\n")
-Path(sys.argv[2]).with_name("mine_keys_all.txt").write_text("\n".join(train) + "\n")
 PY
 ctlesion evaluate --data "$work/mix_train" --split train --key-slices "$work/mine_keys.txt" --device $device \
   --weights "$work/crop_stage/epoch_004.safetensors" --out "$work/mined"
@@ -100,7 +99,7 @@ ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/hard_stage"
   --negative-crop-fraction 0.3 --hard-negatives "$work/mined/predictions.json" --hard-negative-min-score 0.8 \
   --hard-negative-fraction 1.0 --epochs 12 --lr-drop-epoch 8
 "$python" models/finalize_demo.py "$work/hard_stage" "$work/stage3b.safetensors"
-ctlesion evaluate --data "$work/mix_train" --split train --key-slices "$work/mine_keys_all.txt" --device $device \
+ctlesion evaluate --data "$work/mix_train" --split train --device $device \
   --weights "$work/stage3b.safetensors" --out "$work/mined2"
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \
   --negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8 \
