@@ -125,6 +125,7 @@ def test_missing_column_is_refused(tmp_path):
         ["--iou-threshold", "0"],
         ["--weights", "w.safetensors"],  # together with --predictions
         ["--fast"],  # DeepLesion key slices, and saved predictions
+        ["--tta"],  # saved predictions
     ],
 )
 def test_usage_errors_exit_2(hand_split, tmp_path, options):
@@ -205,6 +206,14 @@ def test_report_states_neighbour_slices_detection_cap_and_comparability(tiny_wei
     assert "1 of them with single-slice context" in report and "1 window reaches past its series' ends" in report
     assert "at most 50 per image, score >= 0.001" in report
     assert titles[-1].endswith("\nmodel tiny.safetensors (AlignShift x3)")
+    assert evaluation["test_time_augmentation"] == "none" and "test-time augmentation" not in report
+    flipped = invoke("evaluate", "--data", data, "--weights", tiny_weights, "--out", tmp_path / "tta", "--device", "cpu",
+                     "--bootstrap", 0, "--tta")
+    assert flipped.exit_code == 0, flipped.output
+    assert json.loads((tmp_path / "tta" / "evaluation.json").read_text())["test_time_augmentation"] == "flip"
+    assert "| test-time augmentation | left-right flipped slices too" in (tmp_path / "tta" / "evaluation.md").read_text()
+    fused = json.loads((tmp_path / "tta" / "predictions.json").read_text())["predictions"]
+    assert [entry["detections"] for entry in fused] != [entry["detections"] for entry in predictions]
 
     rescored = invoke("evaluate", "--data", data, "--predictions", out / "predictions.json", "--out",
                       tmp_path / "again", "--bootstrap", 0)

@@ -123,6 +123,12 @@ FAST_HELP = ("Approximate screening mode: the network runs on every second windo
              "Measured cost (shipped model, simulated test split, 68 lesions): CPM 15.5 % with --fast against 15.1 % "
              "without, no loss visible at that size; lesions seen on a single thick slice can be missed "
              "(README 'Speed').")
+#: ``--tta`` of detect and evaluate: test-time augmentation with left-right flipped slices.
+TTA = Annotated[bool, typer.Option(
+    "--tta", help="Test-time augmentation: run the network on the left-right flipped slices too and fuse the two "
+                  "views' detections (weighted boxes fusion; a finding seen in one view keeps half its score): twice "
+                  "the network time. Measured on the shipped model's card (models/README.md). A model's recommended "
+                  "score threshold was chosen without it.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
 # Datasets of volumes with lesion masks (train and evaluate):
@@ -553,6 +559,7 @@ def evaluate(
     fast: Annotated[bool, typer.Option(
         "--fast", help="Volumes, running a model: as `detect --fast` (the network on every second window), to "
                        "measure what it costs.")] = False,
+    tta: TTA = False,
     bootstrap: Annotated[int, typer.Option(
         min=0, help="Bootstrap resamples (by image, or by scan) for 95 % intervals (0: none).")] = 1000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed (and --val-fraction's).")] = 0,
@@ -573,6 +580,8 @@ def evaluate(
                                                                          "each other")
     usage = usage or (fast and predictions is not None and "--fast runs a model; saved --predictions are "
                                                            "scored as they are")
+    usage = usage or (tta and predictions is not None and "--tta runs a model; saved --predictions are "
+                                                          "scored as they are")
     if model_name is not None and (weights is not None or predictions is not None):
         usage = f"--model and {'--weights' if weights is not None else '--predictions'} exclude each other"
     if not usage and (out.suffix.lower() == ".json" or out.is_file()):
@@ -588,7 +597,7 @@ def evaluate(
                                 iou_threshold=iou_threshold, resamples=bootstrap, seed=seed, key_list=key_slices,
                                 lesion_label=lesion_label, min_lesion_voxels=min_lesion_voxels,
                                 score_threshold=score_threshold, val_fraction=val_fraction,
-                                key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1)
+                                key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1, flip=tta)
     except ValueError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -642,6 +651,7 @@ def detect(
         help="Run the network on the whole slice (default: on the body's bounding box plus a margin, faster, "
              "detections unchanged within the limits README 'Speed' states).")] = False,
     fast: Annotated[bool, typer.Option("--fast", help=FAST_HELP)] = False,
+    tta: TTA = False,
     all_windows: Annotated[bool, typer.Option(
         "--all-windows", help="Also run the network on windows whose key slice holds no body (skipped by "
                               "default: no lesion can be found there).")] = False,
@@ -692,7 +702,7 @@ def detect(
     threshold = recommended_score_threshold(info) if score_threshold is None else score_threshold
     options = DetectOptions(score_threshold=threshold, batch_size=batch_size, precision=precision.value,
                             skip_no_body=not all_windows, key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1,
-                            body_crop_margin_px=None if whole_slice else BODY_CROP_MARGIN_PX,
+                            body_crop_margin_px=None if whole_slice else BODY_CROP_MARGIN_PX, flip=tta,
                             dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 
     def detect_with_progress():  # the bar closes before an error line is printed

@@ -94,7 +94,8 @@ class ScanProtocol:
 def protocol_for(data: Path, *, split: str, criterion: str | None = None, iou_threshold: float | None = None,
                  resamples: int = 1000, seed: int = 0, key_list: Path | None = None, lesion_label: str | None = None,
                  min_lesion_voxels: int = 1, score_threshold: float = 0.05,
-                 val_fraction: float | None = None, key_slice_stride: int = 1) -> EvaluationProtocol:
+                 val_fraction: float | None = None, key_slice_stride: int = 1,
+                 flip: bool = False) -> EvaluationProtocol:
     """The protocol a dataset folder calls for, with each protocol's defaults.
 
     Volumes with lesion masks (:func:`~ctlesion.io.masked_datasets.is_masked_dataset`) get the
@@ -109,7 +110,7 @@ def protocol_for(data: Path, *, split: str, criterion: str | None = None, iou_th
         options = ScanEvaluateOptions(split=split, lesion_label=lesion_label, criterion=criterion or "centre",
                                       iou_threshold=0.1 if iou_threshold is None else iou_threshold,
                                       min_lesion_voxels=min_lesion_voxels, score_threshold=score_threshold,
-                                      resamples=resamples, seed=seed, key_slice_stride=key_slice_stride)
+                                      resamples=resamples, seed=seed, key_slice_stride=key_slice_stride, flip=flip)
         options.validate()
         dataset = open_masked_dataset(data, val_fraction=val_fraction, seed=seed)
         dataset.lesion_value(lesion_label)  # a bad label fails before a model is loaded
@@ -118,7 +119,7 @@ def protocol_for(data: Path, *, split: str, criterion: str | None = None, iou_th
         raise ValueError("--fast is for datasets of volumes (detect runs on whole CTs there)")
     options = EvaluateOptions(split=split, key_list=key_list, criterion=criterion or "iou",
                               iou_threshold=0.5 if iou_threshold is None else iou_threshold, resamples=resamples,
-                              seed=seed)
+                              seed=seed, flip=flip)
     try:
         options.validate()
     except CtlesionError as exc:

@@ -182,6 +182,9 @@ def _header(evaluation: dict) -> list[str]:
     ]
     facts += [(name, text) for name, text in (("detections per image", _detections_fact(evaluation)),
                                               ("neighbour slices", _neighbours_fact(evaluation))) if text]
+    if evaluation.get("test_time_augmentation") == "flip":
+        facts.append(("test-time augmentation", "left-right flipped slices too, the two views' detections fused "
+                                                "(weighted boxes fusion)"))
     facts += [
         ("hit", (f"{overlap} >= {protocol['iou_threshold']:g} with a lesion's box, DeepLesion inclusive-pixel "
                 "boxes; detections of all images ranked together by score; a detection of an already-hit "
