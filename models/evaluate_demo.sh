@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of the demo model's card (models/README.md), on CPU (about 45 minutes on 2 cores).
+# The figures of the demo model's card (models/README.md), on CPU (about 70 minutes on 2 cores).
 # Usage: models/evaluate_demo.sh [WORK_DIR]   (after models/train_demo.sh; needs ../shared/data)
 #   1. the default score threshold, chosen on the simulated validation split (written into
 #      models/ctlesion_demo_sim.json as "operating_point", which `ctlesion detect` uses);
@@ -9,6 +9,7 @@
 #   (c)-(e) `ctlesion detect` at the default threshold on the sample study and the other real CTs
 #       (lesions reported, mask shape, seconds)      -> models/ctlesion_demo_sim_eval/real_ct.json
 #   (d) masks against the true masks of the simulated validation split -> .../mask_quality.json
+#   (f) test-time augmentation (--tta): val, (a) and (b) again -> models/ctlesion_demo_sim_eval/tta/{val,test,deeplesion_sample_heldout}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
@@ -53,3 +54,9 @@ done
 "$python" models/demo_card.py real "${results[@]}" --out "$card/real_ct.json"
 # (d) mask quality against the true masks of the simulated validation split.
 "$python" models/demo_card.py masks "$work/sim_eval" "$weights" --split val --num 60 --out "$card/mask_quality.json"
+# (f) the same model with test-time augmentation (left-right flipped slices too, fused): the
+# validation split (what decides), then (a) and (b).
+ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out "$card/tta/val" --device cpu --tta
+ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card/tta/test" --device cpu --tta
+ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
+  --out "$card/tta/deeplesion_sample_heldout" --device cpu --tta
