@@ -60,3 +60,12 @@ ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out
 ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card/tta/test" --device cpu --tta
 ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
   --out "$card/tta/deeplesion_sample_heldout" --device cpu --tta
+# Paired bootstrap of the differences (the same resampled images score both).
+"$python" models/demo_card.py paired "$work/sim_eval" val "$card/sim_eval/val_predictions.json" \
+  "$card/tta/val/predictions.json" --out "$card/tta/paired_val.json"
+"$python" models/demo_card.py paired "$work/sim_eval" test "$card/predictions.json" "$card/tta/test/predictions.json" \
+  --out "$card/tta/paired_test.json"
+"$python" models/demo_card.py paired "$work/real_heldout" all "$card/deeplesion_sample_heldout/predictions.json" \
+  "$card/tta/deeplesion_sample_heldout/predictions.json" --out "$card/tta/paired_heldout.json"
+# (c) with --tta on the sample study, at the default threshold.
+ctlesion detect sample_data/abdomen_ct_dicom --out "$work/real_tta/abdomen_ct_dicom/results.json" --device cpu --tta

@@ -212,6 +212,7 @@ def test_report_states_neighbour_slices_detection_cap_and_comparability(tiny_wei
     assert flipped.exit_code == 0, flipped.output
     assert json.loads((tmp_path / "tta" / "evaluation.json").read_text())["test_time_augmentation"] == "flip"
     assert "| test-time augmentation | left-right flipped slices too" in (tmp_path / "tta" / "evaluation.md").read_text()
+    assert titles[-1].endswith("\nmodel tiny.safetensors (AlignShift x3), test-time flip")
     fused = json.loads((tmp_path / "tta" / "predictions.json").read_text())["predictions"]
     assert [entry["detections"] for entry in fused] != [entry["detections"] for entry in predictions]
 

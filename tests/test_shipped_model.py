@@ -4,10 +4,10 @@ The card's figures come from models/evaluate_demo.sh (models/ctlesion_demo_sim_e
 
 * the default score threshold (the sidecar's ``operating_point``) is chosen again from the
   saved validation predictions and the evaluation data's table;
-* the simulated test split's FROC (evaluation.json) is scored again from the saved
-  predictions (``ctlesion evaluate --predictions``);
-* the FROC on the real DeepLesion key slices not used in training is recomputed by running the
-  model (needs ../shared/data);
+* the simulated test split's FROC (evaluation.json), without and with test-time augmentation
+  (``tta/test``), is scored again from the saved predictions (``ctlesion evaluate --predictions``);
+* the FROC on the real DeepLesion key slices not used in training, without and with test-time
+  augmentation, is recomputed by running the model (needs ../shared/data);
 * slow: the evaluation data is simulated again (same table) and the test split's predictions
   are recomputed by the model.
 """
@@ -74,19 +74,23 @@ def test_default_threshold_is_rederived_from_the_validation_predictions():
     assert again == stored
 
 
-def test_simulated_test_figures_are_rescored_from_their_predictions(tmp_path):
-    card = json.loads((CARD / "evaluation.json").read_text())
+@pytest.mark.parametrize("folder", [".", "tta/test"])
+def test_simulated_test_figures_are_rescored_from_their_predictions(folder, tmp_path):
+    card = json.loads((CARD / folder / "evaluation.json").read_text())
     evaluation = run_evaluation(CARD / "sim_eval", tmp_path / "rescored", EvaluateOptions(split="test", resamples=0),
-                                predictions_path=CARD / "predictions.json", progress=False)
+                                predictions_path=CARD / folder / "predictions.json", progress=False)
     _same_summary(evaluation["summary"], card["summary"], abs_tol=1e-9)
+    assert card.get("test_time_augmentation", "none") == ("flip" if folder == "tta/test" else "none")
 
 
-def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path):
+@pytest.mark.parametrize("flip", [False, True], ids=["plain", "tta"])
+def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path, flip):
     """Figure (b): the real key slices of the DeepLesion sample's patients not used in training."""
     _models_script("mix_real_slices").heldout(shared_data / "deeplesion_sample", tmp_path / "heldout")
-    model, _ = shipped
-    card = json.loads((CARD / "deeplesion_sample_heldout" / "evaluation.json").read_text())
-    result = evaluate_model(model, tmp_path / "heldout", "all", progress=False)
+    model, info = shipped
+    card = json.loads((CARD / ("tta" if flip else ".") / "deeplesion_sample_heldout" / "evaluation.json").read_text())
+    result = run_evaluation(tmp_path / "heldout", tmp_path / "again", EvaluateOptions(split="all", resamples=0, flip=flip),
+                            model=model, model_info=info, progress=False)
     _same_summary(result["summary"], card["summary"])
 
 
@@ -101,3 +105,24 @@ def test_simulated_test_split_is_reproduced(shipped, shared_data, tmp_path):
     card = json.loads((CARD / "evaluation.json").read_text())
     _same_summary(result["summary"], card["summary"])
     shutil.rmtree(data)
+
+
+
+@pytest.mark.parametrize(("split", "plain", "flipped"), [
+    ("val", "sim_eval/val_predictions.json", "tta/val/predictions.json"),
+    ("test", "predictions.json", "tta/test/predictions.json")])
+def test_test_time_augmentation_differences_are_rederived(split, plain, flipped, tmp_path):
+    """Figure (f): the paired bootstrap of --tta against the plain model, from the saved predictions;
+    its point differences are those of the two predictions' own figures."""
+    stored = json.loads((CARD / "tta" / f"paired_{split}.json").read_text())
+    again = _models_script("demo_card").paired_difference(CARD / "sim_eval", split, CARD / plain, CARD / flipped)
+    assert again["b_minus_a"] == stored["b_minus_a"]
+    without, with_flip = (run_evaluation(CARD / "sim_eval", tmp_path / name, EvaluateOptions(split=split, resamples=0),
+                                         predictions_path=CARD / path, progress=False)["summary"]["all"]
+                          for name, path in (("plain", plain), ("tta", flipped)))
+    differences = [again["b_minus_a"][f"at_{rate:g}_fp"]["difference"] for rate in (0.5, 1, 2, 4, 8, 16)]
+    assert differences == pytest.approx(list(map(float.__sub__, with_flip["sensitivity"], without["sensitivity"])),
+                                        abs=1e-12)
+    average = again["b_minus_a"]["avg_0.5_4"]
+    assert average["difference"] == pytest.approx(with_flip["avg_0.5_4"] - without["avg_0.5_4"], abs=1e-12)
+    assert average["ci95"][0] <= average["difference"] <= average["ci95"][1]

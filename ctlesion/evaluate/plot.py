@@ -60,13 +60,14 @@ def froc_title(evaluation: dict) -> str:
 
     Args:
         evaluation: the ``evaluation.json`` content (``split``, ``protocol``, ``weights``,
-            ``model``, ``predictions_file``).
+            ``model``, ``predictions_file``, ``test_time_augmentation``).
     """
     protocol = evaluation["protocol"]
     overlap = {"iou": "IoU", "iobb": "IoBB"}[protocol["criterion"]]
     if evaluation.get("weights"):
         network = f" ({evaluation['model']})" if evaluation.get("model") else ""
-        source = f"model {evaluation['weights']}{network}"
+        flipped = ", test-time flip" if evaluation.get("test_time_augmentation") == "flip" else ""
+        source = f"model {evaluation['weights']}{network}{flipped}"
     else:
         source = f"predictions: {Path(evaluation['predictions_file']).name}"
     return f"DeepLesion FROC, {evaluation['split']} split ({overlap} >= {protocol['iou_threshold']:g})\n{source}"
