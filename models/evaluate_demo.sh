@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of the demo model's card (models/README.md), on CPU (about 70 minutes on 2 cores).
+# The figures of the demo model's card (models/README.md), on CPU (about 90 minutes on 2 cores).
 # Usage: models/evaluate_demo.sh [WORK_DIR]   (after models/train_demo.sh; needs ../shared/data)
 #   1. the default score threshold, chosen on the simulated validation split (written into
 #      models/ctlesion_demo_sim.json as "operating_point", which `ctlesion detect` uses);
@@ -9,7 +9,7 @@
 #   (c)-(e) `ctlesion detect` at the default threshold on the sample study and the other real CTs
 #       (lesions reported, mask shape, seconds)      -> models/ctlesion_demo_sim_eval/real_ct.json
 #   (d) masks against the true masks of the simulated validation split -> .../mask_quality.json
-#   (f) test-time augmentation (--tta): val, (a) and (b) again -> models/ctlesion_demo_sim_eval/tta/{val,test,deeplesion_sample_heldout}
+#   (f) test-time augmentation (--tta): val, (a), (b) and (c) again -> models/ctlesion_demo_sim_eval/tta/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
@@ -41,17 +41,23 @@ ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --ou
 ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
   --out "$card/deeplesion_sample_heldout" --device cpu
 
-results=()
-for ct in sample_data/abdomen_ct_dicom "$shared/totalseg_example/example_ct_sm.nii.gz" \
-          "$shared/ct_backgrounds/cmb_crc_msb-01068_chest.nii.gz" \
-          "$shared/ct_backgrounds/lidc_idri_0001_chest.nii.gz"; do
-  name=$(basename "$ct"); name=${name%.nii.gz}
-  SECONDS=0
-  ctlesion detect "$ct" --out "$work/real/$name/results.json" --device cpu
-  echo "$SECONDS" > "$work/real/$name/seconds.txt"  # whole command: reading, network, outputs
-  results+=("$work/real/$name/results.json")
-done
-"$python" models/demo_card.py real "${results[@]}" --out "$card/real_ct.json"
+# detect_real_cts FOLDER OUT_JSON [DETECT_OPTION...]: detect at the default threshold on each real
+# CT (into FOLDER/<study>/), timed, then the card's per-study figures.
+detect_real_cts() {
+  local into=$1 out=$2 folder; shift 2
+  local results=()
+  for ct in sample_data/abdomen_ct_dicom "$shared/totalseg_example/example_ct_sm.nii.gz" \
+            "$shared/ct_backgrounds/cmb_crc_msb-01068_chest.nii.gz" \
+            "$shared/ct_backgrounds/lidc_idri_0001_chest.nii.gz"; do
+    folder=$(basename "$ct"); folder=$into/${folder%.nii.gz}
+    SECONDS=0
+    ctlesion detect "$ct" --out "$folder/results.json" --device cpu "$@"
+    mkdir -p "$folder" && echo "$SECONDS" > "$folder/seconds.txt"  # whole command: reading, network, outputs
+    results+=("$folder/results.json")
+  done
+  "$python" models/demo_card.py real "${results[@]}" --out "$out"
+}
+detect_real_cts "$work/real" "$card/real_ct.json"
 # (d) mask quality against the true masks of the simulated validation split.
 "$python" models/demo_card.py masks "$work/sim_eval" "$weights" --split val --num 60 --out "$card/mask_quality.json"
 # (f) the same model with test-time augmentation (left-right flipped slices too, fused): the
@@ -67,5 +73,5 @@ ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
   --out "$card/tta/paired_test.json"
 "$python" models/demo_card.py paired "$work/real_heldout" all "$card/deeplesion_sample_heldout/predictions.json" \
   "$card/tta/deeplesion_sample_heldout/predictions.json" --out "$card/tta/paired_heldout.json"
-# (c) with --tta on the sample study, at the default threshold.
-ctlesion detect sample_data/abdomen_ct_dicom --out "$work/real_tta/abdomen_ct_dicom/results.json" --device cpu --tta
+# (c) with --tta, at the default threshold.
+detect_real_cts "$work/real_tta" "$card/tta/real_ct.json" --tta
