@@ -1,4 +1,5 @@
-"""The one prediction path: network windows in, detections in source pixels out.
+"""The one prediction path: network windows in, detections in source pixels out (optionally
+with test-time augmentation: the left-right flipped windows too, fused by weighted boxes fusion).
 
 ``detect`` (every window of a volume, :func:`ctlesion.detect.detect_slices`), ``evaluate`` on
 key slices and the validation after each training epoch
@@ -50,7 +51,8 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
         transforms: the B windows' in-plane transforms.
         device: where the model runs.
         score_min: detections below this score are dropped inside the detector, before its mask head
-            runs (exactly those of 0 above it remain).
+            runs (exactly those of 0 above it remain; with ``flip``, fused detections below it, each
+            view dropping only what cannot reach it).
         clip: clip boxes to the source image (``detect``); the DeepLesion protocol scores them
             unclipped.
         with_masks: compute the masks and map them back to the source grid (bilinear); without,
