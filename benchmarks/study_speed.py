@@ -32,7 +32,9 @@ Variants (``--variants``, default all):
 * ``crop-M`` (``--margins M,...``): the default with another crop margin;
 * ``bf16``: the default with bfloat16 autocast (``detect --precision bf16``; not bit-identical);
 * ``fast``: the default with the network on every second window (``detect --fast``);
-* ``fast-bf16``: both.
+* ``fast-bf16``: both;
+* ``tta``: the default with test-time augmentation (``detect --tta``: the left-right flipped
+  windows too, fused; not in the default list).
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def variants(model, margins: list[int]) -> dict[str, tuple[torch.nn.Module, dict
     out.update({f"crop-{m}": (model, {"body_crop_margin_px": m}) for m in margins})
     out.update({"bf16": (model, {"precision": "bf16"}),
                 "fast": (model, {"key_slice_stride": FAST_KEY_SLICE_STRIDE}),
-                "fast-bf16": (model, {"key_slice_stride": FAST_KEY_SLICE_STRIDE, "precision": "bf16"})})
+                "fast-bf16": (model, {"key_slice_stride": FAST_KEY_SLICE_STRIDE, "precision": "bf16"}),
+                "tta": (model, {"flip": True})})
     return out
 
 
