@@ -138,6 +138,7 @@ def fuse_views(views: Sequence[dict], *, iou_min: float = FUSION_IOU, score_min:
     """
     boxes = torch.cat([v["boxes"] for v in views]).float()
     scores = torch.cat([v["scores"] for v in views]).float()
+    weight = scores.clamp_min(1e-6)  # a score of 0 still weighs its member (no 0 / 0)
     view_of = [i for i, v in enumerate(views) for _ in range(len(v["scores"]))]
     members: list[list[int]] = []
     member_views: list[set[int]] = []
@@ -154,7 +155,7 @@ def fuse_views(views: Sequence[dict], *, iou_min: float = FUSION_IOU, score_min:
             members.append([index])
             member_views.append({view_of[index]})
             fused_boxes = torch.cat([fused_boxes, boxes[index : index + 1]])
-        weights = scores[members[cluster]]
+        weights = weight[members[cluster]]
         fused_boxes[cluster] = (weights[:, None] * boxes[members[cluster]]).sum(0) / weights.sum()
     fused_scores = torch.stack([scores[m].sum() for m in members]) / len(views) if members else scores.new_zeros(0)
     order = torch.argsort(fused_scores, descending=True)
@@ -164,7 +165,7 @@ def fuse_views(views: Sequence[dict], *, iou_min: float = FUSION_IOU, score_min:
            "labels": torch.cat([v["labels"] for v in views])[[members[c][0] for c in order]]}
     if "masks" in views[0]:
         masks = torch.cat([v["masks"] for v in views]).float()
-        out["masks"] = torch.stack([(scores[members[c]][:, None, None, None] * masks[members[c]]).sum(0)
-                                    / scores[members[c]].sum() for c in order]) if order else masks[:0]
+        out["masks"] = torch.stack([(weight[members[c]][:, None, None, None] * masks[members[c]]).sum(0)
+                                    / weight[members[c]].sum() for c in order]) if order else masks[:0]
         out["masks"] = out["masks"].to(views[0]["masks"].dtype)
     return out

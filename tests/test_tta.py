@@ -46,6 +46,8 @@ def test_fuse_views_weighted_boxes_fusion_by_hand():
     assert fused["labels"].tolist() == [1, 1, 1]
     kept = fuse_views([first, second], score_min=0.2, max_detections=1)
     torch.testing.assert_close(kept["scores"], torch.tensor([0.75]))
+    zero = fuse_views([_view([[0, 0, 10, 10]], [0.0]), _view([[2, 0, 12, 10]], [0.0])])
+    torch.testing.assert_close(zero["boxes"], torch.tensor([[1.0, 0, 11, 10]]))  # equal weights, no 0 / 0
     empty = fuse_views([_view([], []), _view([], [])])
     assert empty["boxes"].shape == (0, 4) and empty["scores"].shape == (0,)
 
