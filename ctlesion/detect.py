@@ -23,7 +23,7 @@ from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import PlannedStudy
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
-from ctlesion.predict import predict_windows
+from ctlesion.predict import augmentation_name, predict_windows
 from ctlesion.preprocess import (
     body_crop,
     network_interval_mm,
@@ -314,7 +314,7 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                         "description": model_info.get("training", {}).get("description", ""),
                         "score_threshold": options.score_threshold,
                         "inference": {"precision": options.precision, "key_slice_stride": options.key_slice_stride,
-                                      "test_time_augmentation": "flip" if options.flip else "none",
+                                      "test_time_augmentation": augmentation_name(options.flip),
                                       "skip_no_body": options.skip_no_body,
                                       "body_crop_margin_px": options.body_crop_margin_px}}
         write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)

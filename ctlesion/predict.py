@@ -87,6 +87,12 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
             for output, transform in zip(outputs, transforms)]
 
 
+def augmentation_name(flip: bool) -> str:
+    """How a run's detections were made, as recorded (``test_time_augmentation`` of results.json and
+    evaluation.json): "flip" with the left-right flipped view fused in, else "none"."""
+    return "flip" if flip else "none"
+
+
 #: Weighted boxes fusion's IoU for "the same object seen in two views" (Solovyev et al. 2021, their
 #: default 0.55).
 FUSION_IOU = 0.55

@@ -36,8 +36,9 @@ import nibabel as nib
 import numpy as np
 
 from ctlesion.evaluate.bootstrap import percentile_interval, resample_counts
-from ctlesion.evaluate.froc import match_detections, weighted_sensitivity
+from ctlesion.evaluate.froc import DEFAULT_FPS_PER_IMAGE, match_detections, weighted_sensitivity
 from ctlesion.evaluate.predictions import align_predictions, read_predictions
+from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT, averaged_rates
 from ctlesion.evaluate.split import load_evaluation_set
 
 SIDECAR = Path("models/ctlesion_demo_sim.json")
@@ -186,14 +187,13 @@ def paired_difference(data_dir: Path, split: str, path_a: Path, path_b: Path, re
     """Sensitivity of B minus A at 0.5-16 FP per image and in avg[0.5-4], with a paired percentile
     bootstrap interval over images (Efron & Tibshirani 1993, ch. 13; the same resamples score both)."""
     evaluation_set = load_evaluation_set(data_dir, split)
-    fps = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    fps, averaged = averaged_rates(DEFAULT_FPS_PER_IMAGE, KEY_SLICE_LAYOUT)
     matchings = [match_detections(align_predictions(read_predictions(path), evaluation_set.keys, path),
                                   evaluation_set.ground_truth) for path in (path_a, path_b)]
     everything = np.ones((1, len(evaluation_set.keys)), np.int64)
     point = [weighted_sensitivity(m, everything, fps)[0, :, 0] for m in matchings]
     draws = np.concatenate(list(resample_counts(len(evaluation_set.keys), resamples, seed)))
     samples = np.subtract(*(weighted_sensitivity(m, draws, fps)[:, :, 0] for m in matchings[::-1]))
-    averaged = np.array(fps) <= 4
     differences = np.column_stack([samples, samples[:, averaged].mean(axis=1)])
     interval = percentile_interval(differences)
     names = [f"at_{rate:g}_fp" for rate in fps] + ["avg_0.5_4"]

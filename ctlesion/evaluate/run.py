@@ -41,7 +41,7 @@ from ctlesion.evaluate.scoring import score_split
 from ctlesion.evaluate.split import load_evaluation_set
 from ctlesion.io.deeplesion import split_code
 from ctlesion.networks.detector import AlignShiftDetector
-from ctlesion.predict import predict_windows
+from ctlesion.predict import augmentation_name, predict_windows
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def run_evaluation(
             "image_order": "File_name (ties in score keep image order, then detection order)",
         },
         "detections_per_image": _detection_limits(model, detections),
-        "test_time_augmentation": None if model is None else "flip" if options.flip else "none",
+        "test_time_augmentation": None if model is None else augmentation_name(options.flip),
         "neighbour_slices": neighbours,
         "bootstrap": None if options.resamples == 0 else {
             "resamples": options.resamples, "seed": options.seed, "level": 0.95, "unit": "image",

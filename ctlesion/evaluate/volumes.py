@@ -50,6 +50,7 @@ from ctlesion.io.masked_datasets import (
 )
 from ctlesion.io.nifti import read_nifti
 from ctlesion.postprocess import recist_axes_mm
+from ctlesion.predict import augmentation_name
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
             "min_lesion_voxels": options.min_lesion_voxels,
             "score_threshold": options.score_threshold if model is not None else None,
             "key_slice_stride": options.key_slice_stride if model is not None else None,
-            "test_time_augmentation": ("flip" if options.flip else "none") if model is not None else None,
+            "test_time_augmentation": augmentation_name(options.flip) if model is not None else None,
             "num_scans": len(cases),
             "num_lesions": int(sum(item["num_lesions"] for item in per_case)),
         },
