@@ -34,7 +34,9 @@ Variants (``--variants``, default all):
 * ``fast``: the default with the network on every second window (``detect --fast``);
 * ``fast-bf16``: both;
 * ``tta``: the default with test-time augmentation (``detect --tta``: the left-right flipped
-  windows too, fused; not in the default list).
+  windows too, fused; not in the default list);
+* ``zoom``: the default with the windows zoomed in x 1.5 too (``detect --tta-zoom 1.5``; not in
+  the default list).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from ctlesion.io import read_volume
 from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import plan_studies
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
+from ctlesion.predict import TestTimeAugmentation
 from ctlesion.preprocess import network_window, num_resampled_slices, resample_to_reference
 
 STUDY = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct_backgrounds" / "cmb_crc_msb-01068_chest.nii.gz"
@@ -123,7 +126,8 @@ def variants(model, margins: list[int]) -> dict[str, tuple[torch.nn.Module, dict
     out.update({"bf16": (model, {"precision": "bf16"}),
                 "fast": (model, {"key_slice_stride": FAST_KEY_SLICE_STRIDE}),
                 "fast-bf16": (model, {"key_slice_stride": FAST_KEY_SLICE_STRIDE, "precision": "bf16"}),
-                "tta": (model, {"flip": True})})
+                "tta": (model, {"augmentation": TestTimeAugmentation(flip=True)}),
+                "zoom": (model, {"augmentation": TestTimeAugmentation(zoom=1.5)})})
     return out
 
 

@@ -23,7 +23,7 @@ from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import PlannedStudy
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
-from ctlesion.predict import augmentation_name, predict_windows
+from ctlesion.predict import NO_AUGMENTATION, TestTimeAugmentation, predict_windows
 from ctlesion.preprocess import (
     body_crop,
     network_interval_mm,
@@ -72,9 +72,9 @@ class DetectOptions:
             nearest computed slice's mask (:func:`ctlesion.postprocess.link_detections` with a
             detector interval ``stride`` times the network's). Approximate: README "Speed" gives
             the measured sensitivity cost.
-        flip: test-time augmentation (``detect --tta``): each batch runs again left-right flipped
-            and the two views' detections are fused (:func:`ctlesion.predict.fuse_views`): twice
-            the network time.
+        augmentation: test-time augmentation (``detect --tta``, ``--tta-zoom``): each batch runs
+            again left-right flipped and/or zoomed in, the views' detections fused
+            (:class:`ctlesion.predict.TestTimeAugmentation`, which says at what network time).
         dicom_seg: also write each DICOM study's lesions as a DICOM SEG
             (:mod:`ctlesion.report.dicom_seg`).
         dicom_sr: also write the SEG and a DICOM SR measurement report (TID 1500) referring
@@ -87,7 +87,7 @@ class DetectOptions:
     skip_no_body: bool = True
     body_crop_margin_px: int | None = BODY_CROP_MARGIN_PX
     key_slice_stride: int = 1
-    flip: bool = False
+    augmentation: TestTimeAugmentation = NO_AUGMENTATION
     dicom_seg: bool = False
     dicom_sr: bool = False
 
@@ -146,7 +146,7 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
         images = torch.from_numpy(np.ascontiguousarray(transform.crop(np.stack(stacks)[:, None])))
         found = predict_windows(model, images, interval.expand(len(indices)), [transform] * len(indices),
                                 device=device, score_min=options.score_threshold, precision=options.precision,
-                                flip=options.flip)
+                                augmentation=options.augmentation)
         found_by_slice.update({z: SliceDetections(slice_index=z, boxes_px=d.boxes_px.astype(np.float32),
                                                   scores=d.scores.astype(np.float32), masks=d.masks)
                                for d, z in zip(found, indices)})
@@ -314,7 +314,7 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                         "description": model_info.get("training", {}).get("description", ""),
                         "score_threshold": options.score_threshold,
                         "inference": {"precision": options.precision, "key_slice_stride": options.key_slice_stride,
-                                      "test_time_augmentation": augmentation_name(options.flip),
+                                      "test_time_augmentation": options.augmentation.name,
                                       "skip_no_body": options.skip_no_body,
                                       "body_crop_margin_px": options.body_crop_margin_px}}
         write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)

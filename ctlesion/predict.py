@@ -1,5 +1,6 @@
 """The one prediction path: network windows in, detections in source pixels out (optionally
-with test-time augmentation: the left-right flipped windows too, fused by weighted boxes fusion).
+with test-time augmentation, :class:`TestTimeAugmentation`: the left-right flipped windows too,
+fused by weighted boxes fusion, and/or the windows zoomed in, merged by non-maximum suppression).
 
 ``detect`` (every window of a volume, :func:`ctlesion.detect.detect_slices`), ``evaluate`` on
 key slices and the validation after each training epoch
@@ -10,12 +11,14 @@ key slices and the validation after each training epoch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
+import torch.nn.functional as F
+from torchvision.ops import box_iou, nms
 
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.preprocess import InPlaneTransform
@@ -36,11 +39,80 @@ class WindowDetections:
     masks: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """The views the network sees at inference besides the plain windows (``detect`` and
+    ``evaluate`` ``--tta`` and ``--tta-zoom``).
+
+    Attributes:
+        flip: also the left-right flipped windows; the two views' detections are fused by weighted
+            boxes fusion (:func:`fuse_views`): twice the network time.
+        zoom: also the windows upscaled in-plane by this factor (bilinear: at 1.5 a 512 x 512
+            window runs at 768 x 768); its detections, mapped back (:func:`unzoom_detections`),
+            are merged with the plain scale's by non-maximum suppression (:func:`merge_scales`):
+            1 + zoom ** 2 times the network time (with ``flip``, twice that). Small lesions cover
+            more anchors and receptive fields there (multi-scale testing; Singh & Davis, "An
+            analysis of scale invariance in object detection - SNIP", CVPR 2018). None: the plain
+            scale only.
+
+    Raises:
+        ValueError: for a zoom that is not a finite number > 1.
+    """
+
+    flip: bool = False
+    zoom: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.zoom is not None and not (math.isfinite(self.zoom) and self.zoom > 1.0):
+            raise ValueError(f"the test-time zoom must be a number > 1, got {self.zoom:g}")
+
+    @property
+    def name(self) -> str:
+        """As recorded (``test_time_augmentation`` of results.json and evaluation.json): "none",
+        "flip", "zoom 1.5" or "flip+zoom 1.5"."""
+        parts = (["flip"] if self.flip else []) + ([f"zoom {self.zoom:g}"] if self.zoom else [])
+        return "+".join(parts) or "none"
+
+    @property
+    def description(self) -> str:
+        """What the network saw besides the plain slices, for reports ("" for none)."""
+        parts = (["left-right flipped slices too, the two views' detections fused (weighted boxes fusion)"]
+                 if self.flip else []) + (
+            [(f"the slices zoomed in x {self.zoom:g} too, merged with the plain scale's detections by non-maximum "
+              "suppression")] if self.zoom else [])
+        return "; ".join(parts)
+
+    @classmethod
+    def from_name(cls, name: str) -> TestTimeAugmentation:
+        """The inverse of :attr:`name`.
+
+        Raises:
+            ValueError: for a name :attr:`name` does not write.
+        """
+        flip, zoom = False, None
+        for part in [] if name == "none" else name.split("+"):
+            if part == "flip" and not flip and zoom is None:
+                flip = True
+            elif part.startswith("zoom ") and zoom is None:
+                try:
+                    zoom = float(part.removeprefix("zoom "))
+                except ValueError:
+                    raise ValueError(f"unknown test-time augmentation {name!r}") from None
+            else:
+                raise ValueError(f"unknown test-time augmentation {name!r}")
+        return cls(flip=flip, zoom=zoom)
+
+
+#: No test-time augmentation: the plain windows only.
+NO_AUGMENTATION = TestTimeAugmentation()
+
+
 @torch.no_grad()
 def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_mm: torch.Tensor,
                     transforms: Sequence[InPlaneTransform], *, device: torch.device | str = "cpu",
                     score_min: float = 0.0, clip: bool = True, with_masks: bool = True,
-                    precision: str = "fp32", flip: bool = False) -> list[WindowDetections]:
+                    precision: str = "fp32",
+                    augmentation: TestTimeAugmentation = NO_AUGMENTATION) -> list[WindowDetections]:
     """Run the detector (as it is: call ``model.eval()`` first) on a batch of windows.
 
     Args:
@@ -51,35 +123,26 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
         transforms: the B windows' in-plane transforms.
         device: where the model runs.
         score_min: detections below this score are dropped inside the detector, before its mask head
-            runs (exactly those of 0 above it remain; with ``flip``, fused detections below it, each
-            view dropping only what cannot reach it).
+            runs (exactly those of 0 above it remain; with ``augmentation``, exactly the fused and
+            merged detections above it: each view drops only what cannot reach it).
         clip: clip boxes to the source image (``detect``); the DeepLesion protocol scores them
             unclipped.
         with_masks: compute the masks and map them back to the source grid (bilinear); without,
             the detector skips its mask head and mask pasting.
         precision: "fp32", or "bf16" (``torch.autocast`` with bfloat16 on the model's device;
             :data:`ctlesion.choices.INFERENCE_PRECISIONS`).
-        flip: test-time augmentation: also run the left-right flipped windows and fuse the two views'
-            detections (:func:`fuse_views`), at twice the network time.
+        augmentation: test-time views besides the plain windows (:class:`TestTimeAugmentation`).
 
     Returns:
         One :class:`WindowDetections` per window.
     """
-    device_type = torch.device(device).type
-    views = (False, True) if flip else (False,)
-    # A fused score is the mean over the views, so a member below n * score_min - (n - 1) cannot lift a
-    # detection to score_min: the views drop exactly those before their mask heads run.
-    view_score_min = max(0.0, len(views) * score_min - (len(views) - 1))
-    width = images.shape[-1]
-    per_view = []
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        for flipped in views:
-            inputs = images.flip(-1) if flipped else images
-            found = model(inputs.to(device), intervals_mm.to(device), score_min=view_score_min, with_masks=with_masks)
-            per_view.append([flip_detections(f, width, model.config.box_convention) if flipped else f for f in found])
-    outputs = per_view[0] if not flip else [
-        fuse_views(window, iou_min=FUSION_IOU, score_min=score_min, max_detections=model.config.detections_per_image)
-        for window in zip(*per_view)]
+    zooms = (1.0, augmentation.zoom) if augmentation.zoom else (1.0,)
+    per_scale = [_predict_scale(model, images, intervals_mm, zoom, device=device, score_min=score_min,
+                                with_masks=with_masks, precision=precision, flip=augmentation.flip)
+                 for zoom in zooms]
+    outputs = per_scale[0] if len(per_scale) == 1 else [
+        merge_scales(window, iou_max=model.config.box_nms_iou, max_detections=model.config.detections_per_image)
+        for window in zip(*per_scale)]
     return [WindowDetections(boxes_px=transform.to_source(output["boxes"].cpu().double().numpy(), clip=clip),
                              scores=output["scores"].cpu().double().numpy(),
                              masks=transform.masks_to_source(output["masks"][:, 0].float().cpu().numpy())
@@ -87,10 +150,80 @@ def predict_windows(model: AlignShiftDetector, images: torch.Tensor, intervals_m
             for output, transform in zip(outputs, transforms)]
 
 
-def augmentation_name(flip: bool) -> str:
-    """How a run's detections were made, as recorded (``test_time_augmentation`` of results.json and
-    evaluation.json): "flip" with the left-right flipped view fused in, else "none"."""
-    return "flip" if flip else "none"
+def _predict_scale(model: AlignShiftDetector, images: torch.Tensor, intervals_mm: torch.Tensor, zoom: float, *,
+                   device: torch.device | str, score_min: float, with_masks: bool, precision: str,
+                   flip: bool) -> list[dict]:
+    """The detections of the windows upscaled by ``zoom`` (1: as they are), with ``flip`` fused with
+    the flipped windows', mapped back to the windows' network pixels."""
+    size_hw = tuple(images.shape[-2:])
+    if zoom != 1.0:
+        zoomed_hw = (round(size_hw[0] * zoom), round(size_hw[1] * zoom))
+        images = F.interpolate(images.flatten(1, 2), size=zoomed_hw, mode="bilinear",
+                               align_corners=False).unflatten(1, images.shape[1:3])
+    views = (False, True) if flip else (False,)
+    # A fused score is the mean over the views, so a member below n * score_min - (n - 1) cannot lift a
+    # detection to score_min: the views drop exactly those before their mask heads run.
+    view_score_min = max(0.0, len(views) * score_min - (len(views) - 1))
+    device_type = torch.device(device).type
+    per_view = []
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        for flipped in views:
+            inputs = images.flip(-1) if flipped else images
+            found = model(inputs.to(device), intervals_mm.to(device), score_min=view_score_min, with_masks=with_masks)
+            per_view.append([flip_detections(f, images.shape[-1], model.config.box_convention) if flipped else f
+                             for f in found])
+    outputs = per_view[0] if not flip else [
+        fuse_views(window, iou_min=FUSION_IOU, score_min=score_min, max_detections=model.config.detections_per_image)
+        for window in zip(*per_view)]
+    if zoom == 1.0:
+        return outputs
+    return [unzoom_detections(output, tuple(images.shape[-2:]), size_hw) for output in outputs]
+
+
+def unzoom_detections(detections: dict, zoomed_hw: tuple[int, int], size_hw: tuple[int, int]) -> dict:
+    """Map the detections on a window upscaled to ``zoomed_hw`` back to the window of ``size_hw``.
+
+    Args:
+        detections: ``boxes`` (N, 4) (x1, y1, x2, y2) zoomed network pixels, ``scores``, ``labels``,
+            optionally ``masks`` (N, 1, H', W') probabilities on the zoomed window.
+        zoomed_hw: (H', W') the zoomed window's size in pixels.
+        size_hw: (H, W) the window's size in pixels.
+
+    Returns:
+        The same keys: boxes divided by the zoom of each axis (W' / W, H' / H; mmdetection's
+        ``bbox_mapping_back`` for its test scales), masks resampled to (H, W) (bilinear with
+        antialiasing), scores and labels unchanged.
+    """
+    (zoomed_h, zoomed_w), (height, width) = zoomed_hw, size_hw
+    factors = detections["boxes"].new_tensor([zoomed_w / width, zoomed_h / height] * 2)
+    out = {**detections, "boxes": detections["boxes"] / factors}
+    if "masks" in detections:
+        masks = detections["masks"]
+        out["masks"] = (F.interpolate(masks.float(), size=size_hw, mode="bilinear", align_corners=False,
+                                      antialias=True).to(masks.dtype) if len(masks) else masks.new_zeros(
+                                          (0, 1, height, width)))
+    return out
+
+
+def merge_scales(scales: Sequence[dict], *, iou_max: float = 0.5, max_detections: int = 100) -> dict:
+    """Merge one window's detections at several test scales by non-maximum suppression over their
+    union: each finding keeps the score of its most confident scale and the other scales' boxes
+    overlapping it by IoU > ``iou_max`` are dropped (multi-scale testing as in mmdetection, whose
+    test-time scales' detections are merged, then suppressed with the detector's own NMS).
+
+    Args:
+        scales: per scale, one window's detections mapped back to it (:func:`unzoom_detections`):
+            ``boxes`` (N, 4) (x1, y1, x2, y2) network pixels, ``scores`` (N,), ``labels`` (N,),
+            optionally ``masks`` (N, 1, H, W) (in every scale or in none).
+        iou_max: the detector's NMS IoU (``box_nms_iou``).
+        max_detections: at most this many are kept, highest scores first.
+
+    Returns:
+        Detections with the same keys, sorted by descending score.
+    """
+    merged = {key: torch.cat([scale[key] for scale in scales]) for key in scales[0]}
+    keep = nms(merged["boxes"].float(), merged["scores"].float(), iou_max)[:max_detections]
+    return {key: value[keep] for key, value in merged.items()}
 
 
 #: Weighted boxes fusion's IoU for "the same object seen in two views" (Solovyev et al. 2021, their

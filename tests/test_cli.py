@@ -202,8 +202,8 @@ def test_detect_uses_the_models_recommended_threshold(run_dir, tmp_path):
     for extra, expected, inference in (
             ((), 0.97, {"precision": "fp32", "key_slice_stride": 1, "test_time_augmentation": "none",
                         "skip_no_body": True, "body_crop_margin_px": 64}),
-            (("--score-threshold", "0.25", "--fast", "--whole-slice", "--all-windows", "--tta"), 0.25,
-             {"precision": "fp32", "key_slice_stride": 2, "test_time_augmentation": "flip", "skip_no_body": False,
+            (("--score-threshold", "0.25", "--fast", "--whole-slice", "--all-windows", "--tta", "--tta-zoom", "1.5"), 0.25,
+             {"precision": "fp32", "key_slice_stride": 2, "test_time_augmentation": "flip+zoom 1.5", "skip_no_body": False,
               "body_crop_margin_px": None})):
         out = tmp_path / f"out{expected}" / "results.json"
         result = invoke("detect", nii, "--out", out, "--weights", weights, *extra)
@@ -212,6 +212,9 @@ def test_detect_uses_the_models_recommended_threshold(run_dir, tmp_path):
         assert results["model"]["score_threshold"] == expected
         assert results["model"]["inference"] == inference
         assert all(lesion["score"] >= expected for lesion in results["studies"][0]["lesions"])
+    refused = invoke("detect", nii, "--out", tmp_path / "zoom" / "results.json", "--weights", weights, "--tta-zoom", "1")
+    assert refused.exit_code == 2 and "--tta-zoom must be a number > 1, got 1" in refused.output
+    assert not (tmp_path / "zoom").exists()
     del info["operating_point"]
     (tmp_path / "model.json").write_text(json.dumps(info))
     out = tmp_path / "plain" / "results.json"

@@ -126,6 +126,7 @@ def test_missing_column_is_refused(tmp_path):
         ["--weights", "w.safetensors"],  # together with --predictions
         ["--fast"],  # DeepLesion key slices, and saved predictions
         ["--tta"],  # saved predictions
+        ["--tta-zoom", "1.5"],  # saved predictions
     ],
 )
 def test_usage_errors_exit_2(hand_split, tmp_path, options):
@@ -208,11 +209,13 @@ def test_report_states_neighbour_slices_detection_cap_and_comparability(tiny_wei
     assert titles[-1].endswith("\nmodel tiny.safetensors (AlignShift x3)")
     assert evaluation["test_time_augmentation"] == "none" and "test-time augmentation" not in report
     flipped = invoke("evaluate", "--data", data, "--weights", tiny_weights, "--out", tmp_path / "tta", "--device", "cpu",
-                     "--bootstrap", 0, "--tta")
+                     "--bootstrap", 0, "--tta", "--tta-zoom", "1.5")
     assert flipped.exit_code == 0, flipped.output
-    assert json.loads((tmp_path / "tta" / "evaluation.json").read_text())["test_time_augmentation"] == "flip"
-    assert "| test-time augmentation | left-right flipped slices too" in (tmp_path / "tta" / "evaluation.md").read_text()
-    assert titles[-1].endswith("\nmodel tiny.safetensors (AlignShift x3), test-time flip")
+    assert json.loads((tmp_path / "tta" / "evaluation.json").read_text())["test_time_augmentation"] == "flip+zoom 1.5"
+    report = (tmp_path / "tta" / "evaluation.md").read_text()
+    assert "| test-time augmentation | left-right flipped slices too" in report
+    assert "; the slices zoomed in x 1.5 too, merged with the plain scale's detections" in report
+    assert titles[-1].endswith("\nmodel tiny.safetensors (AlignShift x3), test-time flip+zoom 1.5")
     fused = json.loads((tmp_path / "tta" / "predictions.json").read_text())["predictions"]
     assert [entry["detections"] for entry in fused] != [entry["detections"] for entry in predictions]
 

@@ -24,6 +24,7 @@ import pytest
 from ctlesion.checkpoint import load_detector, read_checkpoint_info, recommended_score_threshold
 from ctlesion.detect import DEFAULT_WEIGHTS
 from ctlesion.evaluate.run import EvaluateOptions, evaluate_model, run_evaluation
+from ctlesion.predict import TestTimeAugmentation as Augmentation  # not a test class
 
 REPO = Path(__file__).resolve().parents[1]
 CARD = REPO / "models" / "ctlesion_demo_sim_eval"
@@ -89,7 +90,7 @@ def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path, f
     _models_script("mix_real_slices").heldout(shared_data / "deeplesion_sample", tmp_path / "heldout")
     model, info = shipped
     card = json.loads((CARD / ("tta" if flip else ".") / "deeplesion_sample_heldout" / "evaluation.json").read_text())
-    result = run_evaluation(tmp_path / "heldout", tmp_path / "again", EvaluateOptions(split="all", resamples=0, flip=flip),
+    result = run_evaluation(tmp_path / "heldout", tmp_path / "again", EvaluateOptions(split="all", resamples=0, augmentation=Augmentation(flip=flip)),
                             model=model, model_info=info, progress=False)
     _same_summary(result["summary"], card["summary"])
 

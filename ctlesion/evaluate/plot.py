@@ -66,8 +66,9 @@ def froc_title(evaluation: dict) -> str:
     overlap = {"iou": "IoU", "iobb": "IoBB"}[protocol["criterion"]]
     if evaluation.get("weights"):
         network = f" ({evaluation['model']})" if evaluation.get("model") else ""
-        flipped = ", test-time flip" if evaluation.get("test_time_augmentation") == "flip" else ""
-        source = f"model {evaluation['weights']}{network}{flipped}"
+        augmentation = evaluation.get("test_time_augmentation") or "none"
+        views = "" if augmentation == "none" else f", test-time {augmentation}"
+        source = f"model {evaluation['weights']}{network}{views}"
     else:
         source = f"predictions: {Path(evaluation['predictions_file']).name}"
     return f"DeepLesion FROC, {evaluation['split']} split ({overlap} >= {protocol['iou_threshold']:g})\n{source}"

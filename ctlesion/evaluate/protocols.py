@@ -24,6 +24,7 @@ from ctlesion.evaluate.scan_froc import SCAN_LAYOUT
 from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT, ReportLayout
 from ctlesion.evaluate.volumes import ScanEvaluateOptions, run_scan_evaluation
 from ctlesion.io.masked_datasets import MaskedDataset, is_masked_dataset, open_masked_dataset
+from ctlesion.predict import NO_AUGMENTATION, TestTimeAugmentation
 from ctlesion.progress import make_progress
 
 
@@ -95,7 +96,7 @@ def protocol_for(data: Path, *, split: str, criterion: str | None = None, iou_th
                  resamples: int = 1000, seed: int = 0, key_list: Path | None = None, lesion_label: str | None = None,
                  min_lesion_voxels: int = 1, score_threshold: float = 0.05,
                  val_fraction: float | None = None, key_slice_stride: int = 1,
-                 flip: bool = False) -> EvaluationProtocol:
+                 augmentation: TestTimeAugmentation = NO_AUGMENTATION) -> EvaluationProtocol:
     """The protocol a dataset folder calls for, with each protocol's defaults.
 
     Volumes with lesion masks (:func:`~ctlesion.io.masked_datasets.is_masked_dataset`) get the
@@ -110,7 +111,8 @@ def protocol_for(data: Path, *, split: str, criterion: str | None = None, iou_th
         options = ScanEvaluateOptions(split=split, lesion_label=lesion_label, criterion=criterion or "centre",
                                       iou_threshold=0.1 if iou_threshold is None else iou_threshold,
                                       min_lesion_voxels=min_lesion_voxels, score_threshold=score_threshold,
-                                      resamples=resamples, seed=seed, key_slice_stride=key_slice_stride, flip=flip)
+                                      resamples=resamples, seed=seed, key_slice_stride=key_slice_stride,
+                                      augmentation=augmentation)
         options.validate()
         dataset = open_masked_dataset(data, val_fraction=val_fraction, seed=seed)
         dataset.lesion_value(lesion_label)  # a bad label fails before a model is loaded
@@ -119,7 +121,7 @@ def protocol_for(data: Path, *, split: str, criterion: str | None = None, iou_th
         raise ValueError("--fast is for datasets of volumes (detect runs on whole CTs there)")
     options = EvaluateOptions(split=split, key_list=key_list, criterion=criterion or "iou",
                               iou_threshold=0.5 if iou_threshold is None else iou_threshold, resamples=resamples,
-                              seed=seed, flip=flip)
+                              seed=seed, augmentation=augmentation)
     try:
         options.validate()
     except CtlesionError as exc:

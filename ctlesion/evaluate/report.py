@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ctlesion.evaluate.scoring import IMAGE_SUBSETS, SIZE_BANDS
+from ctlesion.predict import TestTimeAugmentation
 
 #: AlignShift paper, Table 2: method -> sensitivity % at 0.5, 1, 2, 4, 8, 16 FP/image and avg[0.5-4].
 PAPER_TABLE_2: dict[str, tuple[float, ...]] = {
@@ -182,9 +183,9 @@ def _header(evaluation: dict) -> list[str]:
     ]
     facts += [(name, text) for name, text in (("detections per image", _detections_fact(evaluation)),
                                               ("neighbour slices", _neighbours_fact(evaluation))) if text]
-    if evaluation.get("test_time_augmentation") == "flip":
-        facts.append(("test-time augmentation", "left-right flipped slices too, the two views' detections fused "
-                                                "(weighted boxes fusion)"))
+    augmentation = evaluation.get("test_time_augmentation") or "none"
+    if augmentation != "none":
+        facts.append(("test-time augmentation", TestTimeAugmentation.from_name(augmentation).description))
     facts += [
         ("hit", (f"{overlap} >= {protocol['iou_threshold']:g} with a lesion's box, DeepLesion inclusive-pixel "
                 "boxes; detections of all images ranked together by score; a detection of an already-hit "

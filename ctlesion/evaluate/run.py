@@ -41,7 +41,7 @@ from ctlesion.evaluate.scoring import score_split
 from ctlesion.evaluate.split import load_evaluation_set
 from ctlesion.io.deeplesion import split_code
 from ctlesion.networks.detector import AlignShiftDetector
-from ctlesion.predict import augmentation_name, predict_windows
+from ctlesion.predict import NO_AUGMENTATION, TestTimeAugmentation, predict_windows
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,10 @@ PREDICTIONS_JSON = "predictions.json"
 @torch.no_grad()
 def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, device: torch.device | str = "cpu",
                   progress: bool = True, num_workers: int = 0, keys: Collection[str] | None = None,
-                  skip_unreadable: bool = False, flip: bool = False) -> list[dict] | None:
+                  skip_unreadable: bool = False,
+                  augmentation: TestTimeAugmentation = NO_AUGMENTATION) -> list[dict] | None:
     """Detections on every key slice of a split (or those named in ``keys``), in source pixels
-    (with ``flip``, test-time augmentation: :func:`predict_items`).
+    (with ``augmentation``, test-time views: :func:`predict_items`).
 
     An unreadable (missing or corrupt) PNG raises a CtlesionError, so that an evaluation scores
     every image or fails; with ``skip_unreadable`` such key slices are left out (logged) instead,
@@ -77,15 +78,16 @@ def predict_split(model: AlignShiftDetector, data_dir: Path, split: str, *, devi
         wanted = set(keys)
         dataset = Subset(dataset, [i for i, key in enumerate(dataset.keys) if key.file_name in wanted])
     return predict_items(model, dataset, device=device, progress=progress, num_workers=num_workers,
-                         label=f"evaluate {split}", flip=flip)
+                         label=f"evaluate {split}", augmentation=augmentation)
 
 
 @torch.no_grad()
 def predict_items(model: AlignShiftDetector, dataset, *, device: torch.device | str = "cpu", progress: bool = True,
-                  num_workers: int = 0, label: str = "predict", flip: bool = False) -> list[dict] | None:
+                  num_workers: int = 0, label: str = "predict",
+                  augmentation: TestTimeAugmentation = NO_AUGMENTATION) -> list[dict] | None:
     """Detections on every item of a key-slice dataset (any :class:`~ctlesion.data.dataset.KeySliceItems`,
-    or a Subset of one, without augmentation or crops), in source pixels; with ``flip``, fused with
-    those of the left-right flipped windows (:func:`ctlesion.predict.predict_windows`).
+    or a Subset of one, without augmentation or crops), in source pixels; with ``augmentation``, the
+    test-time views' fused (:func:`ctlesion.predict.predict_windows`).
 
     Returns:
         One dict per item: ``key``, ``slice_interval_mm`` (source interval), ``detections``
@@ -104,7 +106,7 @@ def predict_items(model: AlignShiftDetector, dataset, *, device: torch.device | 
         task = bar.add_task(label, total=len(dataset), info="")
         for images, intervals, targets in loader:
             found = predict_windows(model, images, intervals, [t["in_plane"] for t in targets], device=device,
-                                    clip=False, with_masks=False, flip=flip)
+                                    clip=False, with_masks=False, augmentation=augmentation)
             for detections, target in zip(found, targets):
                 results.append({
                     "key": target["key"],
@@ -163,8 +165,8 @@ class EvaluateOptions:
         resamples: bootstrap resamples for the 95 % intervals (0: none).
         seed: bootstrap seed.
         fps_per_image: false-positive rates at which sensitivity is read.
-        flip: when a model runs, test-time augmentation with the left-right flipped slices
-            (:func:`ctlesion.predict.predict_windows`).
+        augmentation: when a model runs, its test-time views
+            (:class:`ctlesion.predict.TestTimeAugmentation`).
     """
 
     split: str = "test"
@@ -174,7 +176,7 @@ class EvaluateOptions:
     resamples: int = 1000
     seed: int = 0
     fps_per_image: tuple[float, ...] = DEFAULT_FPS_PER_IMAGE
-    flip: bool = False
+    augmentation: TestTimeAugmentation = NO_AUGMENTATION
 
     def validate(self) -> None:
         """Raise ValueError on an option outside its range (a usage error)."""
@@ -300,7 +302,7 @@ def run_evaluation(
         neighbours = None
     else:
         predicted = predict_split(model, data_dir, options.split, device=device, progress=progress, keys=set(keys),
-                                  flip=options.flip)
+                                  augmentation=options.augmentation)
         by_key = _detections_by_key(predicted or [])
         detections = [by_key[key] for key in keys]
         missing = 0
@@ -336,7 +338,7 @@ def run_evaluation(
             "image_order": "File_name (ties in score keep image order, then detection order)",
         },
         "detections_per_image": _detection_limits(model, detections),
-        "test_time_augmentation": None if model is None else augmentation_name(options.flip),
+        "test_time_augmentation": None if model is None else options.augmentation.name,
         "neighbour_slices": neighbours,
         "bootstrap": None if options.resamples == 0 else {
             "resamples": options.resamples, "seed": options.seed, "level": 0.95, "unit": "image",

@@ -50,7 +50,7 @@ from ctlesion.io.masked_datasets import (
 )
 from ctlesion.io.nifti import read_nifti
 from ctlesion.postprocess import recist_axes_mm
-from ctlesion.predict import augmentation_name
+from ctlesion.predict import NO_AUGMENTATION, TestTimeAugmentation
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ScanEvaluateOptions:
         score_threshold: minimum detection score when a model runs (low, so that the curve
             reaches 8 false positives per scan).
         key_slice_stride: when a model runs, ``detect``'s ``key_slice_stride`` (2 = ``--fast``).
-        flip: when a model runs, ``detect``'s test-time augmentation (``--tta``).
+        augmentation: when a model runs, ``detect``'s test-time augmentation (``--tta``, ``--tta-zoom``).
         resamples: bootstrap resamples by case for the 95 % intervals (0: none).
         seed: bootstrap seed.
     """
@@ -86,7 +86,7 @@ class ScanEvaluateOptions:
     min_lesion_voxels: int = 1
     score_threshold: float = 0.05
     key_slice_stride: int = 1
-    flip: bool = False
+    augmentation: TestTimeAugmentation = NO_AUGMENTATION
     resamples: int = 1000
     seed: int = 0
 
@@ -171,10 +171,11 @@ def _saved_prediction(case: MaskedCase, truth: CaseLesions, saved: dict, results
 
 
 def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_info: dict, *,
-                  score_threshold: float, key_slice_stride: int = 1, flip: bool = False,
+                  score_threshold: float, key_slice_stride: int = 1,
+                  augmentation: TestTimeAugmentation = NO_AUGMENTATION,
                   device: torch.device | str = "cpu", progress=None) -> Path:
     """Run ``detect`` on every case's CT (:func:`ctlesion.detect.run_detect`, the command's own code, its
-    default options but ``score_threshold``, ``key_slice_stride`` and ``flip``): ``results_path`` (results.json),
+    default options but ``score_threshold``, ``key_slice_stride`` and ``augmentation``): ``results_path`` (results.json),
     label maps, overlays and summary sheets, for rescoring later.
 
     Raises:
@@ -186,7 +187,8 @@ def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_
     Path(results_path).parent.mkdir(parents=True, exist_ok=True)
     sources = dict.fromkeys((case.image_path, case.series_uid) for case in cases)  # a CT shared by cases runs once
     studies = [study for path, series in sources for study in plan_studies([path], series=series)]
-    options = DetectOptions(score_threshold=score_threshold, key_slice_stride=key_slice_stride, flip=flip)
+    options = DetectOptions(score_threshold=score_threshold, key_slice_stride=key_slice_stride,
+                           augmentation=augmentation)
     run_detect(studies, Path(results_path), model, model_info, options=options, device=device, progress=progress)
     return Path(results_path)
 
@@ -253,7 +255,8 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
     if model is not None:
         results_path = predict_cases(cases, Path(out_dir) / PREDICTIONS_DIR / "results.json", model, model_info or {},
                                      score_threshold=options.score_threshold,
-                                     key_slice_stride=options.key_slice_stride, flip=options.flip, device=device,
+                                     key_slice_stride=options.key_slice_stride, augmentation=options.augmentation,
+                                     device=device,
                                      progress=progress)
     saved = saved_predictions(results_path)
     missing = [case.case_id for case in cases if case.image_path.name not in saved]
@@ -300,7 +303,7 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
             "min_lesion_voxels": options.min_lesion_voxels,
             "score_threshold": options.score_threshold if model is not None else None,
             "key_slice_stride": options.key_slice_stride if model is not None else None,
-            "test_time_augmentation": augmentation_name(options.flip) if model is not None else None,
+            "test_time_augmentation": options.augmentation.name if model is not None else None,
             "num_scans": len(cases),
             "num_lesions": int(sum(item["num_lesions"] for item in per_case)),
         },
