@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The figures of the demo model's card (models/README.md), on CPU (about 90 minutes on 2 cores).
+# The figures of the demo model's card (models/README.md), on CPU (about 3 hours on 2 cores).
 # Usage: models/evaluate_demo.sh [WORK_DIR]   (after models/train_demo.sh; needs ../shared/data)
 #   1. the default score threshold, chosen on the simulated validation split (written into
 #      models/ctlesion_demo_sim.json as "operating_point", which `ctlesion detect` uses);
@@ -10,6 +10,7 @@
 #       (lesions reported, mask shape, seconds)      -> models/ctlesion_demo_sim_eval/real_ct.json
 #   (d) masks against the true masks of the simulated validation split -> .../mask_quality.json
 #   (f) test-time augmentation (--tta): val, (a), (b) and (c) again -> models/ctlesion_demo_sim_eval/tta/
+#   (g) the same with --tta-zoom 1.5                                 -> models/ctlesion_demo_sim_eval/zoom/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
@@ -60,18 +61,22 @@ detect_real_cts() {
 detect_real_cts "$work/real" "$card/real_ct.json"
 # (d) mask quality against the true masks of the simulated validation split.
 "$python" models/demo_card.py masks "$work/sim_eval" "$weights" --split val --num 60 --out "$card/mask_quality.json"
-# (f) the same model with test-time augmentation (left-right flipped slices too, fused): the
-# validation split (what decides), then (a) and (b).
-ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out "$card/tta/val" --device cpu --tta
-ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card/tta/test" --device cpu --tta
-ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
-  --out "$card/tta/deeplesion_sample_heldout" --device cpu --tta
-# Paired bootstrap of the differences (the same resampled images score both).
-"$python" models/demo_card.py paired "$work/sim_eval" val "$card/sim_eval/val_predictions.json" \
-  "$card/tta/val/predictions.json" --out "$card/tta/paired_val.json"
-"$python" models/demo_card.py paired "$work/sim_eval" test "$card/predictions.json" "$card/tta/test/predictions.json" \
-  --out "$card/tta/paired_test.json"
-"$python" models/demo_card.py paired "$work/real_heldout" all "$card/deeplesion_sample_heldout/predictions.json" \
-  "$card/tta/deeplesion_sample_heldout/predictions.json" --out "$card/tta/paired_heldout.json"
-# (c) with --tta, at the default threshold.
-detect_real_cts "$work/real_tta" "$card/tta/real_ct.json" --tta
+# (f), (g): the same model with test-time augmentation, into $card/NAME/: the validation split (what
+# decides), (a) and (b), each against the plain model by a paired bootstrap (the same resampled
+# images score both), and (c) at the default threshold.
+augmented() {
+  local into=$card/$1; shift
+  ctlesion evaluate --data "$work/sim_eval" --split val --weights "$weights" --out "$into/val" --device cpu "$@"
+  ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$into/test" --device cpu "$@"
+  ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \
+    --out "$into/deeplesion_sample_heldout" --device cpu "$@"
+  "$python" models/demo_card.py paired "$work/sim_eval" val "$card/sim_eval/val_predictions.json" \
+    "$into/val/predictions.json" --out "$into/paired_val.json"
+  "$python" models/demo_card.py paired "$work/sim_eval" test "$card/predictions.json" "$into/test/predictions.json" \
+    --out "$into/paired_test.json"
+  "$python" models/demo_card.py paired "$work/real_heldout" all "$card/deeplesion_sample_heldout/predictions.json" \
+    "$into/deeplesion_sample_heldout/predictions.json" --out "$into/paired_heldout.json"
+  detect_real_cts "$work/real_$(basename "$into")" "$into/real_ct.json" "$@"
+}
+augmented tta --tta               # (f) left-right flipped slices too, fused
+augmented zoom --tta-zoom 1.5     # (g) the slices zoomed in x 1.5 too, merged

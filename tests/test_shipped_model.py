@@ -5,7 +5,8 @@ The card's figures come from models/evaluate_demo.sh (models/ctlesion_demo_sim_e
 * the default score threshold (the sidecar's ``operating_point``) is chosen again from the
   saved validation predictions and the evaluation data's table;
 * the simulated test split's FROC (evaluation.json), without and with test-time augmentation
-  (``tta/test``), is scored again from the saved predictions (``ctlesion evaluate --predictions``);
+  (``tta/test``: flip; ``zoom/test``: zoom 1.5), is scored again from the saved predictions
+  (``ctlesion evaluate --predictions``), and so are the paired differences of the augmented runs;
 * the FROC on the real DeepLesion key slices not used in training, without and with test-time
   augmentation, is recomputed by running the model (needs ../shared/data);
 * slow: the evaluation data is simulated again (same table) and the test split's predictions
@@ -75,23 +76,30 @@ def test_default_threshold_is_rederived_from_the_validation_predictions():
     assert again == stored
 
 
-@pytest.mark.parametrize("folder", [".", "tta/test"])
+#: The card's folders of test-time augmented runs (models/evaluate_demo.sh) and what each ran with.
+AUGMENTED = {"tta": Augmentation(flip=True), "zoom": Augmentation(zoom=1.5)}
+
+
+@pytest.mark.parametrize("folder", [".", "tta/test", "zoom/test"])
 def test_simulated_test_figures_are_rescored_from_their_predictions(folder, tmp_path):
     card = json.loads((CARD / folder / "evaluation.json").read_text())
     evaluation = run_evaluation(CARD / "sim_eval", tmp_path / "rescored", EvaluateOptions(split="test", resamples=0),
                                 predictions_path=CARD / folder / "predictions.json", progress=False)
     _same_summary(evaluation["summary"], card["summary"], abs_tol=1e-9)
-    assert card.get("test_time_augmentation", "none") == ("flip" if folder == "tta/test" else "none")
+    expected = AUGMENTED[folder.split("/")[0]] if folder != "." else Augmentation()
+    assert card.get("test_time_augmentation", "none") == expected.name
 
 
-@pytest.mark.parametrize("flip", [False, True], ids=["plain", "tta"])
-def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path, flip):
-    """Figure (b): the real key slices of the DeepLesion sample's patients not used in training."""
+@pytest.mark.parametrize("folder", [".", *AUGMENTED])
+def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path, folder):
+    """Figure (b), and with test-time augmentation (f), (g): the real key slices of the DeepLesion
+    sample's patients not used in training."""
     _models_script("mix_real_slices").heldout(shared_data / "deeplesion_sample", tmp_path / "heldout")
     model, info = shipped
-    card = json.loads((CARD / ("tta" if flip else ".") / "deeplesion_sample_heldout" / "evaluation.json").read_text())
-    result = run_evaluation(tmp_path / "heldout", tmp_path / "again", EvaluateOptions(split="all", resamples=0, augmentation=Augmentation(flip=flip)),
-                            model=model, model_info=info, progress=False)
+    card = json.loads((CARD / folder / "deeplesion_sample_heldout" / "evaluation.json").read_text())
+    options = EvaluateOptions(split="all", resamples=0, augmentation=AUGMENTED.get(folder, Augmentation()))
+    result = run_evaluation(tmp_path / "heldout", tmp_path / "again", options, model=model, model_info=info,
+                            progress=False)
     _same_summary(result["summary"], card["summary"])
 
 
@@ -109,21 +117,21 @@ def test_simulated_test_split_is_reproduced(shipped, shared_data, tmp_path):
 
 
 
-@pytest.mark.parametrize(("split", "plain", "flipped"), [
-    ("val", "sim_eval/val_predictions.json", "tta/val/predictions.json"),
-    ("test", "predictions.json", "tta/test/predictions.json")])
-def test_test_time_augmentation_differences_are_rederived(split, plain, flipped, tmp_path):
-    """Figure (f): the paired bootstrap of --tta against the plain model, from the saved predictions;
-    its point differences are those of the two predictions' own figures."""
-    stored = json.loads((CARD / "tta" / f"paired_{split}.json").read_text())
-    again = _models_script("demo_card").paired_difference(CARD / "sim_eval", split, CARD / plain, CARD / flipped)
+@pytest.mark.parametrize("folder", list(AUGMENTED))
+@pytest.mark.parametrize(("split", "plain"), [("val", "sim_eval/val_predictions.json"), ("test", "predictions.json")])
+def test_test_time_augmentation_differences_are_rederived(folder, split, plain, tmp_path):
+    """Figures (f) and (g): the paired bootstrap of an augmented run against the plain model, from the
+    saved predictions; its point differences are those of the two predictions' own figures."""
+    augmented = f"{folder}/{split}/predictions.json"
+    stored = json.loads((CARD / folder / f"paired_{split}.json").read_text())
+    again = _models_script("demo_card").paired_difference(CARD / "sim_eval", split, CARD / plain, CARD / augmented)
     assert again["b_minus_a"] == stored["b_minus_a"]
-    without, with_flip = (run_evaluation(CARD / "sim_eval", tmp_path / name, EvaluateOptions(split=split, resamples=0),
-                                         predictions_path=CARD / path, progress=False)["summary"]["all"]
-                          for name, path in (("plain", plain), ("tta", flipped)))
+    without, with_views = (run_evaluation(CARD / "sim_eval", tmp_path / name, EvaluateOptions(split=split, resamples=0),
+                                          predictions_path=CARD / path, progress=False)["summary"]["all"]
+                           for name, path in (("plain", plain), ("augmented", augmented)))
     differences = [again["b_minus_a"][f"at_{rate:g}_fp"]["difference"] for rate in (0.5, 1, 2, 4, 8, 16)]
-    assert differences == pytest.approx(list(map(float.__sub__, with_flip["sensitivity"], without["sensitivity"])),
+    assert differences == pytest.approx(list(map(float.__sub__, with_views["sensitivity"], without["sensitivity"])),
                                         abs=1e-12)
     average = again["b_minus_a"]["avg_0.5_4"]
-    assert average["difference"] == pytest.approx(with_flip["avg_0.5_4"] - without["avg_0.5_4"], abs=1e-12)
+    assert average["difference"] == pytest.approx(with_views["avg_0.5_4"] - without["avg_0.5_4"], abs=1e-12)
     assert average["ci95"][0] <= average["difference"] <= average["ci95"][1]
