@@ -134,9 +134,10 @@ TTA = Annotated[bool, typer.Option(
 TTAZoom = Annotated[Optional[float], typer.Option(
     "--tta-zoom", metavar="FACTOR",
     help="Test-time augmentation: also run the network on the slices zoomed in by FACTOR (> 1, e.g. 1.5) and merge "
-         "the two scales' detections (non-maximum suppression): small lesions are found more often, at 1 + FACTOR^2 "
-         "times the network time (twice that with --tta). Measured on the shipped model's card (models/README.md). "
-         "A model's recommended score threshold was chosen without it.", show_default=False)]
+         "the two scales' detections (non-maximum suppression): small lesions are found more often, and small normal "
+         "structures too, at 1 + FACTOR^2 times the network time (twice that with --tta). Measured on the shipped "
+         "model's card (models/README.md). A model's recommended score threshold was chosen without it.",
+    show_default=False)]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[Optional[str], typer.Option(help="torch device (default: cuda when available, else cpu).")]
 # Datasets of volumes with lesion masks (train and evaluate):

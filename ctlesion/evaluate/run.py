@@ -87,7 +87,7 @@ def predict_items(model: AlignShiftDetector, dataset, *, device: torch.device | 
                   augmentation: TestTimeAugmentation = NO_AUGMENTATION) -> list[dict] | None:
     """Detections on every item of a key-slice dataset (any :class:`~ctlesion.data.dataset.KeySliceItems`,
     or a Subset of one, without augmentation or crops), in source pixels; with ``augmentation``, the
-    test-time views' fused (:func:`ctlesion.predict.predict_windows`).
+    test-time views' detections merged (:func:`ctlesion.predict.predict_windows`).
 
     Returns:
         One dict per item: ``key``, ``slice_interval_mm`` (source interval), ``detections``

@@ -188,7 +188,7 @@ def predict_cases(cases: Sequence[MaskedCase], results_path: Path, model, model_
     sources = dict.fromkeys((case.image_path, case.series_uid) for case in cases)  # a CT shared by cases runs once
     studies = [study for path, series in sources for study in plan_studies([path], series=series)]
     options = DetectOptions(score_threshold=score_threshold, key_slice_stride=key_slice_stride,
-                           augmentation=augmentation)
+                            augmentation=augmentation)
     run_detect(studies, Path(results_path), model, model_info, options=options, device=device, progress=progress)
     return Path(results_path)
 
@@ -256,8 +256,7 @@ def run_scan_evaluation(dataset: MaskedDataset, out_dir: Path, options: ScanEval
         results_path = predict_cases(cases, Path(out_dir) / PREDICTIONS_DIR / "results.json", model, model_info or {},
                                      score_threshold=options.score_threshold,
                                      key_slice_stride=options.key_slice_stride, augmentation=options.augmentation,
-                                     device=device,
-                                     progress=progress)
+                                     device=device, progress=progress)
     saved = saved_predictions(results_path)
     missing = [case.case_id for case in cases if case.image_path.name not in saved]
     if missing:
