@@ -4,9 +4,11 @@ The body (:func:`body_mask`) is the largest 4-connected region above :data:`BODY
 with its holes filled (the lungs and bowel gas put back inside); the table, clothing and air
 outside are left out. Training draws negative crops inside it (:mod:`ctlesion.data.augment`) and
 keeps negative key slices that hold enough of it (:mod:`ctlesion.data.volume_dataset`).
-``detect`` skips windows whose key slice holds nothing above the threshold and crops the
+``detect`` skips windows whose key slice holds nothing above the threshold, crops the
 network's input (:func:`ctlesion.preprocess.body_crop`) to :func:`body_box_px`: the body and
-every other large region (arms, the other leg), so that nothing that may hold a lesion is cut.
+every other large region (arms, the other leg), so that nothing that may hold a lesion is cut,
+and drops detections centred outside those regions (:func:`body_parts_mask`: in the air, on the
+table).
 """
 
 from __future__ import annotations
@@ -43,10 +45,38 @@ def body_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
     count, labels, stats = _regions(slice_hu, threshold_hu)
     if count <= 1:
         return np.zeros(labels.shape, dtype=bool)
-    body = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    outside = np.pad((~body).astype(np.uint8), 1, constant_values=1)
-    cv2.floodFill(outside, None, (0, 0), 2)  # everything not body that reaches the border
-    return body | (outside[1:-1, 1:-1] == 1)
+    return _fill_holes(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+
+
+def _parts(stats: np.ndarray, min_share: float) -> np.ndarray:
+    """Labels (1-based) of the regions of at least ``min_share`` of the largest one's area."""
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return 1 + np.flatnonzero(areas >= min_share * areas.max())
+
+
+def _fill_holes(region: np.ndarray) -> np.ndarray:
+    """(Y, X) bool region with every hole (what the border cannot reach from outside it) filled."""
+    outside = np.pad((~region).astype(np.uint8), 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), 2)  # everything not in the region that reaches the border
+    return region | (outside[1:-1, 1:-1] == 1)
+
+
+def body_parts_mask(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU,
+                    min_share: float = MIN_PART_SHARE) -> np.ndarray:
+    """(Y, X) bool: everywhere on a slice a lesion may lie: the regions of :func:`body_box_px` (the
+    body and each other region above ``threshold_hu`` of at least ``min_share`` of its area), holes
+    filled (lungs, bowel gas). Air and the small parts of a scanner table, clothing or a blanket
+    are outside. A slice with nothing above the threshold gives an empty mask.
+
+    Args:
+        slice_hu: (Y, X) HU, any real dtype.
+        threshold_hu: body threshold, HU.
+        min_share: least area of another region, as a share of the largest one's.
+    """
+    count, labels, stats = _regions(slice_hu, threshold_hu)
+    if count <= 1:
+        return np.zeros(labels.shape, dtype=bool)
+    return _fill_holes(np.isin(labels, _parts(stats, min_share)))
 
 
 def body_box_px(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU,
@@ -68,9 +98,22 @@ def body_box_px(slice_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU,
     count, _, stats = _regions(slice_hu, threshold_hu)
     if count <= 1:
         return None
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    parts = stats[1:][areas >= min_share * areas.max()]
+    parts = stats[_parts(stats, min_share)]
     x0, y0 = parts[:, cv2.CC_STAT_LEFT].min(), parts[:, cv2.CC_STAT_TOP].min()
     x1 = (parts[:, cv2.CC_STAT_LEFT] + parts[:, cv2.CC_STAT_WIDTH]).max()
     y1 = (parts[:, cv2.CC_STAT_TOP] + parts[:, cv2.CC_STAT_HEIGHT]).max()
     return int(y0), int(x0), int(y1), int(x1)
+
+
+def centred_inside(boxes_px: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each box's centre falls on a pixel of ``mask``.
+
+    Args:
+        boxes_px: (N, 4) (x1, y1, x2, y2) continuous pixel coordinates of the mask's grid (pixel
+            i covers [i, i + 1)).
+        mask: (Y, X) bool, e.g. :func:`body_parts_mask`.
+    """
+    boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    columns = np.clip(np.floor((boxes[:, 0] + boxes[:, 2]) / 2), 0, mask.shape[1] - 1).astype(np.intp)
+    rows = np.clip(np.floor((boxes[:, 1] + boxes[:, 3]) / 2), 0, mask.shape[0] - 1).astype(np.intp)
+    return mask[rows, columns]

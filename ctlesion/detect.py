@@ -17,13 +17,13 @@ import torch
 
 from ctlesion import __version__
 from ctlesion.atomic import staged_outputs
-from ctlesion.body import body_box_px
+from ctlesion.body import body_box_px, body_parts_mask, centred_inside
 from ctlesion.io import PendingVolume
 from ctlesion.io.nifti import write_nifti
 from ctlesion.io.studies import PlannedStudy
 from ctlesion.networks.detector import AlignShiftDetector
 from ctlesion.postprocess import Lesion, SliceDetections, link_detections
-from ctlesion.predict import NO_AUGMENTATION, TestTimeAugmentation, predict_windows
+from ctlesion.predict import NO_AUGMENTATION, TestTimeAugmentation, WindowDetections, predict_windows
 from ctlesion.preprocess import (
     body_crop,
     network_interval_mm,
@@ -64,6 +64,9 @@ class DetectOptions:
         precision: "fp32" or "bf16" (autocast; :func:`ctlesion.predict.predict_windows`).
         skip_no_body: do not run the network on windows whose key slice holds no body
             (:func:`ctlesion.body.body_box_px`): they get no detections.
+        drop_outside_body: drop the detections whose box centre lies outside the body and its
+            large parts on their slice (:func:`ctlesion.body.body_parts_mask`: in the air, on the
+            table), before they are linked into lesions.
         body_crop_margin_px: run the network on each batch's body bounding box plus this margin
             (network pixels; :func:`ctlesion.preprocess.body_crop`) instead of the whole square;
             None = the whole square.
@@ -85,6 +88,7 @@ class DetectOptions:
     batch_size: int = 4
     precision: str = "fp32"
     skip_no_body: bool = True
+    drop_outside_body: bool = True
     body_crop_margin_px: int | None = BODY_CROP_MARGIN_PX
     key_slice_stride: int = 1
     augmentation: TestTimeAugmentation = NO_AUGMENTATION
@@ -96,6 +100,15 @@ def _union(boxes: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, i
     """The bounding box of (y0, x0, y1, x1) boxes."""
     y0, x0, y1, x1 = np.array(boxes).T
     return int(y0.min()), int(x0.min()), int(y1.max()), int(x1.max())
+
+
+def _slice_detections(found: WindowDetections, z: int, slice_hu: np.ndarray,
+                      drop_outside_body: bool) -> SliceDetections:
+    """A window's detections as the slice's, without those centred outside the body when asked."""
+    keep = (centred_inside(found.boxes_px, body_parts_mask(slice_hu)) if drop_outside_body and len(found.scores)
+            else np.ones(len(found.scores), dtype=bool))
+    return SliceDetections(slice_index=z, boxes_px=found.boxes_px[keep].astype(np.float32),
+                           scores=found.scores[keep].astype(np.float32), masks=found.masks[keep])
 
 
 def _no_detections(z: int, shape_yx: tuple[int, int]) -> SliceDetections:
@@ -111,6 +124,7 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
     Windows whose key slice holds no body are skipped (``options.skip_no_body``), and each
     batch of windows is cut to the union of its key slices' body boxes plus a margin
     (``options.body_crop_margin_px``; README "Speed" gives the measured speed and change).
+    Detections centred outside the body are dropped (``options.drop_outside_body``).
 
     Args:
         model: detector in eval mode.
@@ -147,8 +161,7 @@ def detect_slices(model: AlignShiftDetector, volume: Volume, *, options: DetectO
         found = predict_windows(model, images, interval.expand(len(indices)), [transform] * len(indices),
                                 device=device, score_min=options.score_threshold, precision=options.precision,
                                 augmentation=options.augmentation)
-        found_by_slice.update({z: SliceDetections(slice_index=z, boxes_px=d.boxes_px.astype(np.float32),
-                                                  scores=d.scores.astype(np.float32), masks=d.masks)
+        found_by_slice.update({z: _slice_detections(d, z, volume.hu[z], options.drop_outside_body)
                                for d, z in zip(found, indices)})
         if on_batch is not None:
             on_batch(len(indices))
@@ -316,6 +329,7 @@ def run_detect(studies: Sequence[PlannedStudy], results_path: Path, model: Align
                         "inference": {"precision": options.precision, "key_slice_stride": options.key_slice_stride,
                                       "test_time_augmentation": options.augmentation.name,
                                       "skip_no_body": options.skip_no_body,
+                                      "drop_outside_body": options.drop_outside_body,
                                       "body_crop_margin_px": options.body_crop_margin_px}}
         write_results_json(Path(stage) / Path(results_path).name, records, model=model_record, version=__version__)
     for study, record in zip(studies, records):

@@ -1,5 +1,6 @@
-"""The body of a CT slice, and the work `detect` saves with it: windows without body skipped, the
-network's input cut to the body's bounding box (issue 15)."""
+"""The body of a CT slice, and what `detect` does with it: windows without body skipped, the
+network's input cut to the body's bounding box (issue 15), detections centred outside the body
+dropped."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from ctlesion.body import body_box_px, body_mask
+from ctlesion.body import body_box_px, body_mask, body_parts_mask, centred_inside
 from ctlesion.detect import BODY_CROP_MARGIN_PX, DEFAULT_WEIGHTS, DetectOptions, detect_slices
 from ctlesion.networks.detector import AlignShiftDetector, DetectorConfig
 from ctlesion.preprocess import body_crop, fit_in_plane
@@ -48,6 +49,27 @@ def test_body_box_holds_the_trunk_and_the_arms_but_not_small_things() -> None:
     hu[50:70, 110:122] = 40.0  # an arm beside the trunk (4 % of its area): kept
     assert body_box_px(hu) == (rows.min(), 10, 124, 122)
     assert body_box_px(np.full((16, 16), -1000.0)) is None
+
+
+def test_body_parts_mask_is_the_body_boxs_regions_with_holes_filled() -> None:
+    hu, trunk = trunk_slice()
+    table = hu == 200.0
+    np.testing.assert_array_equal(body_parts_mask(hu, min_share=0.1), trunk)  # lungs filled, no table
+    np.testing.assert_array_equal(body_parts_mask(hu), trunk | table)  # the table, 3 % of the trunk's area, kept
+    hu[60:62, 2:4] = 100.0  # a cable: left out
+    np.testing.assert_array_equal(body_parts_mask(hu), trunk | table)
+    assert not body_parts_mask(np.full((16, 16), -1000.0)).any()
+
+
+def test_centred_inside_reads_the_mask_at_each_box_centre() -> None:
+    mask = np.zeros((10, 20), dtype=bool)
+    mask[2:5, 3:8] = True  # rows 2..4, columns 3..7
+    boxes = np.array([[3.0, 2.0, 8.0, 5.0],  # centre (5.5, 3.5): inside
+                      [7.0, 4.0, 9.0, 6.0],  # centre (8.0, 5.0): column 8, row 5: outside
+                      [6.0, 3.0, 9.9, 5.9],  # centre (7.95, 4.45): column 7, row 4: inside
+                      [-30.0, -30.0, -10.0, -10.0]])  # off the grid: the corner pixel, outside
+    assert centred_inside(boxes, mask).tolist() == [True, False, True, False]
+    assert centred_inside(np.zeros((0, 4)), mask).shape == (0,)
 
 
 def test_body_crop_is_aligned_holds_the_margin_and_stays_in_the_square() -> None:
@@ -102,7 +124,8 @@ def test_detect_skips_windows_without_body_and_crops_to_the_body() -> None:
     hu = np.stack([np.full((128, 128), -1000.0)] * 2 + [body] * 4).astype(np.float32)
     volume = Volume(hu=hu, spacing_zyx_mm=(5.0, 0.8, 0.8))
     recorder = InputRecorder(AlignShiftDetector(config).eval())
-    found = detect_slices(recorder, volume, options=DetectOptions(score_threshold=0.0, body_crop_margin_px=0))
+    found = detect_slices(recorder, volume, options=DetectOptions(score_threshold=0.0, body_crop_margin_px=0,
+                                                                  drop_outside_body=False))
     assert [d.slice_index for d in found] == list(range(6))
     assert len(found[0].scores) == len(found[1].scores) == 0 and all(len(d.scores) for d in found[2:])
     assert recorder.shapes == [(4, 1, 3, 64, 64)]  # one batch: the 4 slices with body, cut
@@ -113,9 +136,20 @@ def test_detect_skips_windows_without_body_and_crops_to_the_body() -> None:
         assert not d.masks[:, :32].any() and not d.masks[:, 96:].any()
     recorder.shapes.clear()
     everything = detect_slices(recorder, volume, options=DetectOptions(
-        score_threshold=0.0, skip_no_body=False, body_crop_margin_px=None))
+        score_threshold=0.0, skip_no_body=False, body_crop_margin_px=None, drop_outside_body=False))
     assert recorder.shapes == [(4, 1, 3, 128, 128), (2, 1, 3, 128, 128)]
     assert all(len(d.scores) for d in everything)
+    # By default, the detections centred outside the body are dropped: on the slices of air, all.
+    inside = detect_slices(recorder, volume, options=DetectOptions(score_threshold=0.0, skip_no_body=False,
+                                                                   body_crop_margin_px=None))
+    for kept, every, z in zip(inside, everything, range(6)):
+        centres = (every.boxes_px[:, :2] + every.boxes_px[:, 2:]) / 2
+        expected = ((centres[:, 0] >= 40) & (centres[:, 0] < 88) & (centres[:, 1] >= 40) & (centres[:, 1] < 90)
+                    if z >= 2 else np.zeros(len(every.scores), dtype=bool))
+        assert 0 < expected.sum() < len(expected) or z < 2
+        np.testing.assert_array_equal(kept.scores, every.scores[expected])
+        np.testing.assert_array_equal(kept.boxes_px, every.boxes_px[expected])
+        np.testing.assert_array_equal(kept.masks, every.masks[expected])
 
 
 @pytest.mark.skipif(not (ABDOMEN.is_file() and DEFAULT_WEIGHTS.is_file()),

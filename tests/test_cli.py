@@ -201,9 +201,11 @@ def test_detect_uses_the_models_recommended_threshold(run_dir, tmp_path):
     nib.save(nib.Nifti1Image(volume, np.diag([-1.0, -1.0, 5.0, 1.0])), nii)
     for extra, expected, inference in (
             ((), 0.97, {"precision": "fp32", "key_slice_stride": 1, "test_time_augmentation": "none",
-                        "skip_no_body": True, "body_crop_margin_px": 64}),
-            (("--score-threshold", "0.25", "--fast", "--whole-slice", "--all-windows", "--tta", "--tta-zoom", "1.5"), 0.25,
+                        "skip_no_body": True, "drop_outside_body": True, "body_crop_margin_px": 64}),
+            (("--score-threshold", "0.25", "--fast", "--whole-slice", "--all-windows", "--tta", "--tta-zoom", "1.5",
+              "--keep-outside-body"), 0.25,
              {"precision": "fp32", "key_slice_stride": 2, "test_time_augmentation": "flip+zoom 1.5", "skip_no_body": False,
+              "drop_outside_body": False,
               "body_crop_margin_px": None})):
         out = tmp_path / f"out{expected}" / "results.json"
         result = invoke("detect", nii, "--out", out, "--weights", weights, *extra)

@@ -678,6 +678,10 @@ def detect(
     all_windows: Annotated[bool, typer.Option(
         "--all-windows", help="Also run the network on windows whose key slice holds no body (skipped by "
                               "default: no lesion can be found there).")] = False,
+    keep_outside_body: Annotated[bool, typer.Option(
+        "--keep-outside-body", help="Keep detections centred outside the body (dropped by default: in the air or on "
+                                    "the table, outside the body and every other region above -500 HU of at least 2 % "
+                                    "of its area, lungs and bowel gas counting as inside).")] = False,
     allow_non_ct: Annotated[bool, typer.Option("--allow-non-ct", help="Also read MR/PT series (the model knows only CT).")] = False,
     series: Annotated[Optional[str], typer.Option(
         help="Series to read from each DICOM folder: SeriesNumber, SeriesInstanceUID or SeriesDescription "
@@ -725,7 +729,8 @@ def detect(
     model, info = _load_model(path, dev, context, slices)
     threshold = recommended_score_threshold(info) if score_threshold is None else score_threshold
     options = DetectOptions(score_threshold=threshold, batch_size=batch_size, precision=precision.value,
-                            skip_no_body=not all_windows, key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1,
+                            skip_no_body=not all_windows, drop_outside_body=not keep_outside_body,
+                            key_slice_stride=FAST_KEY_SLICE_STRIDE if fast else 1,
                             body_crop_margin_px=None if whole_slice else BODY_CROP_MARGIN_PX, augmentation=augmentation,
                             dicom_seg=dicom_seg, dicom_sr=dicom_sr)
 
