@@ -156,8 +156,8 @@ def _predict_scale(model: AlignShiftDetector, images: torch.Tensor, intervals_mm
     """The detections of the windows upscaled by ``zoom`` (1: as they are), with ``flip`` fused with
     the flipped windows', mapped back to the windows' network pixels."""
     size_hw = tuple(images.shape[-2:])
+    zoomed_hw = (round(size_hw[0] * zoom), round(size_hw[1] * zoom))
     if zoom != 1.0:
-        zoomed_hw = (round(size_hw[0] * zoom), round(size_hw[1] * zoom))
         images = F.interpolate(images.flatten(1, 2), size=zoomed_hw, mode="bilinear",
                                align_corners=False).unflatten(1, images.shape[1:3])
     views = (False, True) if flip else (False,)
@@ -177,7 +177,7 @@ def _predict_scale(model: AlignShiftDetector, images: torch.Tensor, intervals_mm
         for window in zip(*per_view)]
     if zoom == 1.0:
         return outputs
-    return [unzoom_detections(output, tuple(images.shape[-2:]), size_hw) for output in outputs]
+    return [unzoom_detections(output, zoomed_hw, size_hw) for output in outputs]
 
 
 def unzoom_detections(detections: dict, zoomed_hw: tuple[int, int], size_hw: tuple[int, int]) -> dict:

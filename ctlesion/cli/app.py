@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from enum import Enum
 from fractions import Fraction
@@ -495,14 +494,14 @@ def _print_summary(summary: dict, layout: "ReportLayout", title: str) -> None:
 
 
 def _augmentation(tta: bool, tta_zoom: Optional[float]):
-    """The test-time augmentation of ``--tta`` and ``--tta-zoom`` (a bad zoom: one line, exit 2;
-    checked before torch is imported)."""
-    if tta_zoom is not None and not (math.isfinite(tta_zoom) and tta_zoom > 1.0):
-        _error(f"--tta-zoom must be a number > 1, got {tta_zoom:g}")
-        raise typer.Exit(2)
+    """The test-time augmentation of ``--tta`` and ``--tta-zoom`` (a bad zoom: one line, exit 2)."""
     from ctlesion.predict import TestTimeAugmentation  # noqa: PLC0415
 
-    return TestTimeAugmentation(flip=tta, zoom=tta_zoom)
+    try:
+        return TestTimeAugmentation(flip=tta, zoom=tta_zoom)
+    except ValueError:
+        _error(f"--tta-zoom must be a number > 1, got {tta_zoom:g}")
+        raise typer.Exit(2) from None
 
 
 def _weights_path(weights: Optional[Path], model: Optional[str]) -> Path:
