@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import ctlesion.training as train_module
 from ctlesion.cli.app import app
+from ctlesion.data.augment import AugmentConfig
 from ctlesion.distributed import DistContext
 from ctlesion.errors import CtlesionError
 from ctlesion.networks.detector import DetectorConfig
@@ -171,7 +172,6 @@ def test_mixed_precision_step_on_cuda(dataset, tmp_path, precision):
 
 def test_augmentation_and_mask_cache_options_round_trip(dataset, tmp_path):
     """The paper's augmentation is the default; config.json records it, and older runs (flip_p) read back."""
-    from ctlesion.data.augment import AugmentConfig
     from ctlesion.training import prepare_run_dir
 
     cache = tmp_path / "masks"
@@ -186,18 +186,19 @@ def test_augmentation_and_mask_cache_options_round_trip(dataset, tmp_path):
     assert read_run_options(tmp_path / "run").augment == AugmentConfig.flip_only(0.25)
 
 
-def test_training_fills_the_named_mask_cache_and_refuses_a_bad_augment_choice(dataset, tmp_path):
+@pytest.mark.parametrize(("choice", "expected"), [("none", None), ("affine", AugmentConfig(flip_p=0.0))])
+def test_training_fills_the_named_mask_cache_and_refuses_a_bad_augment_choice(dataset, tmp_path, choice, expected):
     cache = tmp_path / "masks"
     run = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(run), "--batch-size", "2",
-                                      "--mask-cache", str(cache), "--mask-source", "grabcut", "--augment", "none",
+                                      "--mask-cache", str(cache), "--mask-source", "grabcut", "--augment", choice,
                                       *STEPS[:3], "1",
                                       *STEPS[4:], *CLI_TINY])
     assert result.exit_code == 0, result.output
     assert list(cache.rglob("*.npz"))  # the masks went to the named cache
-    assert read_run_options(run).augment is None
+    assert read_run_options(run).augment == expected  # affine: the paper's ranges, never flipped
     bad = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "b"), "--augment", "x"])
-    assert bad.exit_code == 2 and "'paper', 'flip', 'none'" in bad.output
+    assert bad.exit_code == 2 and "'x' is not one of 'paper', 'affine', 'flip'," in bad.output
 
 
 def test_channels_last_gives_the_same_features_and_trains(dataset, tmp_path):

@@ -107,7 +107,7 @@ Backbone = _choice("Backbone", BACKBONES)
 Padding = _choice("Padding", PADDINGS)
 Precision = _choice("Precision", PRECISIONS)
 InferencePrecision = _choice("InferencePrecision", INFERENCE_PRECISIONS)
-Augment = _choice("Augment", ("paper", "flip", "none"))
+Augment = _choice("Augment", ("paper", "affine", "flip", "none"))
 MaskSource = _choice("MaskSource", MASK_SOURCES)
 DetectorPart = _choice("DetectorPart", DETECTOR_PARTS)
 MaskLoss = _choice("MaskLoss", MASK_LOSSES)
@@ -264,7 +264,8 @@ def train(
     max_iters_per_epoch: Annotated[Optional[int], typer.Option(min=1, help="Cap iterations per epoch.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data loader worker processes (per training process).")] = 2,
     augment: Annotated[Augment, typer.Option(
-        help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), flip (flips only) or none.")] = "paper",
+        help="paper (shift 4 %, scale 20 %, rotate 15 deg with p 0.8, flip p 0.5), affine (the same without the "
+             "flip: anatomy never mirrored), flip (flips only) or none.")] = "paper",
     mask_cache: Annotated[Optional[Path], typer.Option(
         help="Cache folder: DeepLesion, GrabCut pseudo-masks (default: DATA/ctlesion_cache/pseudo_masks; see "
              "`ctlesion prepare`); volumes, the cases as memory-mapped arrays (default: "
@@ -361,7 +362,8 @@ def train(
         except ValueError as exc:
             _error(f"{exc}")
             raise typer.Exit(2) from None
-        augmentations = {"paper": AugmentConfig(), "flip": AugmentConfig.flip_only(0.5), "none": None}
+        augmentations = {"paper": AugmentConfig(), "affine": AugmentConfig(flip_p=0.0),
+                         "flip": AugmentConfig.flip_only(0.5), "none": None}
         problem = _train_data_error(data, lesion_label, val_fraction, mask_source.value, keep_noisy,
                                     hard_negatives is not None)
         if problem is not None:
