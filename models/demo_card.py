@@ -22,6 +22,12 @@ Usage (from the repository root):
       Paired bootstrap of the difference B - A in sensitivity (DeepLesion FROC, IoU >= 0.5) between
       two predictions files on the same key slices: each resample draws the images once and scores
       both on them, so the interval is the difference's, not two overlapping intervals.
+  python models/demo_card.py kinds DATA SPLIT PREDICTIONS_JSON [--out FILE]
+      Sensitivity (DeepLesion FROC, IoU >= 0.5; false positives counted over all lesions) per
+      lesion kind of the simulation (nodule, part_solid, lymph_node, lytic, ...), which DL_info
+      does not hold: each lesion row is given the kind of the simulated lesion it annotates, read
+      from DATA/simulation.json. FILE keeps that mapping too, so the figures can be re-derived
+      without simulation.json (tests/test_shipped_model.py).
 """
 
 from __future__ import annotations
@@ -204,6 +210,45 @@ def paired_difference(data_dir: Path, split: str, path_a: Path, path_b: Path, re
                           for name, v, (lo, hi) in zip(names, values, interval)}}
 
 
+def lesion_kinds(data_dir: Path, split: str) -> dict[str, list[str]]:
+    """{key slice file name: the simulated lesion kind of each of its DL_info rows, in CSV order}.
+
+    A row annotates a lesion of its series (``simulation.json``: lesions with their ``areas_px``
+    per written slice, 0-based, and ``centre_zyx`` in written pixels for y and x): of the
+    series' lesions with a section on the key slice, the one whose centre lies nearest the row
+    box's centre in-plane.
+    """
+    simulation = json.loads((Path(data_dir) / "simulation.json").read_text())
+    series = {(s["patient"], s["study"], s["series"]): s["lesions"] for s in simulation["series"]}
+    kinds = {}
+    for key in load_evaluation_set(data_dir, split).key_slices:
+        patient, study, number = (int(part) for part in key.series_dir.split("_"))
+        shown = [lesion for lesion in series[(patient, study, number)]
+                 if lesion["areas_px"][key.slice_index - 1] > 0]
+        centres = np.array([lesion["centre_zyx"][:0:-1] for lesion in shown])  # (L, 2) x, y
+        box_centres = (key.boxes_px[:, :2] + key.boxes_px[:, 2:]) / 2
+        nearest = np.linalg.norm(box_centres[:, None] - centres[None], axis=2).argmin(axis=1)
+        kinds[key.file_name] = [shown[i]["kind"] for i in nearest]
+    return kinds
+
+
+def kind_sensitivity(data_dir: Path, split: str, predictions_path: Path, kinds: dict[str, list[str]]) -> dict:
+    """Sensitivity at 0.5-16 FP per image (and avg[0.5-4]) of each lesion kind, the false
+    positives counted over every lesion of the split (the per-type rule of the report)."""
+    evaluation_set = load_evaluation_set(data_dir, split)
+    fps, averaged = averaged_rates(DEFAULT_FPS_PER_IMAGE, KEY_SLICE_LAYOUT)
+    matching = match_detections(align_predictions(read_predictions(predictions_path), evaluation_set.keys,
+                                                  predictions_path), evaluation_set.ground_truth)
+    per_lesion = np.array([kind for key in evaluation_set.keys for kind in kinds[key]])
+    names = sorted(set(per_lesion))
+    groups = per_lesion[:, None] == np.array(names)[None]
+    everything = np.ones((1, len(evaluation_set.keys)), np.int64)
+    sensitivity = weighted_sensitivity(matching, everything, fps, groups)[0]  # (rates, kinds)
+    return {name: {"lesions": int(groups[:, k].sum()),
+                   **{f"at_{rate:g}_fp": float(sensitivity[r, k]) for r, rate in enumerate(fps)},
+                   "avg_0.5_4": float(sensitivity[averaged, k].mean())} for k, name in enumerate(names)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -231,7 +276,21 @@ def main() -> int:
     paired.add_argument("b", type=Path)
     paired.add_argument("--resamples", type=int, default=1000)
     paired.add_argument("--out", type=Path)
+    kinds = commands.add_parser("kinds")
+    kinds.add_argument("data", type=Path)
+    kinds.add_argument("split")
+    kinds.add_argument("predictions", type=Path)
+    kinds.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.command == "kinds":
+        mapping = lesion_kinds(args.data, args.split)
+        figures = {"split": args.split, "predictions": str(args.predictions),
+                   "sensitivity": kind_sensitivity(args.data, args.split, args.predictions, mapping),
+                   "kinds": mapping}
+        if args.out:
+            args.out.write_text(json.dumps(figures, indent=1) + "\n")
+        print(json.dumps(figures["sensitivity"], indent=1))
+        return 0
     if args.command == "paired":
         figures = json.dumps(paired_difference(args.data, args.split, args.a, args.b, args.resamples), indent=1)
         if args.out:

@@ -37,6 +37,11 @@ cp "$work/val_normal/results.json" "$card/sim_eval/val_normal_study_results.json
   --normal "$card/sim_eval/val_normal_study_results.json"
 
 ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --out "$card" --device cpu
+# (a) by the simulation's lesion kind (part-solid nodules, lytic and sclerotic bone lesions...),
+# val and test; the files keep each row's kind, so tests re-derive the figures without simulation.json.
+"$python" models/demo_card.py kinds "$work/sim_eval" val "$card/sim_eval/val_predictions.json" \
+  --out "$card/sim_eval/val_lesion_kinds.json"
+"$python" models/demo_card.py kinds "$work/sim_eval" test "$card/predictions.json" --out "$card/lesion_kinds.json"
 # (b): the real key slices of the patients stage 3 did not train on (models/mix_real_slices.py).
 "$python" models/mix_real_slices.py heldout "$shared/deeplesion_sample" "$work/real_heldout"
 ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \

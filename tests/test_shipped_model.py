@@ -90,6 +90,24 @@ def test_simulated_test_figures_are_rescored_from_their_predictions(folder, tmp_
     assert card.get("test_time_augmentation", "none") == expected.name
 
 
+@pytest.mark.parametrize(("split", "predictions", "figures"), [
+    ("val", "sim_eval/val_predictions.json", "sim_eval/val_lesion_kinds.json"),
+    ("test", "predictions.json", "lesion_kinds.json")])
+def test_sensitivity_by_lesion_kind_is_rederived(split, predictions, figures, tmp_path):
+    """Figure (a) by the simulation's lesion kind, from the stored kind of each lesion row; the
+    kinds partition the split's lesions, so together they give its own sensitivity."""
+    stored = json.loads((CARD / figures).read_text())
+    again = _models_script("demo_card").kind_sensitivity(CARD / "sim_eval", split, CARD / predictions, stored["kinds"])
+    assert again == stored["sensitivity"]
+    whole = run_evaluation(CARD / "sim_eval", tmp_path / "rescored", EvaluateOptions(split=split, resamples=0),
+                           predictions_path=CARD / predictions, progress=False)["summary"]["all"]
+    lesions = sum(kind["lesions"] for kind in again.values())
+    assert lesions == whole["num_lesions"]
+    for rate, expected in zip((0.5, 1, 2, 4, 8, 16), whole["sensitivity"]):
+        found = sum(kind[f"at_{rate:g}_fp"] * kind["lesions"] for kind in again.values())
+        assert found / lesions == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize("folder", [".", *AUGMENTED])
 def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path, folder):
     """Figure (b), and with test-time augmentation (f), (g): the real key slices of the DeepLesion
