@@ -282,27 +282,6 @@ def main() -> int:
     kinds.add_argument("predictions", type=Path)
     kinds.add_argument("--out", type=Path)
     args = parser.parse_args()
-    if args.command == "kinds":
-        mapping = lesion_kinds(args.data, args.split)
-        figures = {"split": args.split, "predictions": str(args.predictions),
-                   "sensitivity": kind_sensitivity(args.data, args.split, args.predictions, mapping),
-                   "kinds": mapping}
-        if args.out:
-            args.out.write_text(json.dumps(figures, indent=1) + "\n")
-        print(json.dumps(figures["sensitivity"], indent=1))
-        return 0
-    if args.command == "paired":
-        figures = json.dumps(paired_difference(args.data, args.split, args.a, args.b, args.resamples), indent=1)
-        if args.out:
-            args.out.write_text(figures + "\n")
-        print(figures)
-        return 0
-    if args.command == "masks":
-        figures = json.dumps(mask_quality(args.data, args.weights, args.split, args.num), indent=1)
-        if args.out:
-            args.out.write_text(figures + "\n")
-        print(figures)
-        return 0
     if args.command == "threshold":
         point = choose_threshold(args.data, args.split, args.predictions, args.max_fp_per_image, args.normal,
                                  args.max_lesions_per_normal_study)
@@ -310,14 +289,23 @@ def main() -> int:
         info["operating_point"] = point
         SIDECAR.write_text(json.dumps(info, indent=2) + "\n")
         print(json.dumps(point, indent=1))
+        return 0
+    if args.command == "kinds":
+        mapping = lesion_kinds(args.data, args.split)
+        figures = {"split": args.split, "predictions": str(args.predictions),
+                   "sensitivity": kind_sensitivity(args.data, args.split, args.predictions, mapping),
+                   "kinds": mapping}
+        shown = figures["sensitivity"]  # the mapping goes to --out only
+    elif args.command == "paired":
+        figures = shown = paired_difference(args.data, args.split, args.a, args.b, args.resamples)
+    elif args.command == "masks":
+        figures = shown = mask_quality(args.data, args.weights, args.split, args.num)
     else:
-        rows = [row for path in args.results for row in study_figures(path)]
-        text = json.dumps(rows, indent=1)
-        if args.out:
-            args.out.write_text(text + "\n")
-        print(text)
+        figures = shown = [row for path in args.results for row in study_figures(path)]
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=1) + "\n")
+    print(json.dumps(shown, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
