@@ -44,10 +44,16 @@ import numpy as np
 from ctlesion.evaluate.bootstrap import percentile_interval, resample_counts
 from ctlesion.evaluate.froc import DEFAULT_FPS_PER_IMAGE, match_detections, weighted_sensitivity
 from ctlesion.evaluate.predictions import align_predictions, read_predictions
-from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT, averaged_rates
+from ctlesion.evaluate.scoring import KEY_SLICE_LAYOUT, averaged_rates, score_matching
 from ctlesion.evaluate.split import load_evaluation_set
 
 SIDECAR = Path("models/ctlesion_demo_sim.json")
+
+
+def _matching(evaluation_set, predictions_path: Path):
+    """The DeepLesion FROC matching (IoU >= 0.5) of a predictions file on a split's key slices."""
+    detections = align_predictions(read_predictions(predictions_path), evaluation_set.keys, predictions_path)
+    return match_detections(detections, evaluation_set.ground_truth)
 
 
 def operating_points(data_dir: Path, split: str, predictions_path: Path) -> tuple[list[dict], int, int]:
@@ -194,8 +200,7 @@ def paired_difference(data_dir: Path, split: str, path_a: Path, path_b: Path, re
     bootstrap interval over images (Efron & Tibshirani 1993, ch. 13; the same resamples score both)."""
     evaluation_set = load_evaluation_set(data_dir, split)
     fps, averaged = averaged_rates(DEFAULT_FPS_PER_IMAGE, KEY_SLICE_LAYOUT)
-    matchings = [match_detections(align_predictions(read_predictions(path), evaluation_set.keys, path),
-                                  evaluation_set.ground_truth) for path in (path_a, path_b)]
+    matchings = [_matching(evaluation_set, path) for path in (path_a, path_b)]
     everything = np.ones((1, len(evaluation_set.keys)), np.int64)
     point = [weighted_sensitivity(m, everything, fps)[0, :, 0] for m in matchings]
     draws = np.concatenate(list(resample_counts(len(evaluation_set.keys), resamples, seed)))
@@ -233,20 +238,18 @@ def lesion_kinds(data_dir: Path, split: str) -> dict[str, list[str]]:
 
 
 def kind_sensitivity(data_dir: Path, split: str, predictions_path: Path, kinds: dict[str, list[str]]) -> dict:
-    """Sensitivity at 0.5-16 FP per image (and avg[0.5-4]) of each lesion kind, the false
-    positives counted over every lesion of the split (the per-type rule of the report)."""
+    """Sensitivity at 0.5-16 FP per image (and avg[0.5-4]) of each lesion kind: a lesion table of
+    :func:`ctlesion.evaluate.scoring.score_matching`, so the false positives are counted over every
+    image of the split, as for the report's lesion types."""
     evaluation_set = load_evaluation_set(data_dir, split)
-    fps, averaged = averaged_rates(DEFAULT_FPS_PER_IMAGE, KEY_SLICE_LAYOUT)
-    matching = match_detections(align_predictions(read_predictions(predictions_path), evaluation_set.keys,
-                                                  predictions_path), evaluation_set.ground_truth)
     per_lesion = np.array([kind for key in evaluation_set.keys for kind in kinds[key]])
-    names = sorted(set(per_lesion))
-    groups = per_lesion[:, None] == np.array(names)[None]
-    everything = np.ones((1, len(evaluation_set.keys)), np.int64)
-    sensitivity = weighted_sensitivity(matching, everything, fps, groups)[0]  # (rates, kinds)
-    return {name: {"lesions": int(groups[:, k].sum()),
-                   **{f"at_{rate:g}_fp": float(sensitivity[r, k]) for r, rate in enumerate(fps)},
-                   "avg_0.5_4": float(sensitivity[averaged, k].mean())} for k, name in enumerate(names)}
+    table = {name: per_lesion == name for name in sorted(set(per_lesion))}
+    everything = {"all": np.ones(len(evaluation_set.keys), bool)}
+    rows = score_matching(_matching(evaluation_set, predictions_path), KEY_SLICE_LAYOUT, everything,
+                          {"kinds": table}, fps=DEFAULT_FPS_PER_IMAGE, resamples=0, seed=0).report["kinds"]
+    return {name: {"lesions": row["num_lesions"],
+                   **{f"at_{rate:g}_fp": value for rate, value in zip(DEFAULT_FPS_PER_IMAGE, row["sensitivity"])},
+                   "avg_0.5_4": row["avg_0.5_4"]} for name, row in rows.items()}
 
 
 def main() -> int:
