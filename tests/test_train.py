@@ -414,3 +414,27 @@ def test_dice_plus_bce_mask_loss_keeps_a_gradient_where_the_mask_head_saturates(
         heads._mask_loss(logits, boxes, [{"masks": target}], [torch.tensor([0])]).backward()
         gradients[loss] = logits.grad.abs().max().item()
     assert gradients["dice"] < 1e-5 and gradients["dice+bce"] > 1e-3
+
+
+def test_input_windows_train_and_travel_with_the_checkpoint(dataset, tmp_path):
+    """--input-window gives the network one input channel per HU window; the checkpoint keeps them,
+    a fine-tuning run must agree, and a malformed window is a one-line usage error."""
+    from ctlesion.checkpoint import load_detector
+
+    run = tmp_path / "windows"
+    windows = ["--hu-window", "-1024", "2050", "--input-window", "-175,275", "--input-window", "-450,1050"]
+    result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(run), "--batch-size", "2",
+                                      "--mask-source", "grabcut", *windows, *STEPS[:3], "1", *STEPS[4:], *CLI_TINY])
+    assert result.exit_code == 0, result.output
+    model, _ = load_detector(sorted(run.glob("epoch_*.safetensors"))[-1])
+    assert model.config.input_windows_hu == ((-175.0, 275.0), (-450.0, 1050.0))
+    assert model.backbone.stem[0].weight.shape[1] == 2
+    checkpoint = sorted(run.glob("epoch_*.safetensors"))[-1]
+    differs = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "ft"),
+                                       "--init-from", str(checkpoint), "--input-window", "-175,275"])
+    assert differs.exit_code != 0 and "--input-window" in differs.output and "differs" in differs.output
+    for bad, message in (("-175", "expected LOW,HIGH"), ("-1400,100", "inside hu_window")):
+        result = CliRunner().invoke(app, ["train", "--data", str(dataset), "--out", str(tmp_path / "bad"),
+                                          "--hu-window", "-1024", "2050", "--input-window", bad])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+        assert not (tmp_path / "bad").exists()

@@ -248,13 +248,19 @@ def train(
     init_from: Annotated[Optional[Path], typer.Option(
         help="Fine-tune: start from this ctlesion checkpoint's whole detector (shipped, imported or trained); "
              "the run takes its architecture (--backbone, --context, --slices, --padding, --image-size, "
-             "--fpn-channels, --fc-channels, --hu-window may be given only with the checkpoint's values).")] = None,
+             "--fpn-channels, --fc-channels, --hu-window, --input-window may be given only with the checkpoint's "
+             "values).")] = None,
     padding: Annotated[Padding, typer.Option(help="AlignShift border handling: zero (paper) or keep (released code).")] = "zero",
     image_size: Annotated[int, typer.Option(help="Network input size, px (paper: 512).")] = 512,
     fpn_channels: Annotated[int, typer.Option(help="FPN output channels (paper: 512).")] = 512,
     fc_channels: Annotated[int, typer.Option(help="Box head FC width (paper: 2048).")] = 2048,
     hu_window: Annotated[tuple[float, float], typer.Option(
         help="HU window mapped to [0, 1] at the input (paper: -1024 2050).")] = (-1024.0, 2050.0),
+    input_window: Annotated[Optional[list[str]], typer.Option(
+        metavar="LOW,HIGH",
+        help="A HU window the network takes as one input channel (repeatable: e.g. soft tissue -175,275 and bone "
+             "-450,1050 for a two-channel input), each inside --hu-window, in which the input arrives. "
+             "Default: one channel, --hu-window itself.")] = None,
     lr: Annotated[float, typer.Option(
         min=1e-9, help="Learning rate per 4 images (paper: 0.02; scaled linearly with --batch-size); "
                        "fine-tuning a trained model: e.g. 0.002.")] = 0.02,
@@ -348,7 +354,8 @@ def train(
             detector = DetectorConfig(backbone=backbone.value, context=context.value, num_slices=slices,
                                       image_size_px=image_size,
                                       fpn_channels=fpn_channels, fc_channels=fc_channels, padding=padding.value,
-                                      hu_window=tuple(hu_window))
+                                      hu_window=tuple(hu_window),
+                                      input_windows_hu=tuple(map(_parse_window_hu, input_window or ())))
             if init_from is not None:
                 detector = _run(_checkpoint_architecture, ctx, init_from, detector, pretrained)
             detector.validate()
@@ -416,7 +423,17 @@ def _train_data_error(data: Path, lesion_label, val_fraction, mask_source: str,
 #: train's architecture options and the DetectorConfig field each one sets.
 _ARCHITECTURE_OPTIONS = {"backbone": "backbone", "context": "context", "slices": "num_slices", "padding": "padding",
                          "image_size": "image_size_px", "fpn_channels": "fpn_channels",
-                         "fc_channels": "fc_channels", "hu_window": "hu_window"}
+                         "fc_channels": "fc_channels", "hu_window": "hu_window",
+                         "input_window": "input_windows_hu"}
+
+
+def _parse_window_hu(text: str) -> tuple[float, float]:
+    """``"LOW,HIGH"`` -> (low, high) HU; ValueError naming the option otherwise."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-window {text!r}: expected LOW,HIGH in HU, e.g. -175,275") from None
+    return low, high
 
 
 def _checkpoint_architecture(ctx: typer.Context, checkpoint: Path, given: "DetectorConfig",

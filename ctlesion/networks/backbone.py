@@ -80,9 +80,9 @@ def top_down_single_map(lateral: nn.ModuleList, maps: list[Tensor]) -> Tensor:
     return out
 
 
-def _check_images(images: Tensor, num_slices: int) -> None:
-    if images.dim() != 5 or images.shape[1] != 1 or images.shape[2] != num_slices:
-        raise ValueError(f"images must be (B, 1, {num_slices}, H, W), got {tuple(images.shape)}")
+def _check_images(images: Tensor, num_slices: int, in_channels: int = 1) -> None:
+    if images.dim() != 5 or images.shape[1] != in_channels or images.shape[2] != num_slices:
+        raise ValueError(f"images must be (B, {in_channels}, {num_slices}, H, W), got {tuple(images.shape)}")
 
 
 class AlignShiftDenseNet(nn.Module):
@@ -99,17 +99,20 @@ class AlignShiftDenseNet(nn.Module):
         densenet_2d: optional torchvision DenseNet-121 whose weights are copied (e.g. ImageNet);
             its 3-channel stem is reduced to the middle input channel. Random init otherwise.
         reduction_bias: a bias in the depth reductions (the authors' released layers have none).
+        in_channels: input channels C per slice (1; or one per input window,
+            :class:`~ctlesion.networks.input_windows.WindowChannels`).
 
-    Input (B, 1, D, H, W) with H, W divisible by 16 and slice intervals (B,) in mm;
+    Input (B, C, D, H, W) with H, W divisible by 16 and slice intervals (B,) in mm;
     output (B, fpn_channels, H / 4, W / 4).
     """
 
     def __init__(self, num_slices: int = 3, context: str = "alignshift", fpn_channels: int = 512,
                  fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0,
-                 densenet_2d: DenseNet | None = None, reduction_bias: bool = True):
+                 densenet_2d: DenseNet | None = None, reduction_bias: bool = True, in_channels: int = 1):
         super().__init__()
         net = convert_to_3d(densenet_2d if densenet_2d is not None else densenet121(weights=None), context,
-                            in_channels=1, fold_div=fold_div, padding=padding, ref_interval_mm=ref_interval_mm)
+                            in_channels=in_channels, fold_div=fold_div, padding=padding,
+                            ref_interval_mm=ref_interval_mm)
         self.stem = net.stem
         self.block1, self.block2, self.block3 = net.blocks[:3]
         self.transition1, self.transition2 = net.transitions[:2]
@@ -117,6 +120,7 @@ class AlignShiftDenseNet(nn.Module):
         self.reduce = nn.ModuleList(DepthReduction(c, num_slices, reduction_bias) for c in channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
         self.num_slices = num_slices
+        self.in_channels = in_channels
         self.out_channels = fpn_channels
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -132,8 +136,8 @@ class AlignShiftDenseNet(nn.Module):
         return c2, c3, c4
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor) -> Tensor:
-        """images: (B, 1, D, H, W) float; slice_interval_mm: (B,) mm -> (B, C, H/4, W/4)."""
-        _check_images(images, self.num_slices)
+        """images: (B, C_in, D, H, W) float; slice_interval_mm: (B,) mm -> (B, C, H/4, W/4)."""
+        _check_images(images, self.num_slices, self.in_channels)
         maps = [reduce(c) for reduce, c in zip(self.reduce, self.stages(images, slice_interval_mm))]
         return top_down_single_map(self.lateral, maps)
 
@@ -141,28 +145,33 @@ class AlignShiftDenseNet(nn.Module):
 class DenseNet25d(nn.Module):
     """The 2.5D baseline: the D slices as input channels of a 2D DenseNet-121 (blocks 1-3) + FPN.
 
-    The stem takes D channels: for D = 3 the RGB stem as is, otherwise adapted
-    (:func:`~ctlesion.networks.layers.adapt_stem_weight`). The slice interval is not used.
+    The stem takes C x D channels (C input windows of D slices, window-major): for C x D = 3 the
+    RGB stem as is, otherwise adapted (:func:`~ctlesion.networks.layers.adapt_stem_weight`).
+    The slice interval is not used.
 
     Args:
         num_slices: window depth D (odd).
         fpn_channels: channels of the output map.
         densenet_2d: optional torchvision DenseNet-121 whose weights are copied.
+        in_channels: input channels C per slice (1, or one per input window).
 
-    Input (B, 1, D, H, W); output (B, fpn_channels, H / 4, W / 4).
+    Input (B, C, D, H, W); output (B, fpn_channels, H / 4, W / 4).
     """
 
-    def __init__(self, num_slices: int = 3, fpn_channels: int = 512, densenet_2d: DenseNet | None = None):
+    def __init__(self, num_slices: int = 3, fpn_channels: int = 512, densenet_2d: DenseNet | None = None,
+                 in_channels: int = 1):
         super().__init__()
         net = densenet_2d if densenet_2d is not None else densenet121(weights=None)
         feats = copy.deepcopy(net.features)
-        self.stem = nn.Sequential(stem_conv_for(feats.conv0, num_slices), feats.norm0, feats.relu0, feats.pool0)
+        self.stem = nn.Sequential(stem_conv_for(feats.conv0, in_channels * num_slices), feats.norm0, feats.relu0,
+                                  feats.pool0)
         self.block1, self.transition1 = feats.denseblock1, feats.transition1
         self.block2, self.transition2 = feats.denseblock2, feats.transition2
         self.block3 = feats.denseblock3
         channels = dense_block_channels(net)[:3]
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
         self.num_slices = num_slices
+        self.in_channels = in_channels
         self.out_channels = fpn_channels
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
@@ -172,9 +181,9 @@ class DenseNet25d(nn.Module):
                 layer.memory_efficient = enabled
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor | None = None) -> Tensor:
-        """images: (B, 1, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""
-        _check_images(images, self.num_slices)
-        c2 = self.block1(self.stem(images[:, 0]))
+        """images: (B, C_in, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""
+        _check_images(images, self.num_slices, self.in_channels)
+        c2 = self.block1(self.stem(images.flatten(1, 2)))
         c3 = self.block2(self.transition1(c2))
         c4 = self.block3(self.transition2(c3))
         return top_down_single_map(self.lateral, [c2, c3, c4])
@@ -205,17 +214,18 @@ class AlignShiftResNet(nn.Module):
 
     Args:
         resnet_2d: the 2D ResNet whose weights are copied (random or pretrained; not modified).
-        num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, reduction_bias:
+        num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, reduction_bias, in_channels:
             as :class:`AlignShiftDenseNet`.
 
-    Input (B, 1, D, H, W) with H, W divisible by 16 and slice intervals (B,) in mm;
+    Input (B, C, D, H, W) with H, W divisible by 16 and slice intervals (B,) in mm;
     output (B, fpn_channels, H / 4, W / 4).
     """
 
     def __init__(self, resnet_2d: ResNet, num_slices: int = 3, context: str = "alignshift", fpn_channels: int = 512,
-                 fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0, reduction_bias: bool = True):
+                 fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0, reduction_bias: bool = True,
+                 in_channels: int = 1):
         super().__init__()
-        net = convert_to_3d(resnet_2d, context, in_channels=1, fold_div=fold_div, padding=padding,
+        net = convert_to_3d(resnet_2d, context, in_channels=in_channels, fold_div=fold_div, padding=padding,
                             ref_interval_mm=ref_interval_mm)
         self.stem = net.stem
         self.stages = nn.ModuleList(net.stages[:3])
@@ -223,6 +233,7 @@ class AlignShiftResNet(nn.Module):
         self.reduce = nn.ModuleList(DepthReduction(c, num_slices, reduction_bias) for c in channels)
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in channels)
         self.num_slices = num_slices
+        self.in_channels = in_channels
         self.out_channels = fpn_channels
         self.gradient_checkpointing = False
 
@@ -231,8 +242,8 @@ class AlignShiftResNet(nn.Module):
         self.gradient_checkpointing = enabled
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor) -> Tensor:
-        """images: (B, 1, D, H, W) float; slice_interval_mm: (B,) mm -> (B, C, H/4, W/4)."""
-        _check_images(images, self.num_slices)
+        """images: (B, C_in, D, H, W) float; slice_interval_mm: (B,) mm -> (B, C, H/4, W/4)."""
+        _check_images(images, self.num_slices, self.in_channels)
         x, maps = self.stem(images), []
         for stage, reduce in zip(self.stages, self.reduce):
             if self.gradient_checkpointing and self.training:
@@ -248,16 +259,17 @@ class ResNet25d(nn.Module):
 
     Args:
         resnet_2d: the 2D ResNet whose weights are copied (not modified).
-        num_slices, fpn_channels: as :class:`DenseNet25d`.
+        num_slices, fpn_channels, in_channels: as :class:`DenseNet25d`.
     """
 
-    def __init__(self, resnet_2d: ResNet, num_slices: int = 3, fpn_channels: int = 512):
+    def __init__(self, resnet_2d: ResNet, num_slices: int = 3, fpn_channels: int = 512, in_channels: int = 1):
         super().__init__()
         net = copy.deepcopy(resnet_2d)
-        self.stem = nn.Sequential(stem_conv_for(net.conv1, num_slices), net.bn1, net.relu, net.maxpool)
+        self.stem = nn.Sequential(stem_conv_for(net.conv1, in_channels * num_slices), net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3])
         self.lateral = nn.ModuleList(nn.Conv2d(c, fpn_channels, kernel_size=1) for c in resnet_stage_channels(net))
         self.num_slices = num_slices
+        self.in_channels = in_channels
         self.out_channels = fpn_channels
         self.gradient_checkpointing = False
 
@@ -266,9 +278,9 @@ class ResNet25d(nn.Module):
         self.gradient_checkpointing = enabled
 
     def forward(self, images: Tensor, slice_interval_mm: Tensor | None = None) -> Tensor:
-        """images: (B, 1, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""
-        _check_images(images, self.num_slices)
-        x, maps = self.stem(images[:, 0]), []
+        """images: (B, C_in, D, H, W) float -> (B, C, H/4, W/4); ``slice_interval_mm`` is ignored."""
+        _check_images(images, self.num_slices, self.in_channels)
+        x, maps = self.stem(images.flatten(1, 2)), []
         for stage in self.stages:
             x = checkpoint(stage, x, use_reentrant=False) if self.gradient_checkpointing and self.training else stage(x)
             maps.append(x)
@@ -277,12 +289,12 @@ class ResNet25d(nn.Module):
 
 def build_backbone(context: str, num_slices: int, fpn_channels: int, *, backbone: str = "densenet121",
                    fold_div: int = 8, padding: str = "zero", ref_interval_mm: float = 2.0,
-                   net_2d: nn.Module | None = None, reduction_bias: bool = True) -> nn.Module:
+                   net_2d: nn.Module | None = None, reduction_bias: bool = True, in_channels: int = 1) -> nn.Module:
     """The detector backbone of a context and a 2D network family.
 
     Args:
         context: "alignshift", "tsm", "none" (3D) or "2.5d".
-        num_slices, fpn_channels, fold_div, padding, ref_interval_mm, reduction_bias: as
+        num_slices, fpn_channels, fold_div, padding, ref_interval_mm, reduction_bias, in_channels: as
             :class:`AlignShiftDenseNet`.
         backbone: the torchvision network (:data:`ctlesion.choices.BACKBONES`).
         net_2d: that network with the weights to start from (e.g. ImageNet); None: random.
@@ -298,10 +310,10 @@ def build_backbone(context: str, num_slices: int, fpn_channels: int, *, backbone
         net_2d = torchvision_2d(backbone)
     if isinstance(net_2d, DenseNet):
         if context == "2.5d":
-            return DenseNet25d(num_slices, fpn_channels, net_2d)
+            return DenseNet25d(num_slices, fpn_channels, net_2d, in_channels)
         return AlignShiftDenseNet(num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm, net_2d,
-                                  reduction_bias)
+                                  reduction_bias, in_channels)
     if context == "2.5d":
-        return ResNet25d(net_2d, num_slices, fpn_channels)
+        return ResNet25d(net_2d, num_slices, fpn_channels, in_channels)
     return AlignShiftResNet(net_2d, num_slices, context, fpn_channels, fold_div, padding, ref_interval_mm,
-                            reduction_bias)
+                            reduction_bias, in_channels)

@@ -25,6 +25,12 @@ class DetectorConfig:
     imported weights), ``reduction_bias`` (a bias in the depth reductions; the authors' have
     none), ``mask_channels`` (the mask head's width; paper 256) and ``padding``.
 
+    ``input_windows_hu`` (default: none) gives the network several HU windows of the same
+    slices as input channels, as multi-window lesion detectors do (MVP-Net, Li et al., MICCAI
+    2019: soft tissue, lung and bone windows): the input still arrives in ``hu_window`` (which
+    must hold every window) and the network's first step re-windows it into one channel per
+    window (:class:`~ctlesion.networks.layers.WindowChannels`). Empty: one channel, the input as is.
+
     The detector's thresholds travel with it too (defaults: the released configuration, SPEC
     section 6): ``rpn_nms_iou`` (NMS between proposals), ``rpn_proposals`` (proposals kept per
     image at inference), ``box_score_min`` (the lowest score a detection may have),
@@ -43,6 +49,7 @@ class DetectorConfig:
     padding: str = "zero"
     ref_interval_mm: float = 2.0
     hu_window: tuple[float, float] = (-1024.0, 2050.0)
+    input_windows_hu: tuple[tuple[float, float], ...] = ()
     input_scaling: str = "unit"
     box_convention: str = "torchvision"
     reduction_bias: bool = True
@@ -63,9 +70,16 @@ class DetectorConfig:
         values = {k: v for k, v in data.items() if k in known}
         if "hu_window" in values:
             values["hu_window"] = tuple(float(v) for v in values["hu_window"])
+        if "input_windows_hu" in values:
+            values["input_windows_hu"] = tuple(tuple(float(v) for v in window) for window in values["input_windows_hu"])
         config = cls(**values)
         config.validate()
         return config
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network input after its first step: one per input window, else 1."""
+        return max(1, len(self.input_windows_hu))
 
     @property
     def resample_thick(self) -> bool:
@@ -98,6 +112,7 @@ class DetectorConfig:
             raise ValueError(f"hu_window must be (low, high) with low < high, got {self.hu_window}")
         if self.input_scaling not in INPUT_SCALINGS:
             raise ValueError(f"input_scaling {self.input_scaling!r} must be one of {', '.join(INPUT_SCALINGS)}")
+        self._validate_input_windows()
         if self.box_convention not in BOX_CONVENTIONS:
             raise ValueError(f"box_convention {self.box_convention!r} must be one of {', '.join(BOX_CONVENTIONS)}")
         if self.mask_channels < 1:
@@ -110,3 +125,12 @@ class DetectorConfig:
         if self.rpn_proposals < 1 or self.detections_per_image < 1:
             raise ValueError(f"rpn_proposals and detections_per_image must be positive, got {self.rpn_proposals}, "
                              f"{self.detections_per_image}")
+
+    def _validate_input_windows(self) -> None:
+        low, high = self.hu_window
+        for window in self.input_windows_hu:
+            if len(window) != 2 or not low <= window[0] < window[1] <= high:
+                raise ValueError(f"each of input_windows_hu must be (low, high) with low < high inside hu_window "
+                                 f"{self.hu_window}, got {window}")
+        if self.input_windows_hu and self.input_scaling != "unit":
+            raise ValueError("input_windows_hu needs input_scaling 'unit'")

@@ -39,6 +39,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from ctlesion.choices import DETECTOR_PARTS
 from ctlesion.networks.backbone import build_backbone
 from ctlesion.networks.config import DetectorConfig
+from ctlesion.networks.input_windows import WindowChannels
 from ctlesion.networks.mmdet_conventions import (
     LEGACY_ANCHOR_SCALES,
     LEGACY_ROI_WEIGHTS,
@@ -183,7 +184,9 @@ class AlignShiftDetector(nn.Module):
     ``forward(images, slice_interval_mm, targets=None)``:
 
     * images: (B, 1, D, S, S) float32 in [0, 1] (``config.hu_window`` mapped linearly), S =
-      ``config.image_size_px``; the middle slice is the key slice;
+      ``config.image_size_px``; the middle slice is the key slice; with ``config.input_windows_hu``
+      the network first re-windows them into one channel per window
+      (:class:`~ctlesion.networks.input_windows.WindowChannels`);
     * slice_interval_mm: (B,) float32, the interval the network sees (>= 2 mm, SPEC section 4);
     * targets (training): per image ``{"boxes": (N, 4) float px (x1, y1, x2, y2) on the key slice,
       "labels": (N,) int64 ones, "masks": (N, S, S) uint8}``; N may be 0. An optional int
@@ -211,8 +214,10 @@ class AlignShiftDetector(nn.Module):
         self.backbone = build_backbone(
             config.context, config.num_slices, config.fpn_channels, backbone=config.backbone, fold_div=config.fold_div,
             padding=config.padding, ref_interval_mm=config.ref_interval_mm, net_2d=net_2d,
-            reduction_bias=config.reduction_bias,
+            reduction_bias=config.reduction_bias, in_channels=config.input_channels,
         )
+        self.input_windows = (WindowChannels(config.hu_window, config.input_windows_hu)
+                              if config.input_windows_hu else nn.Identity())
         self.rpn = _region_proposal_network(config)
         self.roi_heads = _roi_heads(config)
         self.paste_masks = paste_masks_legacy if config.box_convention == "mmdet1" else paste_masks_in_image
@@ -231,7 +236,7 @@ class AlignShiftDetector(nn.Module):
         if self.training and targets is None:
             raise ValueError("targets are required in training mode")
         size = images.shape[-2:]
-        features = {"0": self.backbone(images, slice_interval_mm)}
+        features = {"0": self.backbone(self.input_windows(images), slice_interval_mm)}
         image_sizes = [tuple(size)] * images.shape[0]
         image_list = ImageList(images[:, 0, self.config.num_slices // 2 : self.config.num_slices // 2 + 1], image_sizes)
         self._seed_samplers(targets)
