@@ -29,7 +29,7 @@ class DetectorConfig:
     slices as input channels, as multi-window lesion detectors do (MVP-Net, Li et al., MICCAI
     2019: soft tissue, lung and bone windows): the input still arrives in ``hu_window`` (which
     must hold every window) and the network's first step re-windows it into one channel per
-    window (:class:`~ctlesion.networks.layers.WindowChannels`). Empty: one channel, the input as is.
+    window (:class:`~ctlesion.networks.input_windows.WindowChannels`). Empty: one channel, the input as is.
 
     The detector's thresholds travel with it too (defaults: the released configuration, SPEC
     section 6): ``rpn_nms_iou`` (NMS between proposals), ``rpn_proposals`` (proposals kept per
