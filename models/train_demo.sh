@@ -78,7 +78,7 @@ ctlesion train "${stage2[@]}" --out "$work/mask_stage"
 #     has some (--hard-negatives), lr x 0.1 after epoch 8;
 # 3c: a second round: 3b's false positives on every training key slice (1,258 slices, 31 minutes),
 #     then from 3b 6 epochs (seed 1; 43 minutes), 30 % negative crops on them, lr x 0.1 after epoch 4.
-# About 3 hours on 2 CPU cores in all.
+# About 3 hours on 2 CPU cores in all (then rounds 4 and 5 below, 75 minutes more).
 "$python" models/mix_real_slices.py mix "$work/sim_train" "$shared/deeplesion_sample" "$work/mix_train" --copies 8
 stage3=(--data "$work/mix_train" --workers $((cpus > 2 ? cpus - 2 : 1)) --overwrite
         --norm-eval --mask-loss dice+bce --crop-size 192 --batch-size 4
@@ -104,4 +104,20 @@ ctlesion evaluate --data "$work/mix_train" --split train --device $device \
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \
   --negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8 \
   --hard-negative-fraction 1.0 --epochs 6 --lr-drop-epoch 4
-"$python" models/finalize_demo.py "$work/hard_stage2" models/ctlesion_demo_sim.safetensors
+"$python" models/finalize_demo.py "$work/hard_stage2" "$work/stage3c.safetensors"
+# Stage 3, rounds 4 and 5: a second input window, the whole range [-1024, 2050] HU, beside the
+# soft-tissue one (models/widen_windows.py: the new channel's stem weights start at zero, so the
+# widened model computes 3c's detections), then two runs of 500 iterations (seeds 2 and 4) on the
+# second mining's hard negatives, 30 % negative crops, lr x 0.1 after epoch 4; 75 minutes.
+"$python" models/widen_windows.py "$work/stage3c.safetensors" "$work/stage3c_w2.safetensors" --window -1024 2050
+from=$work/stage3c_w2.safetensors
+for round in "3g 2" "3g2 4"; do
+  read -r name seed <<< "$round"
+  ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
+    --negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8 \
+    --hard-negative-fraction 1.0 --epochs 5 --lr-drop-epoch 4
+  "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
+  from=$work/stage$name.safetensors
+done
+cp "$from" models/ctlesion_demo_sim.safetensors
+cp "${from%.safetensors}.json" models/ctlesion_demo_sim.json
