@@ -101,9 +101,11 @@ ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/hard_stage"
 "$python" models/finalize_demo.py "$work/hard_stage" "$work/stage3b.safetensors"
 ctlesion evaluate --data "$work/mix_train" --split train --device $device \
   --weights "$work/stage3b.safetensors" --out "$work/mined2"
+# The second mining's hard negatives, for 3c and rounds 4 and 5.
+negatives2=(--negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8
+            --hard-negative-fraction 1.0)
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \
-  --negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8 \
-  --hard-negative-fraction 1.0 --epochs 6 --lr-drop-epoch 4
+  "${negatives2[@]}" --epochs 6 --lr-drop-epoch 4
 "$python" models/finalize_demo.py "$work/hard_stage2" "$work/stage3c.safetensors"
 # Stage 3, rounds 4 and 5: a second input window, the whole range [-1024, 2050] HU, beside the
 # soft-tissue one (models/widen_windows.py: the new channel's stem weights start at zero, so the
@@ -114,8 +116,7 @@ from=$work/stage3c_w2.safetensors
 for round in "3g 2" "3g2 4"; do
   read -r name seed <<< "$round"
   ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
-    --negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8 \
-    --hard-negative-fraction 1.0 --epochs 5 --lr-drop-epoch 4
+    "${negatives2[@]}" --epochs 5 --lr-drop-epoch 4
   "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
   from=$work/stage$name.safetensors
 done
