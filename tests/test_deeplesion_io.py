@@ -15,6 +15,7 @@ from ctlesion.io.deeplesion import (
     SPLITS,
     load_key_slice_window,
     read_dl_info,
+    recist_box,
     read_png_hu,
     series_slice_indices,
     write_dl_info,
@@ -126,6 +127,25 @@ def test_sample_tables(shared_data: Path, caplog: pytest.LogCaptureFixture) -> N
         all_keys = read_dl_info(sample / "key_slices.csv")
     assert sum(k.num_lesions for k in all_keys) == 22
     assert "skipped 5 row(s) with empty required fields" in caplog.text
+
+
+def test_recist_box_is_deeplesions_box(shared_data: Path) -> None:
+    """Every real row's Bounding_boxes is its RECIST endpoints' extent widened by 5 px."""
+    keys = read_dl_info(shared_data / "deeplesion_sample" / "DL_info.csv")
+    pairs = [(box, recist) for key in keys for box, recist in zip(key.boxes_px, key.recist_px)]
+    assert len(pairs) == 22
+    for box, recist in pairs:
+        np.testing.assert_allclose(recist_box(recist), box, atol=1e-3)
+
+
+def test_recist_box_rule_and_errors() -> None:
+    # Long axis (10, 20) -> (30, 24), short axis (22, 15) -> (18, 29): extent x 10..30, y 15..29.
+    assert recist_box([10, 20, 30, 24, 22, 15, 18, 29]) == [5.0, 10.0, 35.0, 34.0]
+    assert recist_box([10, 20, 30, 24, 22, 15, 18, 29], padding_px=0.0) == [10.0, 15.0, 30.0, 29.0]
+    with pytest.raises(ValueError, match="8 finite numbers"):
+        recist_box([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="8 finite numbers"):
+        recist_box([1.0, 2.0, 3.0, float("nan"), 5.0, 6.0, 7.0, 8.0])
 
 
 def test_sample_pngs_are_plausible_hu(shared_data: Path) -> None:

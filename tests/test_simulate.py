@@ -125,7 +125,7 @@ def test_slices_are_1mm_interpolation_and_5mm_averages(phantom_set: Path) -> Non
 
 
 def test_rows_match_the_true_masks(phantom_set: Path) -> None:
-    """Box tight around the key-slice mask, RECIST axes measured on it, masks in CSV order."""
+    """RECIST axes measured on the key-slice mask, DeepLesion's box around them, masks in CSV order."""
     rows = _rows(phantom_set)
     plans = _series_plans(phantom_set)
     by_file: dict[str, list[dict[str, str]]] = {}
@@ -138,12 +138,17 @@ def test_rows_match_the_true_masks(phantom_set: Path) -> None:
         plan = plans[file_name[:12]]
         for row, mask in zip(file_rows, masks):
             ys, xs = np.nonzero(mask)
-            assert _numbers(row["Bounding_boxes"]).tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            recist = _numbers(row["Measurement_coordinates"])
+            # DeepLesion's box: the endpoints' extent + 5 px; the endpoints lie on the mask.
+            x1, y1, x2, y2 = _numbers(row["Bounding_boxes"])
+            assert [x1, y1, x2, y2] == pytest.approx([recist[0::2].min() - 5, recist[1::2].min() - 5,
+                                                      recist[0::2].max() + 5, recist[1::2].max() + 5], abs=1e-3)
+            assert xs.min() - 1 <= x1 + 5 and x2 - 5 <= xs.max() + 2
+            assert ys.min() - 1 <= y1 + 5 and y2 - 5 <= ys.max() + 2
             axes = recist_axes(mask, (plan["pixel_mm"], plan["pixel_mm"]))
             diameters = _numbers(row["Lesion_diameters_Pixel_"])
             assert diameters[0] == pytest.approx(axes.long_mm / plan["pixel_mm"], rel=1e-4)
             assert diameters[0] >= diameters[1] > 0
-            recist = _numbers(row["Measurement_coordinates"])
             assert np.hypot(*(recist[2:4] - recist[:2])) == pytest.approx(diameters[0], rel=1e-3)
             assert np.hypot(*(recist[6:8] - recist[4:6])) == pytest.approx(diameters[1], rel=1e-2)
             lesion = _lesion_of(plan, int(row["Key_slice_index"]), mask)

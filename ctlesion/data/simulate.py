@@ -64,10 +64,12 @@ lesion averaged into a thick slice) is not inserted at all. Key slices are annot
 completely: besides the lesion whose
 largest section it holds, every other lesion whose section there is at least half its largest
 (in linear size) gets a row too. Each row (all 18 DL_info columns) is measured on the mask:
-``Bounding_boxes`` is its tight box (pixel i covering [i, i + 1)), ``Measurement_coordinates``
-and ``Lesion_diameters_Pixel_`` are the RECIST long axis (maximum Feret diameter) and the
-longest perpendicular chord (:func:`ctlesion.postprocess.recist_axes`), ``Coarse_lesion_type``
-the lesion's type, ``DICOM_windows`` the type's usual window (lung and bone: -1500, 500).
+``Measurement_coordinates`` and ``Lesion_diameters_Pixel_`` are the RECIST long axis (maximum
+Feret diameter) and the longest perpendicular chord (:func:`ctlesion.postprocess.recist_axes`),
+``Bounding_boxes`` is DeepLesion's box of those endpoints (their extent widened by 5 pixels on
+every side, :func:`ctlesion.io.deeplesion.recist_box`; earlier sets held the mask's tight
+box, which taught models boxes about 10 pixels narrower than DeepLesion's, so that a real
+15 mm lesion found at the right place scored IoU < 0.5), ``Coarse_lesion_type`` the lesion's type, ``DICOM_windows`` the type's usual window (lung and bone: -1500, 500).
 
 **Mask files.** Beside ``Images_png/``, ``masks/<patient>_<study>_<series>/<slice:03d>.npz``
 holds each key slice's true masks: a compressed NumPy archive with one array ``masks`` of
@@ -180,7 +182,7 @@ from ctlesion.data.lesion_synthesis import (
 from ctlesion.data.mask_cache import TRUE_MASKS_DIRNAME
 from ctlesion.errors import CtlesionError
 from ctlesion.io import read_volume
-from ctlesion.io.deeplesion import write_dl_info, write_png_hu
+from ctlesion.io.deeplesion import recist_box, write_dl_info, write_png_hu
 from ctlesion.io.masked_datasets import connected_components
 from ctlesion.io.nnunet_raw import write_case, write_dataset_json, write_splits_final
 from ctlesion.postprocess import recist_axes
@@ -672,9 +674,9 @@ def _row(key_index: int, lesion: _Lesion, mask: np.ndarray, plan: SeriesPlan, ex
     """The 18-column DL_info row of one lesion on one key slice, measured on its mask."""
     size = mask.shape[0]
     rows, cols = np.nonzero(mask)
-    box = [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1]
     axes = recist_axes(mask, (plan.pixel_mm, plan.pixel_mm))
     (l0, l1), (s0, s1) = axes.long_px, axes.short_px
+    recist = [*l0, *l1, *s0, *s1]
     interval = THICK_INTERVAL_MM if plan.thick else THIN_INTERVAL_MM
     per = _THIN_PER_THICK if plan.thick else 1
     thin_centre = key_index * per + 0.5 * (per - 1)
@@ -685,8 +687,8 @@ def _row(key_index: int, lesion: _Lesion, mask: np.ndarray, plan: SeriesPlan, ex
         "Study_index": plan.study,
         "Series_ID": plan.series,
         "Key_slice_index": key_index + 1,
-        "Measurement_coordinates": [*l0, *l1, *s0, *s1],
-        "Bounding_boxes": box,
+        "Measurement_coordinates": recist,
+        "Bounding_boxes": recist_box(recist),
         "Lesion_diameters_Pixel_": [axes.long_mm / plan.pixel_mm, axes.short_mm / plan.pixel_mm],
         "Normalized_lesion_location": [float(cols.mean() + 0.5) / size, float(rows.mean() + 0.5) / size,
                                        key_z_mm / extent_mm if extent_mm > 0 else 0.5],

@@ -84,6 +84,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 #: Offset between stored PNG values and HU.
 PNG_HU_OFFSET = 32768
 
+#: DeepLesion's box margin: a row's ``Bounding_boxes`` is the extent of its four RECIST endpoints
+#: widened by 5 pixels on every side (every row of ``../shared/data/deeplesion_sample`` holds it
+#: exactly, as does the dataset's own description of the column).
+BOX_PADDING_PX = 5.0
+
 _FILE_NAME_RE = re.compile(r"^(\d+_\d+_\d+)_(\d+)\.png$")
 
 
@@ -250,6 +255,29 @@ def split_code(split: int | str) -> int:
     if split not in SPLITS.values():
         raise CtlesionError(f"unknown split code {split!r}; expected 1, 2 or 3")
     return int(split)
+
+
+def recist_box(recist_px: Sequence[float], padding_px: float = BOX_PADDING_PX) -> list[float]:
+    """DeepLesion's ``Bounding_boxes`` of a lesion from its ``Measurement_coordinates``.
+
+    Args:
+        recist_px: the 8 RECIST endpoint coordinates (long axis, then short axis; x, y pairs;
+            pixels, x = column), in DL_info's frame.
+        padding_px: margin added on every side (DeepLesion: :data:`BOX_PADDING_PX`).
+
+    Returns:
+        ``[x1, y1, x2, y2]`` floats, pixels: the endpoints' extent widened by ``padding_px``
+        (not clipped to the image).
+
+    Raises:
+        ValueError: when ``recist_px`` does not hold 8 finite numbers.
+    """
+    points = np.asarray(recist_px, dtype=np.float64)
+    if points.shape != (8,) or not np.all(np.isfinite(points)):
+        raise ValueError(f"RECIST endpoints must be 8 finite numbers, got {list(recist_px)}")
+    xs, ys = points[0::2], points[1::2]
+    return [float(xs.min() - padding_px), float(ys.min() - padding_px),
+            float(xs.max() + padding_px), float(ys.max() + padding_px)]
 
 
 def read_dl_info(
