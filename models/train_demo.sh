@@ -78,7 +78,7 @@ ctlesion train "${stage2[@]}" --out "$work/mask_stage"
 #     has some (--hard-negatives), lr x 0.1 after epoch 8;
 # 3c: a second round: 3b's false positives on every training key slice (1,258 slices, 31 minutes),
 #     then from 3b 6 epochs (seed 1; 43 minutes), 30 % negative crops on them, lr x 0.1 after epoch 4.
-# About 3 hours on 2 CPU cores in all (then rounds 4 and 5 below, 75 minutes more).
+# About 3 hours on 2 CPU cores in all (then rounds 4 to 6 below, 2 hours more).
 "$python" models/mix_real_slices.py mix "$work/sim_train" "$shared/deeplesion_sample" "$work/mix_train" --copies 8
 stage3=(--data "$work/mix_train" --workers $((cpus > 2 ? cpus - 2 : 1)) --overwrite
         --norm-eval --mask-loss dice+bce --crop-size 192 --batch-size 4
@@ -107,13 +107,15 @@ negatives2=(--negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predicti
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \
   "${negatives2[@]}" --epochs 6 --lr-drop-epoch 4
 "$python" models/finalize_demo.py "$work/hard_stage2" "$work/stage3c.safetensors"
-# Stage 3, rounds 4 and 5: a second input window, the whole range [-1024, 2050] HU, beside the
+# Stage 3, rounds 4 to 6: a second input window, the whole range [-1024, 2050] HU, beside the
 # soft-tissue one (models/widen_windows.py: the new channel's stem weights start at zero, so the
-# widened model computes 3c's detections), then two runs of 500 iterations (seeds 2 and 4) on the
-# second mining's hard negatives, 30 % negative crops, lr x 0.1 after epoch 4; 75 minutes.
+# widened model computes 3c's detections), then three runs of 500 iterations (seeds 2, 4 and 5) on
+# the second mining's hard negatives, 30 % negative crops, lr x 0.1 after epoch 4; 2 hours.
+# (The shipped weights' stages up to 3g2 were trained on simulated sets whose boxes were the masks'
+# tight boxes; round 6, 3h, on DeepLesion's boxes, which `simulate` writes now: models/README.md.)
 "$python" models/widen_windows.py "$work/stage3c.safetensors" "$work/stage3c_w2.safetensors" --window -1024 2050
 from=$work/stage3c_w2.safetensors
-for round in "3g 2" "3g2 4"; do
+for round in "3g 2" "3g2 4" "3h 5"; do
   read -r name seed <<< "$round"
   ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
     "${negatives2[@]}" --epochs 5 --lr-drop-epoch 4
