@@ -101,7 +101,7 @@ ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/hard_stage"
 "$python" models/finalize_demo.py "$work/hard_stage" "$work/stage3b.safetensors"
 ctlesion evaluate --data "$work/mix_train" --split train --device $device \
   --weights "$work/stage3b.safetensors" --out "$work/mined2"
-# The second mining's hard negatives, for 3c and rounds 4 and 5.
+# The second mining's hard negatives, for 3c and rounds 4 to 6.
 negatives2=(--negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8
             --hard-negative-fraction 1.0)
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \

@@ -67,9 +67,10 @@ largest section it holds, every other lesion whose section there is at least hal
 ``Measurement_coordinates`` and ``Lesion_diameters_Pixel_`` are the RECIST long axis (maximum
 Feret diameter) and the longest perpendicular chord (:func:`ctlesion.postprocess.recist_axes`),
 ``Bounding_boxes`` is DeepLesion's box of those endpoints (their extent widened by 5 pixels on
-every side, :func:`ctlesion.io.deeplesion.recist_box`; earlier sets held the mask's tight
-box, which taught models boxes about 10 pixels narrower than DeepLesion's, so that a real
-15 mm lesion found at the right place scored IoU < 0.5), ``Coarse_lesion_type`` the lesion's type, ``DICOM_windows`` the type's usual window (lung and bone: -1500, 500).
+every side, :func:`ctlesion.io.deeplesion.recist_box`; earlier sets held the mask's tight box,
+which taught models boxes about 10 pixels narrower than DeepLesion's, so that a real 15 mm
+lesion found at the right place scored IoU < 0.5), ``Coarse_lesion_type`` the lesion's type,
+``DICOM_windows`` the type's usual window (lung and bone: -1500, 500).
 
 **Mask files.** Beside ``Images_png/``, ``masks/<patient>_<study>_<series>/<slice:03d>.npz``
 holds each key slice's true masks: a compressed NumPy archive with one array ``masks`` of
