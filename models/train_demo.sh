@@ -84,6 +84,17 @@ stage3=(--data "$work/mix_train" --workers $((cpus > 2 ? cpus - 2 : 1)) --overwr
         --norm-eval --mask-loss dice+bce --crop-size 192 --batch-size 4
         --lr 0.005 --max-iters-per-epoch 100 --warmup-iters 50 --checkpoint-every 25)
 if [[ $cuda == 1 ]]; then device=cuda; else device=cpu; fi
+# mine WEIGHTS OUT [EVALUATE_OPTION...]: the detections of WEIGHTS on the training key slices, whose
+# false positives become hard negatives.
+mine() {
+  local weights=$1 out=$2; shift 2
+  ctlesion evaluate --data "$work/mix_train" --split train --device $device --weights "$weights" --out "$out" "$@"
+}
+# hard_negatives PREDICTIONS: sets `negatives`, the options of a round whose negative crops (30 %)
+# are centred on the false positives >= 0.8 of PREDICTIONS.
+hard_negatives() {
+  negatives=(--negative-crop-fraction 0.3 --hard-negatives "$1" --hard-negative-min-score 0.8 --hard-negative-fraction 1.0)
+}
 ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/crop_stage" --init-from "$work/stage2.safetensors" \
   --negative-crop-fraction 0.25 --epochs 4 --lr-drop-epoch 4
 "$python" - "$work/mix_train" "$work/mine_keys.txt" <<'PY'
@@ -93,19 +104,16 @@ with (Path(sys.argv[1]) / "DL_info.csv").open() as handle:
     train = sorted({row["File_name"] for row in csv.DictReader(handle) if row["Train_Val_Test"].strip() == "1"})
 Path(sys.argv[2]).write_text("\n".join(train[::3]) + "\n")
 PY
-ctlesion evaluate --data "$work/mix_train" --split train --key-slices "$work/mine_keys.txt" --device $device \
-  --weights "$work/crop_stage/epoch_004.safetensors" --out "$work/mined"
+mine "$work/crop_stage/epoch_004.safetensors" "$work/mined" --key-slices "$work/mine_keys.txt"
+hard_negatives "$work/mined/predictions.json"
 ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/hard_stage" --init-from "$work/crop_stage/epoch_004.safetensors" \
-  --negative-crop-fraction 0.3 --hard-negatives "$work/mined/predictions.json" --hard-negative-min-score 0.8 \
-  --hard-negative-fraction 1.0 --epochs 12 --lr-drop-epoch 8
+  "${negatives[@]}" --epochs 12 --lr-drop-epoch 8
 "$python" models/finalize_demo.py "$work/hard_stage" "$work/stage3b.safetensors"
-ctlesion evaluate --data "$work/mix_train" --split train --device $device \
-  --weights "$work/stage3b.safetensors" --out "$work/mined2"
+mine "$work/stage3b.safetensors" "$work/mined2"
 # The second mining's hard negatives, for 3c and rounds 4 to 6.
-negatives2=(--negative-crop-fraction 0.3 --hard-negatives "$work/mined2/predictions.json" --hard-negative-min-score 0.8
-            --hard-negative-fraction 1.0)
+hard_negatives "$work/mined2/predictions.json"
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \
-  "${negatives2[@]}" --epochs 6 --lr-drop-epoch 4
+  "${negatives[@]}" --epochs 6 --lr-drop-epoch 4
 "$python" models/finalize_demo.py "$work/hard_stage2" "$work/stage3c.safetensors"
 # Stage 3, rounds 4 to 6: a second input window, the whole range [-1024, 2050] HU, beside the
 # soft-tissue one (models/widen_windows.py: the new channel's stem weights start at zero, so the
@@ -118,18 +126,17 @@ from=$work/stage3c_w2.safetensors
 for round in "3g 2" "3g2 4" "3h 5"; do
   read -r name seed <<< "$round"
   ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
-    "${negatives2[@]}" --epochs 5 --lr-drop-epoch 4
+    "${negatives[@]}" --epochs 5 --lr-drop-epoch 4
   "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
   from=$work/stage$name.safetensors
 done
 # Round 7 (3h2): a third mining, 3h's false positives on every third training key slice (mine_keys.txt,
 # 8 minutes; 3h learnt DeepLesion's boxes, so the second mining's no longer fit it), then 500
 # iterations from 3h on them (seed 6, 30 % negative crops, lr x 0.1 after epoch 4; 31 minutes).
-ctlesion evaluate --data "$work/mix_train" --split train --key-slices "$work/mine_keys.txt" --device $device \
-  --weights "$from" --out "$work/mined3h"
+mine "$from" "$work/mined3h" --key-slices "$work/mine_keys.txt"
+hard_negatives "$work/mined3h/predictions.json"
 ctlesion train "${stage3[@]}" --device $device --seed 6 --out "$work/hard_stage3h2" --init-from "$from" \
-  --negative-crop-fraction 0.3 --hard-negatives "$work/mined3h/predictions.json" --hard-negative-min-score 0.8 \
-  --hard-negative-fraction 1.0 --epochs 5 --lr-drop-epoch 4
+  "${negatives[@]}" --epochs 5 --lr-drop-epoch 4
 "$python" models/finalize_demo.py "$work/hard_stage3h2" "$work/stage3h2.safetensors"
 from=$work/stage3h2.safetensors
 cp "$from" models/ctlesion_demo_sim.safetensors
