@@ -10,6 +10,9 @@
 #   TRAIN_SECONDS=S instead sizes the run from a 40-iteration probe so that it lasts about S seconds.
 #   Then stage 2 trains the mask head alone and stage 3 the whole detector on crops (below). The
 #   figures of the model card come from models/evaluate_demo.sh afterwards.
+#   SMOKE=1 checks that every step runs, in about 10 minutes on 2 CPU cores: 12 simulated series,
+#   batch 2, each training run 2 iterations, each mining on every third training key slice; the
+#   last stage's weights stay in WORK_DIR (models/ is not touched).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-runs/demo}
@@ -17,10 +20,15 @@ source models/demo_env.sh
 cuda=$("$python" -c "import torch; print(int(torch.cuda.is_available()))")
 shared=../shared/data
 
-ctlesion simulate --out "$work/sim_train" --split train --num-series 640 --image-size 512 --seed 1 \
+num_series=640 batch=16 smoke=() smoke_mine=()
+if [[ -n ${SMOKE:-} ]]; then
+  # Appended to every `train` (the last --epochs, --max-iters-per-epoch, --warmup-iters win) and `evaluate`.
+  num_series=12 batch=2 smoke=(--epochs 1 --max-iters-per-epoch 2 --warmup-iters 1)
+  smoke_mine=(--key-slices "$work/mine_keys.txt")
+fi
+ctlesion simulate --out "$work/sim_train" --split train --num-series $num_series --image-size 512 --seed 1 \
   --workers "$cpus" --overwrite
 
-batch=16
 options=(--data "$work/sim_train" --seed 0 --workers $((cpus > 2 ? cpus - 2 : 1)) --overwrite
          --slices 3 --image-size 512 --fpn-channels 256 --fc-channels 512 --hu-window -175 275 --batch-size $batch)
 if [[ $cuda == 1 ]]; then
@@ -32,7 +40,7 @@ fi
 epochs=6 per_epoch=35 warmup=26
 if [[ -n ${TRAIN_SECONDS:-} ]]; then
   # Probe: 40 iterations give the images per second of this machine (warm-up included: an underestimate).
-  ctlesion train "${options[@]}" --out "$work/probe" --epochs 1 --max-iters-per-epoch 40
+  ctlesion train "${options[@]}" --out "$work/probe" --epochs 1 --max-iters-per-epoch 40 "${smoke[@]}"
   read -r epochs per_epoch warmup < <("$python" - "$work" "$TRAIN_SECONDS" "$batch" <<'PY'
 import csv, json, sys
 from pathlib import Path
@@ -50,7 +58,7 @@ fi
 echo "training: $epochs epochs of $per_epoch iterations (batch $batch), warm-up $warmup"
 # The paper's recipe: SGD lr 0.02 per 4 images, lr x 0.1 after 45 % and 80 % of the epochs.
 ctlesion train "${options[@]}" --out "$work/run" --epochs "$epochs" --max-iters-per-epoch "$per_epoch" \
-  --warmup-iters "$warmup" --checkpoint-every 50
+  --warmup-iters "$warmup" --checkpoint-every 50 "${smoke[@]}"
 "$python" models/finalize_demo.py "$work/run" "$work/stage1.safetensors"
 
 # Stage 2, the mask head alone (every other part frozen: boxes and scores stay stage 1's, bit for
@@ -62,7 +70,7 @@ stage2=(--data "$work/sim_train" --seed 0 --workers $((cpus > 2 ? cpus - 2 : 1))
         --mask-loss dice+bce --crop-size 192 --negative-crop-fraction 0 --batch-size 4 --epochs 4
         --max-iters-per-epoch 150 --lr-drop-epoch 3 --warmup-iters 20 --checkpoint-every 50)
 if [[ $cuda == 1 ]]; then stage2+=(--device cuda); else stage2+=(--device cpu); fi
-ctlesion train "${stage2[@]}" --out "$work/mask_stage"
+ctlesion train "${stage2[@]}" --out "$work/mask_stage" "${smoke[@]}"
 "$python" models/finalize_demo.py "$work/mask_stage" "$work/stage2.safetensors"
 
 # Stage 3, the whole detector on crops at the native scale (CPU-sized): 192-px crops around the
@@ -88,7 +96,8 @@ if [[ $cuda == 1 ]]; then device=cuda; else device=cpu; fi
 # false positives become hard negatives.
 mine() {
   local weights=$1 out=$2; shift 2
-  ctlesion evaluate --data "$work/mix_train" --split train --device $device --weights "$weights" --out "$out" "$@"
+  ctlesion evaluate --data "$work/mix_train" --split train --device $device --weights "$weights" --out "$out" "$@" \
+    "${smoke_mine[@]}"
 }
 # hard_negatives PREDICTIONS: sets `negatives`, the options of a round whose negative crops (30 %)
 # are centred on the false positives >= 0.8 of PREDICTIONS.
@@ -96,7 +105,7 @@ hard_negatives() {
   negatives=(--negative-crop-fraction 0.3 --hard-negatives "$1" --hard-negative-min-score 0.8 --hard-negative-fraction 1.0)
 }
 ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/crop_stage" --init-from "$work/stage2.safetensors" \
-  --negative-crop-fraction 0.25 --epochs 4 --lr-drop-epoch 4
+  --negative-crop-fraction 0.25 --epochs 4 --lr-drop-epoch 4 "${smoke[@]}"
 "$python" - "$work/mix_train" "$work/mine_keys.txt" <<'PY'
 import csv, sys
 from pathlib import Path
@@ -104,16 +113,17 @@ with (Path(sys.argv[1]) / "DL_info.csv").open() as handle:
     train = sorted({row["File_name"] for row in csv.DictReader(handle) if row["Train_Val_Test"].strip() == "1"})
 Path(sys.argv[2]).write_text("\n".join(train[::3]) + "\n")
 PY
-mine "$work/crop_stage/epoch_004.safetensors" "$work/mined" --key-slices "$work/mine_keys.txt"
+stage3a=$(ls "$work"/crop_stage/epoch_*.safetensors | tail -n 1)  # epoch_004
+mine "$stage3a" "$work/mined" --key-slices "$work/mine_keys.txt"
 hard_negatives "$work/mined/predictions.json"
-ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/hard_stage" --init-from "$work/crop_stage/epoch_004.safetensors" \
-  "${negatives[@]}" --epochs 12 --lr-drop-epoch 8
+ctlesion train "${stage3[@]}" --device $device --seed 0 --out "$work/hard_stage" --init-from "$stage3a" \
+  "${negatives[@]}" --epochs 12 --lr-drop-epoch 8 "${smoke[@]}"
 "$python" models/finalize_demo.py "$work/hard_stage" "$work/stage3b.safetensors"
 mine "$work/stage3b.safetensors" "$work/mined2"
 # The second mining's hard negatives, for 3c and rounds 4 to 6.
 hard_negatives "$work/mined2/predictions.json"
 ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2" --init-from "$work/stage3b.safetensors" \
-  "${negatives[@]}" --epochs 6 --lr-drop-epoch 4
+  "${negatives[@]}" --epochs 6 --lr-drop-epoch 4 "${smoke[@]}"
 "$python" models/finalize_demo.py "$work/hard_stage2" "$work/stage3c.safetensors"
 # Stage 3, rounds 4 to 6: a second input window, the whole range [-1024, 2050] HU, beside the
 # soft-tissue one (models/widen_windows.py: the new channel's stem weights start at zero, so the
@@ -126,7 +136,7 @@ from=$work/stage3c_w2.safetensors
 for round in "3g 2" "3g2 4" "3h 5"; do
   read -r name seed <<< "$round"
   ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
-    "${negatives[@]}" --epochs 5 --lr-drop-epoch 4
+    "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
   "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
   from=$work/stage$name.safetensors
 done
@@ -136,8 +146,12 @@ done
 mine "$from" "$work/mined3h" --key-slices "$work/mine_keys.txt"
 hard_negatives "$work/mined3h/predictions.json"
 ctlesion train "${stage3[@]}" --device $device --seed 6 --out "$work/hard_stage3h2" --init-from "$from" \
-  "${negatives[@]}" --epochs 5 --lr-drop-epoch 4
+  "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
 "$python" models/finalize_demo.py "$work/hard_stage3h2" "$work/stage3h2.safetensors"
 from=$work/stage3h2.safetensors
+if [[ -n ${SMOKE:-} ]]; then
+  echo "SMOKE: every step ran; last weights $from (models/ unchanged)"
+  exit 0
+fi
 cp "$from" models/ctlesion_demo_sim.safetensors
 cp "${from%.safetensors}.json" models/ctlesion_demo_sim.json
