@@ -28,6 +28,13 @@ Usage (from the repository root):
       does not hold: each lesion row is given the kind of the simulated lesion it annotates, read
       from DATA/simulation.json. FILE keeps that mapping too, so the figures can be re-derived
       without simulation.json (tests/test_shipped_model.py).
+  python models/demo_card.py misses DATA SPLIT PREDICTIONS_JSON [--out FILE]
+      Where a split's lesions are found (DeepLesion FROC, IoU >= 0.5): per lesion, the false
+      positives per image ranked above its first hit (none: never boxed at any score), its long
+      diameter and, where DATA/masks holds the true masks, its contrast on the key slice (mean HU
+      inside the mask minus the median HU of a 3-pixel ring around it); then the lesions found at
+      <= 4 FP/image, later and never, by size (< 10, 10-20, >= 20 mm) and by |contrast| (< 40,
+      >= 40 HU).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import math
 import sys
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 
@@ -252,6 +260,65 @@ def kind_sensitivity(data_dir: Path, split: str, predictions_path: Path, kinds: 
                    "avg_0.5_4": row["avg_0.5_4"]} for name, row in rows.items()}
 
 
+def _contrast_hu(image_hu: np.ndarray, mask: np.ndarray, ring_px: int = 3) -> float:
+    """Mean HU inside ``mask`` minus the median HU of the ``ring_px``-pixel ring around it (square
+    dilation); (Y, X) HU image and (Y, X) bool mask of one key slice."""
+    kernel = np.ones((2 * ring_px + 1, 2 * ring_px + 1), np.uint8)
+    ring = (cv2.dilate(mask.astype(np.uint8), kernel) > 0) & ~mask
+    return float(image_hu[mask].mean() - np.median(image_hu[ring]))
+
+
+def _found_counts(found_at: list[float | None]) -> dict:
+    """Lesions found at <= 4 FP per image, found later, never found (``found_at``: None)."""
+    hit = [f for f in found_at if f is not None]
+    return {"lesions": len(found_at), "found_at_most_4_fp": sum(f <= 4 for f in hit),
+            "found_later": sum(f > 4 for f in hit), "never": len(found_at) - len(hit)}
+
+
+def lesion_misses(data_dir: Path, split: str, predictions_path: Path) -> dict:
+    """Where a split's lesions are found (module docstring, ``misses``).
+
+    ``found_at_fp_per_image`` is the number of false positives ranked above the lesion's first hit
+    divided by the number of images (the DeepLesion FROC's x axis), None when no detection hits it.
+    The true masks (``DATA/masks``, one per DL_info row: simulated sets, which have no noisy rows)
+    give the contrast; without them it is None.
+
+    Raises:
+        CtlesionError: an unreadable key slice or masks file.
+    """
+    from ctlesion.data.mask_cache import read_true_masks, true_masks_path
+    from ctlesion.io.deeplesion import read_png_hu
+
+    evaluation_set = load_evaluation_set(data_dir, split)
+    matching = _matching(evaluation_set, predictions_path)
+    is_fp = np.zeros(matching.num_detections, bool)
+    is_fp[matching.fp_rank] = True
+    fp_above = np.cumsum(is_fp)  # false positives ranked at or above each detection
+    lesions, index = [], 0
+    for key in evaluation_set.key_slices:
+        masks = read_true_masks(true_masks_path(data_dir, key), tuple(key.image_size), key.num_lesions)
+        if masks is not None:
+            image_hu = read_png_hu(key.png_path(Path(data_dir) / "Images_png")).astype(np.float32)
+        for row in range(key.num_lesions):
+            rank = int(matching.hit_rank[index])
+            index += 1
+            found = float(fp_above[rank] / matching.num_images) if rank < matching.num_detections else None
+            lesions.append({"file_name": key.file_name, "found_at_fp_per_image": found,
+                            "long_mm": float(key.diameters_px[row, 0] * key.spacing_yx_mm[1]),
+                            "contrast_hu": None if masks is None else round(_contrast_hu(image_hu, masks[row]), 1)})
+    found_at = [lesion["found_at_fp_per_image"] for lesion in lesions]
+    long_mm = np.array([lesion["long_mm"] for lesion in lesions])
+    def by(groups: dict[str, np.ndarray]) -> dict:
+        return {name: _found_counts([f for f, s in zip(found_at, select) if s]) for name, select in groups.items()}
+
+    sizes = {"<10": long_mm < 10, "10-20": (long_mm >= 10) & (long_mm < 20), ">=20": long_mm >= 20}
+    out = {"split": split, "predictions": str(predictions_path), **_found_counts(found_at), "by_size_mm": by(sizes)}
+    if all(lesion["contrast_hu"] is not None for lesion in lesions):
+        low = np.abs([lesion["contrast_hu"] for lesion in lesions]) < 40
+        out["by_contrast_hu"] = by({"<40": low, ">=40": ~low})
+    return {**out, "lesions_found": lesions}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +351,11 @@ def main() -> int:
     kinds.add_argument("split")
     kinds.add_argument("predictions", type=Path)
     kinds.add_argument("--out", type=Path)
+    misses = commands.add_parser("misses")
+    misses.add_argument("data", type=Path)
+    misses.add_argument("split")
+    misses.add_argument("predictions", type=Path)
+    misses.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.command == "threshold":
         point = choose_threshold(args.data, args.split, args.predictions, args.max_fp_per_image, args.normal,
@@ -299,6 +371,9 @@ def main() -> int:
                    "sensitivity": kind_sensitivity(args.data, args.split, args.predictions, mapping),
                    "kinds": mapping}
         shown = figures["sensitivity"]  # the mapping goes to --out only
+    elif args.command == "misses":
+        figures = lesion_misses(args.data, args.split, args.predictions)
+        shown = {name: value for name, value in figures.items() if name != "lesions_found"}  # per lesion: --out only
     elif args.command == "paired":
         figures = shown = paired_difference(args.data, args.split, args.a, args.b, args.resamples)
     elif args.command == "masks":

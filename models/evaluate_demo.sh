@@ -43,6 +43,8 @@ ctlesion evaluate --data "$work/sim_eval" --split test --weights "$weights" --ou
 "$python" models/demo_card.py kinds "$work/sim_eval" val "$card/sim_eval/val_predictions.json" \
   --out "$card/sim_eval/val_lesion_kinds.json"
 "$python" models/demo_card.py kinds "$work/sim_eval" test "$card/predictions.json" --out "$card/lesion_kinds.json"
+# (a): where the test split's lesions are found (at <= 4 FP/image, later, never), by size and contrast.
+"$python" models/demo_card.py misses "$work/sim_eval" test "$card/predictions.json" --out "$card/misses.json"
 # (b): the real key slices of the patients stage 3 did not train on (models/mix_real_slices.py).
 "$python" models/mix_real_slices.py heldout "$shared/deeplesion_sample" "$work/real_heldout"
 ctlesion evaluate --data "$work/real_heldout" --split all --weights "$weights" \

@@ -109,6 +109,23 @@ def test_sensitivity_by_lesion_kind_is_rederived(split, predictions, figures, tm
         assert found / lesions == pytest.approx(expected, abs=1e-12)
 
 
+def test_where_test_lesions_are_found_is_rederived(tmp_path):
+    """Figure (a)'s misses (misses.json): each lesion's false positives per image before its first
+    hit, from the saved predictions (the card keeps no images, so contrast is not recomputed); the
+    lesions found at <= 4 FP/image are the FROC's sensitivity at 4."""
+    stored = json.loads((CARD / "misses.json").read_text())
+    again = _models_script("demo_card").lesion_misses(CARD / "sim_eval", "test", CARD / "predictions.json")
+    assert "by_contrast_hu" not in again
+    for lesion, kept in zip(again["lesions_found"], stored["lesions_found"], strict=True):
+        assert {**lesion, "contrast_hu": kept["contrast_hu"]} == kept
+    for name in ("lesions", "found_at_most_4_fp", "found_later", "never", "by_size_mm"):
+        assert again[name] == stored[name], name
+    assert sum(counts["lesions"] for counts in stored["by_contrast_hu"].values()) == stored["lesions"]
+    whole = run_evaluation(CARD / "sim_eval", tmp_path / "rescored", EvaluateOptions(split="test", resamples=0),
+                           predictions_path=CARD / "predictions.json", progress=False)["summary"]["all"]
+    assert stored["found_at_most_4_fp"] / stored["lesions"] == pytest.approx(whole["sensitivity"][3], abs=1e-12)
+
+
 @pytest.mark.parametrize("folder", [".", *AUGMENTED])
 def test_real_key_slice_figures_are_reproduced(shipped, shared_data, tmp_path, folder):
     """Figure (b), and with test-time augmentation (f), (g): the real key slices of the DeepLesion
