@@ -64,6 +64,13 @@ def _matching(evaluation_set, predictions_path: Path):
     return match_detections(detections, evaluation_set.ground_truth)
 
 
+def _false_positives_so_far(matching) -> np.ndarray:
+    """(num_detections,) int: false positives ranked at or above each detection (score order)."""
+    is_fp = np.zeros(matching.num_detections, bool)
+    is_fp[matching.fp_rank] = True
+    return np.cumsum(is_fp)
+
+
 def operating_points(data_dir: Path, split: str, predictions_path: Path) -> tuple[list[dict], int, int]:
     """(threshold, FP per image, sensitivity) at every distinct score of a split's detections
     (DeepLesion FROC rules, :mod:`ctlesion.evaluate.froc`); also the numbers of images and lesions."""
@@ -71,9 +78,7 @@ def operating_points(data_dir: Path, split: str, predictions_path: Path) -> tupl
     detections = align_predictions(read_predictions(predictions_path), evaluation_set.keys, predictions_path)
     matching = match_detections(detections, evaluation_set.ground_truth)
     scores = np.sort(np.concatenate([d[:, 4] for d in detections]))[::-1]
-    is_fp = np.zeros(matching.num_detections, bool)
-    is_fp[matching.fp_rank] = True
-    false_positives = np.cumsum(is_fp)  # after each ranked detection
+    false_positives = _false_positives_so_far(matching)
     hit_rank = np.sort(matching.hit_rank[matching.hit_rank < matching.num_detections])
     points = []
     for rank, score in enumerate(scores):
@@ -291,9 +296,7 @@ def lesion_misses(data_dir: Path, split: str, predictions_path: Path) -> dict:
 
     evaluation_set = load_evaluation_set(data_dir, split)
     matching = _matching(evaluation_set, predictions_path)
-    is_fp = np.zeros(matching.num_detections, bool)
-    is_fp[matching.fp_rank] = True
-    fp_above = np.cumsum(is_fp)  # false positives ranked at or above each detection
+    fp_above = _false_positives_so_far(matching)
     lesions, index = [], 0
     for key in evaluation_set.key_slices:
         masks = read_true_masks(true_masks_path(data_dir, key), tuple(key.image_size), key.num_lesions)
@@ -308,6 +311,7 @@ def lesion_misses(data_dir: Path, split: str, predictions_path: Path) -> dict:
                             "contrast_hu": None if masks is None else round(_contrast_hu(image_hu, masks[row]), 1)})
     found_at = [lesion["found_at_fp_per_image"] for lesion in lesions]
     long_mm = np.array([lesion["long_mm"] for lesion in lesions])
+
     def by(groups: dict[str, np.ndarray]) -> dict:
         return {name: _found_counts([f for f, s in zip(found_at, select) if s]) for name, select in groups.items()}
 

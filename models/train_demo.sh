@@ -10,7 +10,7 @@
 #   TRAIN_SECONDS=S instead sizes the run from a 40-iteration probe so that it lasts about S seconds.
 #   Then stage 2 trains the mask head alone and stage 3 the whole detector on crops (below). The
 #   figures of the model card come from models/evaluate_demo.sh afterwards.
-#   SMOKE=1 checks that every step runs, in about 10 minutes on 2 CPU cores: 12 simulated series,
+#   SMOKE=1 checks that every step runs, in about 5 minutes on 2 CPU cores: 12 simulated series,
 #   batch 2, each training run 2 iterations, each mining on every third training key slice; the
 #   last stage's weights stay in WORK_DIR (models/ is not touched).
 set -euo pipefail
