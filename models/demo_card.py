@@ -113,13 +113,15 @@ def choose_threshold(data_dir: Path, split: str, predictions_path: Path, max_fp_
     threshold = max(by_rate, by_normal)
     kept = [p for p in points if p["score_threshold"] >= threshold]
     point = kept[-1] if kept else {"fp_per_image": 0.0, "sensitivity": 0.0}
-    return {"score_threshold": math.ceil(threshold * 1000) / 1000,  # rounded up: never keeps what it should drop
+    # Rounded up (never keeps what it should drop) to 4 decimals: a confident model's top scores on a
+    # normal study can differ in the fourth (3h5: 0.9953, 0.9951), where 3 would drop both.
+    return {"score_threshold": math.ceil(threshold * 10_000) / 10_000,
             "fp_per_image": round(point["fp_per_image"], 4),
             "sensitivity": round(point["sensitivity"], 4), "max_fp_per_image": max_fp_per_image,
-            "threshold_by_fp_rate": round(by_rate, 3),
+            "threshold_by_fp_rate": round(by_rate, 4),
             "normal_studies": [Path(p).stem for p in normal_results],
             "max_lesions_per_normal_study": max_lesions_per_normal_study,
-            "threshold_by_normal_studies": round(by_normal, 3),
+            "threshold_by_normal_studies": round(by_normal, 4),
             "chosen_on": f"{split} split of the simulated evaluation data ({images} key slices, {lesions} lesions)"
                          + (" and the validation patient's CT without synthetic lesions" if normal_results else ""),
             "rule": "lowest score threshold with at most max_fp_per_image false positives per key slice of "
@@ -154,7 +156,7 @@ def study_figures(results_path: Path) -> list[dict]:
                      "slice_interval_mm": round(interval, 3), "network_slices": network_slices,
                      "seconds": seconds, "seconds_per_network_slice":
                          None if seconds is None else round(seconds / network_slices, 2),
-                     "scores": [round(lesion["score"], 3) for lesion in study["lesions"]],
+                     "scores": [round(lesion["score"], 4) for lesion in study["lesions"]],
                      "long_axes_mm": [round(lesion["long_axis_mm"], 1) for lesion in study["lesions"]],
                      "mask_fill_of_box_mean": round(float(np.mean(fills)), 3) if fills else None,
                      "long_axis_over_box_diagonal_mean": round(float(np.mean(axis_ratios)), 3) if axis_ratios else None})

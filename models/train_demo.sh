@@ -86,7 +86,7 @@ ctlesion train "${stage2[@]}" --out "$work/mask_stage" "${smoke[@]}"
 #     has some (--hard-negatives), lr x 0.1 after epoch 8;
 # 3c: a second round: 3b's false positives on every training key slice (1,258 slices, 31 minutes),
 #     then from 3b 6 epochs (seed 1; 43 minutes), 30 % negative crops on them, lr x 0.1 after epoch 4.
-# About 3 hours on 2 CPU cores in all (then rounds 4 to 7 below, 2.5 hours more).
+# About 3 hours on 2 CPU cores in all (then rounds 4 to 10 below, 4.5 hours more).
 "$python" models/mix_real_slices.py mix "$work/sim_train" "$shared/deeplesion_sample" "$work/mix_train" --copies 8
 stage3=(--data "$work/mix_train" --workers $((cpus > 2 ? cpus - 2 : 1)) --overwrite
         --norm-eval --mask-loss dice+bce --crop-size 192 --batch-size 4
@@ -149,6 +149,18 @@ ctlesion train "${stage3[@]}" --device $device --seed 6 --out "$work/hard_stage3
   "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
 "$python" models/finalize_demo.py "$work/hard_stage3h2" "$work/stage3h2.safetensors"
 from=$work/stage3h2.safetensors
+# Rounds 8 to 10 (3h3, 3h4, 3h5): a fourth mining, 3h2's false positives on mine_keys.txt (8 minutes),
+# then three runs of 500 iterations on them, one from the other (seeds 7, 8 and 9; 30 % negative
+# crops, lr x 0.1 after epoch 4; 35 minutes each).
+mine "$from" "$work/mined3h2" --key-slices "$work/mine_keys.txt"
+hard_negatives "$work/mined3h2/predictions.json"
+for round in "3h3 7" "3h4 8" "3h5 9"; do
+  read -r name seed <<< "$round"
+  ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
+    "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
+  "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
+  from=$work/stage$name.safetensors
+done
 if [[ -n ${SMOKE:-} ]]; then
   echo "SMOKE: every step ran; last weights $from (models/ unchanged)"
   exit 0

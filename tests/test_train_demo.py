@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +78,9 @@ def test_train_demo_smoke_run_has_the_shipped_recipe(shared_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert _sha256(DEFAULT_WEIGHTS) == shipped_sha  # a smoke run leaves models/ alone
 
-    smoke_info = read_checkpoint_info(work / "stage3h2.safetensors")
+    last = re.search(r"^SMOKE: every step ran; last weights (\S+)", result.stdout, re.MULTILINE)
+    assert last, result.stdout[-3000:]
+    smoke_info = read_checkpoint_info(REPO / last.group(1))
     shipped_info = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert smoke_info["config"] == shipped_info["config"]
     smoke_stages, shipped_stages = _stages(smoke_info["training"]), _stages(shipped_info["training"])

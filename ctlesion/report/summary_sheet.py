@@ -177,7 +177,7 @@ def _no_lesion_sheet(volume: Volume, study_name: str | None, score_threshold: fl
     width = max(MIN_WIDTH_PX, GAP_PX + len(slices) * (TILE_PX + GAP_PX))
     canvas = np.empty((HEADER_PX + TILE_PX + CAPTION_PX + GAP_PX, width, 3), np.uint8)
     canvas[...] = BACKGROUND_RGB
-    at = f" at score >= {score_threshold:.3g}" if score_threshold is not None else ""
+    at = f" at score >= {score_threshold:g}" if score_threshold is not None else ""
     texts = [TextItem(GAP_PX, 26, (f"{study_name}: " if study_name else "") + f"no lesion found{at}",
                       size_px=26.0, bold=True),
              TextItem(GAP_PX, 60, f"{len(slices)} of the {num_z} slices, evenly spaced · soft-tissue window "
