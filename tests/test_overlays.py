@@ -378,7 +378,7 @@ def test_summary_sheet_file_and_zero_lesions(tmp_path, captured_texts):
     path = tmp_path / "study_lesions.png"
     # A study without lesions gets a sheet saying so, with evenly spaced whole slices.
     empty = tmp_path / "empty_lesions.png"
-    assert write_summary_sheet(volume, [], empty, study_name="study", score_threshold=0.9) == empty
+    assert write_summary_sheet(volume, [], empty, study_name="study", score_threshold=0.9952) == empty
     blank = cv2.imread(str(empty), cv2.IMREAD_COLOR)
     assert blank.shape[0] == summary_sheet.HEADER_PX + summary_sheet.TILE_PX + summary_sheet.CAPTION_PX + \
         summary_sheet.GAP_PX
@@ -387,7 +387,7 @@ def test_summary_sheet_file_and_zero_lesions(tmp_path, captured_texts):
     assert tile.std() > 0  # a slice is drawn there
     empty.unlink()
     texts = [t.text for t in captured_texts[-1]]
-    assert "study: no lesion found at score >= 0.9" in texts and "slice 2" in texts
+    assert "study: no lesion found at score >= 0.9952" in texts and "slice 2" in texts
     assert write_summary_sheet(volume, sheet_lesions(volume), path, study_name="study") == path
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image.shape[:2] == sheet_grid(3).canvas_wh[::-1]
