@@ -11,6 +11,7 @@ from ctlesion.postprocess import Lesion, box_lps_mm, disjoint_lesions
 from ctlesion.report import (
     atomic_write_bytes,
     atomic_write_text,
+    format_score,
     label_map,
     staged_outputs,
     study_record,
@@ -204,3 +205,11 @@ def test_staged_outputs_moves_files_only_on_success(tmp_path):
         "keep.txt", "overlays/lesion_001.png", "results.json",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(("score", "text"), [(0.9, "0.90"), (0.3, "0.30"), (0.12, "0.12"), (0.87341, "0.8734"),
+                                             (0.99534, "0.9953"), (0.9951, "0.9951"), (0.001, "0.001"), (1.0, "1.00")])
+def test_scores_are_shown_with_the_digits_that_tell_them_apart(score, text):
+    # Two decimals would show both of the demo model's top validation-CT findings (0.9953 and
+    # 0.9951, either side of its 0.9952 threshold) as "1.00".
+    assert format_score(score) == text

@@ -742,6 +742,7 @@ def detect(
         run_detect,
     )
     from ctlesion.progress import make_progress  # noqa: PLC0415
+    from ctlesion.report import format_score  # noqa: PLC0415
 
     dev = _run(_device, device)
     model, info = _load_model(path, dev, context, slices)
@@ -761,7 +762,7 @@ def detect(
         stdout.print(f"{study['input']}: {len(study['lesions'])} lesion(s), slice interval "
                      f"{study['slice_interval_mm']:.2f} mm, {study['shape_zyx']} voxels")
         for lesion in study["lesions"][:10]:
-            stdout.print(f"  #{lesion['label']} score {lesion['score']:.2f} slice {lesion['key_slice']} "
+            stdout.print(f"  #{lesion['label']} score {format_score(lesion['score'])} slice {lesion['key_slice']} "
                          f"long axis {lesion['long_axis_mm']:.1f} mm")
         if len(study["lesions"]) > 10:
             stdout.print(f"  ... and {len(study['lesions']) - 10} more (see {out.name})")

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from ctlesion.atomic import atomic_write_bytes
 from ctlesion.postprocess import Lesion
+from ctlesion.report.results import format_score
 from ctlesion.volume import Volume
 
 #: Attributes every source image must carry for a SEG that refers to it (DICOM type 1 there).
@@ -197,7 +198,7 @@ def lesion_segmentation(
         parameters={"model": model_name} if model_name else None)
     segments = [
         hd.seg.SegmentDescription(
-            segment_number=label, segment_label=f"lesion {label} (score {lesion.score:.2f})",
+            segment_number=label, segment_label=f"lesion {label} (score {format_score(lesion.score)})",
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion, algorithm_type="AUTOMATIC",
             algorithm_identification=algorithm, tracking_id=f"lesion {label}", tracking_uid=hd.UID())

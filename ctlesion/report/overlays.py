@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 
 from ctlesion.atomic import atomic_write_bytes
 from ctlesion.postprocess import Lesion
+from ctlesion.report.results import format_score
 from ctlesion.volume import Volume
 
 #: Soft-tissue display window (width, level) in HU.
@@ -477,7 +478,7 @@ def _info_column(canvas: np.ndarray, x: int, volume: Volume, lesion: Lesion, lab
     num_z = volume.shape_zyx[0]
     spacing_z, spacing_y, spacing_x = volume.spacing_zyx_mm
     rows = [
-        ("score", f"{lesion.score:.2f}"),
+        ("score", format_score(lesion.score)),
         ("long axis", format_mm(lesion.long_axis_mm)),
         ("short axis", format_mm(lesion.short_axis_mm)),
         ("volume", format_mm(lesion.volume_ml, "mL", 2)),

@@ -29,6 +29,18 @@ from ctlesion.volume import Volume
 FLOAT_SIGNIFICANT_DIGITS = 7
 
 
+def format_score(score: float) -> str:
+    """A lesion's detection score as shown to people (console, overlays, summary sheet, SEG labels).
+
+    Four decimals with trailing zeros dropped down to two: 0.9 -> "0.90", 0.87341 -> "0.8734",
+    0.99534 -> "0.9953". Two decimals alone would print every finding of a confident model as
+    "1.00" (the shipped demo model's default threshold is 0.9952); ``results.json`` keeps the
+    exact float.
+    """
+    text = f"{score:.4f}".rstrip("0")
+    return text if len(text.partition(".")[2]) >= 2 else f"{score:.2f}"
+
+
 def label_map(volume: Volume, lesions: Sequence[Lesion]) -> np.ndarray:
     """The (Z, Y, X) label map of the lesions in the input volume's geometry.
 

@@ -47,6 +47,7 @@ from ctlesion.report.overlays import (
     render_with_text,
     window_to_uint8,
 )
+from ctlesion.report.results import format_score
 from ctlesion.volume import Volume
 
 #: At most this many tiles on a sheet (the most confident lesions); the rest are counted in the header.
@@ -160,7 +161,7 @@ def render_summary_sheet(volume: Volume, lesions: Sequence[Lesion], *, study_nam
         right, line1, line2 = slot_x + TILE_PX, slot_y + TILE_PX + 15, slot_y + TILE_PX + 37
         texts += [
             TextItem(slot_x, line1, f"lesion {index + 1}", size_px=17.0, bold=True),
-            TextItem(right, line1, f"score {lesion.score:.2f}", size_px=17.0, bold=True, ha="right"),
+            TextItem(right, line1, f"score {format_score(lesion.score)}", size_px=17.0, bold=True, ha="right"),
             TextItem(slot_x, line2, _axes_text(lesion), size_px=16.0),
             TextItem(right, line2, f"slice {lesion.key_slice}", size_px=15.0, rgb=MUTED_TEXT_RGB, ha="right"),
             TextItem(right, panel.bar_origin_xy[1] + 2, f"z {key_slice_z_lps_mm(volume, lesion):+.1f}",
