@@ -131,36 +131,30 @@ ctlesion train "${stage3[@]}" --device $device --seed 1 --out "$work/hard_stage2
 # the second mining's hard negatives, 30 % negative crops, lr x 0.1 after epoch 4; 2 hours.
 # (The shipped weights' stages up to 3g2 were trained on simulated sets whose boxes were the masks'
 # tight boxes; round 6, 3h, on DeepLesion's boxes, which `simulate` writes now: models/README.md.)
-"$python" models/widen_windows.py "$work/stage3c.safetensors" "$work/stage3c_w2.safetensors" --window -1024 2050
-from=$work/stage3c_w2.safetensors
-for round in "3g 2" "3g2 4" "3h 5"; do
-  read -r name seed <<< "$round"
+# crop_round NAME SEED: 500 iterations from $from on the current hard negatives (30 % negative crops,
+# lr x 0.1 after epoch 4) -> $work/stageNAME.safetensors, which becomes $from.
+crop_round() {
+  local name=$1 seed=$2
   ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
     "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
   "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
   from=$work/stage$name.safetensors
-done
+}
+"$python" models/widen_windows.py "$work/stage3c.safetensors" "$work/stage3c_w2.safetensors" --window -1024 2050
+from=$work/stage3c_w2.safetensors
+for round in "3g 2" "3g2 4" "3h 5"; do crop_round $round; done
 # Round 7 (3h2): a third mining, 3h's false positives on every third training key slice (mine_keys.txt,
 # 8 minutes; 3h learnt DeepLesion's boxes, so the second mining's no longer fit it), then 500
 # iterations from 3h on them (seed 6, 30 % negative crops, lr x 0.1 after epoch 4; 31 minutes).
 mine "$from" "$work/mined3h" --key-slices "$work/mine_keys.txt"
 hard_negatives "$work/mined3h/predictions.json"
-ctlesion train "${stage3[@]}" --device $device --seed 6 --out "$work/hard_stage3h2" --init-from "$from" \
-  "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
-"$python" models/finalize_demo.py "$work/hard_stage3h2" "$work/stage3h2.safetensors"
-from=$work/stage3h2.safetensors
+crop_round 3h2 6
 # Rounds 8 to 10 (3h3, 3h4, 3h5): a fourth mining, 3h2's false positives on mine_keys.txt (8 minutes),
 # then three runs of 500 iterations on them, one from the other (seeds 7, 8 and 9; 30 % negative
 # crops, lr x 0.1 after epoch 4; 35 minutes each).
 mine "$from" "$work/mined3h2" --key-slices "$work/mine_keys.txt"
 hard_negatives "$work/mined3h2/predictions.json"
-for round in "3h3 7" "3h4 8" "3h5 9"; do
-  read -r name seed <<< "$round"
-  ctlesion train "${stage3[@]}" --device $device --seed "$seed" --out "$work/hard_stage$name" --init-from "$from" \
-    "${negatives[@]}" --epochs 5 --lr-drop-epoch 4 "${smoke[@]}"
-  "$python" models/finalize_demo.py "$work/hard_stage$name" "$work/stage$name.safetensors"
-  from=$work/stage$name.safetensors
-done
+for round in "3h3 7" "3h4 8" "3h5 9"; do crop_round $round; done
 if [[ -n ${SMOKE:-} ]]; then
   echo "SMOKE: every step ran; last weights $from (models/ unchanged)"
   exit 0
