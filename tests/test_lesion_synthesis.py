@@ -115,8 +115,9 @@ def test_rendered_level_inside_a_cyst() -> None:
 
 def _chest_phantom() -> Volume:
     """A synthetic chest: body of muscle with a subcutaneous fat ring, two lungs (-850 HU with noise),
-    a bowel-gas bubble (-1000 HU), a vertebra (cortex 1000 HU, marrow 250 HU) and a contrast-filled
-    aorta (300 HU), 20 slices of 2 mm, 1 mm pixels."""
+    mediastinal fat crossed by a 3 mm soft-tissue septum, a bowel-gas bubble (-1000 HU), a vertebra
+    (cortex 1000 HU, marrow 250 HU) and a contrast-filled aorta (300 HU), 20 slices of 2 mm, 1 mm
+    pixels."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:256, :256] + 0.5
     r_body = np.hypot((xx - 128) / 110, (yy - 128) / 90)
@@ -124,6 +125,8 @@ def _chest_phantom() -> Volume:
     hu[(r_body > 0.85) & (r_body <= 1)] = -100.0
     lungs = (np.hypot((xx - 80) / 35, (yy - 120) / 50) <= 1) | (np.hypot((xx - 176) / 35, (yy - 120) / 50) <= 1)
     hu[lungs] = -850.0
+    hu[np.hypot(xx - 128, yy - 115) <= 22] = -100.0
+    hu[114:117, 108:149] = 50.0
     gas = np.hypot(xx - 128, yy - 80) <= 8
     hu[gas] = -1000.0
     vertebra = np.hypot(xx - 128, yy - 185)
@@ -148,10 +151,17 @@ def test_tissue_map_hu_rules() -> None:
     assert code(128, 233) == anatomy.FAT
     assert code(185, 128) == anatomy.BONE  # marrow filled
     assert code(150, 128) == anatomy.VESSEL  # homogeneous 300 HU, no cortex
-    assert code(175, 95) == anatomy.SOFT
+    assert code(175, 95) == anatomy.BULK  # muscle: soft tissue over 8 mm thick
+    assert code(115, 128) == anatomy.SOFT  # the thin septum in fat
     assert (tissue_map.region_z == anatomy.CHEST).all()
     assert (tissue_map.codes[k, 128, 128] & anatomy.MEDIASTINUM) and (tissue_map.codes[k, 128, 233] & anatomy.WALL)
     regions = anatomy.lesion_regions(tissue_map.codes, tissue_map.region_z)
     assert regions[5][k, 120, 80] and not regions[5][k, 80, 128]
     assert regions[1][k, 185, 128] and regions[7][k, 128, 233] and regions[3][k, 128, 128]
+    # Nodes lie in fat and thin soft tissue, never on bulk (an unlabelled organ or muscle).
+    compartments = anatomy.lesion_compartments(tissue_map.codes)
+    assert regions[3][k, 115, 128] and compartments[3][k, 115, 128]
+    assert code(160, 108) == anatomy.BULK and tissue_map.codes[k, 160, 108] & anatomy.MEDIASTINUM
+    assert not regions[3][k, 160, 108] and not compartments[3][k, 175, 95]  # mediastinal and wall muscle
+    assert compartments[7][k, 175, 95]  # soft-tissue masses may lie in the body wall's muscles
     assert not regions[4].any() and not regions[6].any()  # no liver or kidney without masks

@@ -31,14 +31,14 @@ BASE_HU, SLOPE_HU_PER_MM, FAT_HU = 20.0, 1.0, -100.0
 
 def _phantom(left_right: bool = False, source: str = "phantom") -> Volume:
     """A body disk in air (2 mm slices, 3.5 mm pixels) of soft tissue whose HU rise along z
-    (20 + 1 z_mm) in a 21 mm ring of fat (-100 HU); with ``left_right`` the image-left half of
+    (20 + 1 z_mm) in a 42 mm ring of fat (-100 HU); with ``left_right`` the image-left half of
     the body is 60 HU brighter."""
     z_mm = np.arange(41) * 2.0
     yy, xx = np.mgrid[:96, :96] + 0.5
     radius = np.hypot(yy - 48, xx - 48)
     body = radius <= 44
     hu = np.where(body[None], (BASE_HU + SLOPE_HU_PER_MM * z_mm)[:, None, None], -1000.0)
-    hu[:, body & (radius > 38)] = FAT_HU
+    hu[:, body & (radius > 32)] = FAT_HU
     if left_right:
         hu = hu + np.where(body & (xx < 48), 60.0, 0.0)[None]
     return Volume(hu=hu.astype(np.float32), spacing_zyx_mm=(2.0, 3.5, 3.5), source=source)

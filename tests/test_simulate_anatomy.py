@@ -30,35 +30,44 @@ def _sample(shared_data: Path) -> Path:
     return SAMPLE_BACKGROUND if SAMPLE_BACKGROUND.is_dir() else shared_data / "totalseg_example" / "example_ct_dicom"
 
 
-def _series_regions(background, record: dict) -> tuple[dict[int, np.ndarray], simulate.SeriesPlan]:
-    """The placement regions of a written series, rebuilt from its simulation.json record."""
+def _series_maps(background, record: dict) -> tuple[np.ndarray, np.ndarray, simulate.SeriesPlan]:
+    """The tissue codes and body regions of a written series' 1 mm block, rebuilt from its
+    simulation.json record."""
     names = {f.name for f in dataclasses.fields(simulate.SeriesPlan)}
     plan = simulate.SeriesPlan(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in record.items() if k in names})
     _, codes, region_z = simulate._background_block(background, plan, SIZE)
-    return anatomy.lesion_regions(codes, region_z), plan
+    return codes, region_z, plan
+
+
+def _rows(root: Path, source: BackgroundSource, coarse_type: int):
+    """(key, mask, lesion record, plan, thin-slice codes (P, S, S)) per key-slice row, each of
+    the coarse type."""
+    background = simulate._load(source)
+    manifest = json.loads((root / "simulation.json").read_text())
+    records = {f"{s['patient']:06d}_{s['study']:02d}_{s['series']:02d}": s for s in manifest["series"]}
+    maps = {}
+    for key in read_dl_info(root / "DL_info.csv"):
+        record = records[key.series_dir]
+        if key.series_dir not in maps:
+            maps[key.series_dir] = _series_maps(background, record)
+        codes, region_z, plan = maps[key.series_dir]
+        per = 5 if plan.thick else 1
+        thin = slice((key.slice_index - 1) * per, key.slice_index * per)
+        for i, mask in enumerate(read_key_slice_masks(root, key.file_name)):
+            assert key.lesion_types[i] == coarse_type
+            assert mask.any()
+            lesion = next(r for r in record["lesions"] if r["areas_px"][key.slice_index - 1] == int(mask.sum()))
+            yield key, mask, lesion, plan, codes[thin], region_z[thin]
 
 
 def _check_inside(root: Path, source: BackgroundSource, coarse_type: int) -> list[tuple]:
     """Every key-slice mask lies inside its type's region (fraction 1.0) on its thin slices;
     returns (key, mask, lesion record, plan) per row."""
-    background = simulate._load(source)
-    manifest = json.loads((root / "simulation.json").read_text())
-    records = {f"{s['patient']:06d}_{s['study']:02d}_{s['series']:02d}": s for s in manifest["series"]}
     out = []
-    regions_of = {}
-    for key in read_dl_info(root / "DL_info.csv"):
-        record = records[key.series_dir]
-        if key.series_dir not in regions_of:
-            regions_of[key.series_dir] = _series_regions(background, record)
-        regions, plan = regions_of[key.series_dir]
-        per = 5 if plan.thick else 1
-        thin = regions[coarse_type][(key.slice_index - 1) * per:key.slice_index * per]
-        for i, mask in enumerate(read_key_slice_masks(root, key.file_name)):
-            assert key.lesion_types[i] == coarse_type
-            assert mask.any()
-            assert thin.any(axis=0)[mask].mean() == 1.0, key.file_name
-            lesion = next(r for r in record["lesions"] if r["areas_px"][key.slice_index - 1] == int(mask.sum()))
-            out.append((key, mask, lesion, plan))
+    for key, mask, lesion, plan, codes, region_z in _rows(root, source, coarse_type):
+        region = anatomy.lesion_regions(codes, region_z)[coarse_type]
+        assert region.any(axis=0)[mask].mean() == 1.0, key.file_name
+        out.append((key, mask, lesion, plan))
     return out
 
 
@@ -139,3 +148,18 @@ def test_background_folder_and_mask_convention(shared_data: Path, tmp_path: Path
     found = backgrounds_in_folder(folder)
     assert [(s.name, s.masks.name if s.masks else None) for s in found] == [
         ("abdomen", "abdomen.seg.nii.gz"), ("pelvis", None)]
+
+
+def test_nodes_keep_off_unlabelled_organs(shared_data: Path, tmp_path: Path) -> None:
+    """In a background without organ masks, abdominal nodes and masses lie in fat and thin soft
+    tissue: no mask voxel covers bulk soft tissue (bowel, muscle, unlabelled organs) on any of
+    its thin slices, and they replace fat (anatomy module doc)."""
+    source = BackgroundSource(shared_data / "ct_backgrounds" / "acrin_flt_breast_001_abdomen_pelvis.nii.gz",
+                              lesion_types=(2,))
+    simulate_dataset(tmp_path, backgrounds=[source], num_series=3, image_size_px=SIZE, seed=5)
+    rows = list(_rows(tmp_path, source, 2))
+    assert len(rows) >= 3
+    for key, mask, _, _, codes, _ in rows:
+        tissue = codes & 0x0F
+        assert not (tissue == anatomy.BULK).any(axis=0)[mask].any(), key.file_name
+        assert (tissue == anatomy.FAT).any(axis=0)[mask].mean() >= simulate.NODE_FAT_FRACTION, key.file_name

@@ -38,7 +38,16 @@ Sources of the codes, in order of precedence:
      chambers, enhancing renal cortex, oral contrast, calcifications, partial volume at bone
      edges: all places a lesion must not be put; on a non-contrast scan the vessels are soft
      tissue and are not avoided);
-   * fat: -190..-30 HU; soft tissue: -30..150 HU; gas: any other air inside the body.
+   * fat: -190..-30 HU; soft tissue: -30..150 HU; gas: any other air inside the body;
+   * bulk soft tissue (:data:`BULK`): unlabelled soft tissue in parts at least
+     :data:`BULK_MIN_THICKNESS_MM` thick in-plane (the slice's soft tissue opened by a disc of
+     that diameter), and unlabelled soft tissue within :data:`BULK_Z_REACH_MM` of it along z
+     (where an organ tapers). Without masks, the liver, spleen, pancreas, bowel, muscles and the
+     large vessels of a non-contrast scan (aorta, vena cava, iliac vessels: 8-25 mm) are soft
+     tissue like the thin septa, small vessels and normal lymph nodes in fat; their thickness is
+     what tells them apart. Lymph nodes and masses may cover soft tissue but not bulk, so they
+     never straddle an unlabelled organ's border (a node against the liver of an unenhanced scan
+     has no visible edge there) nor lie on a large vessel.
 
    Radiology ranges: fat -190..-30 HU and soft tissue 0..100 HU (e.g. Hounsfield unit tables in
    Brant & Helms, *Fundamentals of Diagnostic Radiology*; the fat window of -190..-30 HU is
@@ -76,9 +85,9 @@ from ctlesion.volume import Volume
 logger = logging.getLogger(__name__)
 
 # Tissue codes (the low 4 bits of a tissue map).
-OUTSIDE, FAT, SOFT, BONE, LUNG, VESSEL, LIVER, KIDNEY, SPLEEN, ORGAN, GAS = range(11)
+OUTSIDE, FAT, SOFT, BONE, LUNG, VESSEL, LIVER, KIDNEY, SPLEEN, ORGAN, GAS, BULK = range(12)
 TISSUE_NAMES = ("outside", "fat", "soft_tissue", "bone", "lung", "vessel", "liver", "kidney", "spleen", "organ",
-                "gas")
+                "gas", "bulk_soft_tissue")
 _CODE_BITS = 0x0F
 #: Flag: within WALL_DEPTH_MM of the body surface.
 WALL = 0x10
@@ -109,6 +118,11 @@ WALL_DEPTH_MM = 40.0
 SKIN_DEPTH_MM = 15.0
 PELVIS_BONE_MM2 = 600.0
 LIVER_VESSEL_DEVIATION_HU = 35.0
+#: Unlabelled soft tissue at least this thick in-plane (mm) is bulk: an organ, muscle, bowel loop
+#: or large vessel that the HU rules cannot name.
+BULK_MIN_THICKNESS_MM = 8.0
+#: Unlabelled soft tissue within this distance (mm) along z of bulk is bulk too (an organ's tip).
+BULK_Z_REACH_MM = 3.0
 _SMOOTH_MM = 1.0
 _MIN_BONE_MM2 = 20.0
 CORTEX_REACH_MM = 6.0
@@ -296,6 +310,20 @@ def _convex_hull_fill(mask: np.ndarray) -> np.ndarray:
     return out.astype(bool)
 
 
+def _bulk(soft: np.ndarray, pixel_mm: float, interval_mm: float) -> np.ndarray:
+    """Bulk soft tissue (module doc): the per-slice opening of ``soft`` by a disc
+    :data:`BULK_MIN_THICKNESS_MM` across, widened within ``soft`` by :data:`BULK_Z_REACH_MM`
+    along z. (Z, Y, X) bool in and out."""
+    size = max(3, int(round(BULK_MIN_THICKNESS_MM / pixel_mm)) | 1)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    bulk = np.stack([cv2.morphologyEx(s.astype(np.uint8), cv2.MORPH_OPEN, disc) > 0 for s in soft])
+    grown = bulk.copy()
+    for step in range(1, int(BULK_Z_REACH_MM // max(interval_mm, 1e-3)) + 1):
+        grown[step:] |= bulk[:-step]
+        grown[:-step] |= bulk[step:]
+    return grown & soft
+
+
 def _pelvis_by_bone(bone: np.ndarray, body: np.ndarray, pixel_mm2: float) -> bool:
     """Whether a slice shows large bone sections on both sides of the body's midline."""
     if not body.any():
@@ -388,6 +416,7 @@ def tissue_map(volume: Volume, organ_labels: np.ndarray | None = None) -> Tissue
             codes[liver & (np.abs(smooth - median) > LIVER_VESSEL_DEVIATION_HU)] = VESSEL
         codes[labelled] |= FROM_MASK
         lung = (codes & _CODE_BITS) == LUNG
+    codes[_bulk(codes == SOFT, pixel_mm, interval_mm)] = BULK
 
     # Flags and regions, per slice.
     region_z = np.full(num_z, ABDOMEN, dtype=np.uint8)
@@ -425,21 +454,21 @@ def lesion_regions(codes: np.ndarray, region_z: np.ndarray) -> dict[int, np.ndar
     makes a lesion that type; :func:`lesion_compartments` gives what it may cover).
 
     * 1 bone: bone (marrow and cortex);
-    * 2 abdomen: abdomen slices, deeper than the skin (15 mm), fat or unlabelled soft tissue
-      (retroperitoneal and mesenteric lymph nodes and masses);
-    * 3 mediastinum: chest slices, mediastinum flag, fat or unlabelled soft tissue;
+    * 2 abdomen: abdomen slices, deeper than the skin (15 mm), loose tissue: fat or unlabelled
+      soft tissue that is not bulk (retroperitoneal and mesenteric lymph nodes and masses);
+    * 3 mediastinum: chest slices, mediastinum flag, loose tissue;
     * 4 liver, 5 lung, 6 kidney: the organ (liver and kidney only from masks, module doc);
     * 7 soft tissue: fat of the body wall (within 40 mm of the surface: subcutaneous fat),
-      masked muscles and soft tissue within 15 mm of the surface, outside the mediastinum (not
-      deeper unlabelled soft tissue, which may be an organ that has no mask);
-    * 8 pelvis: pelvis slices, deeper than the skin, fat or unlabelled soft tissue.
+      masked muscles and soft tissue (bulk included) within 15 mm of the surface, outside the
+      mediastinum (not deeper unlabelled soft tissue, which may be an organ that has no mask);
+    * 8 pelvis: pelvis slices, deeper than the skin, loose tissue.
 
     The 15-40 mm band belongs to both the body wall and the deep regions: the HU rules do not
     find the abdominal wall's muscles, so the boundary between soft-tissue and abdominal lesions
     is a depth, not an anatomical layer.
 
-    Vessels, gas, other organs and outside voxels belong to no region, so a lesion kept inside
-    its region avoids them.
+    Vessels, gas, other organs, outside voxels and (but for type 7) bulk soft tissue belong to
+    no region, so a lesion kept inside its region avoids them.
 
     Args:
         codes: (Z, Y, X) uint8 tissue codes with flags (:class:`TissueMap` ``codes``).
@@ -453,7 +482,8 @@ def lesion_regions(codes: np.ndarray, region_z: np.ndarray) -> dict[int, np.ndar
     skin = (codes & SKIN) > 0
     mediastinum = (codes & MEDIASTINUM) > 0
     from_mask = (codes & FROM_MASK) > 0
-    loose = (tissue == FAT) | ((tissue == SOFT) & ~from_mask)
+    loose = _loose(tissue, from_mask)
+    soft = (tissue == SOFT) | (tissue == BULK)
     region = np.asarray(region_z)[:, None, None]
     return {
         1: tissue == BONE,
@@ -462,9 +492,15 @@ def lesion_regions(codes: np.ndarray, region_z: np.ndarray) -> dict[int, np.ndar
         4: tissue == LIVER,
         5: tissue == LUNG,
         6: tissue == KIDNEY,
-        7: (((tissue == FAT) & wall) | ((tissue == SOFT) & (from_mask | skin))) & ~mediastinum,
+        7: (((tissue == FAT) & wall) | (soft & (from_mask | skin))) & ~mediastinum,
         8: loose & ~skin & (region == PELVIS),
     }
+
+
+def _loose(tissue: np.ndarray, from_mask: np.ndarray) -> np.ndarray:
+    """Loose tissue, where lymph nodes and masses lie: fat and unlabelled soft tissue that is not
+    bulk (module doc)."""
+    return (tissue == FAT) | ((tissue == SOFT) & ~from_mask)
 
 
 def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
@@ -472,12 +508,13 @@ def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
 
     For the organ types (1 bone, 4 liver, 5 lung, 6 kidney) it is the organ itself, as in
     :func:`lesion_regions`. For the lymph nodes and masses of 2 abdomen, 3 mediastinum and 8
-    pelvis it is loose tissue (fat or unlabelled soft tissue) anywhere, and for 7 soft tissue
-    fat or soft tissue (muscles included) of the body wall or of a masked muscle: the type's
+    pelvis it is loose tissue (fat or unlabelled soft tissue that is not bulk) anywhere, and for
+    7 soft tissue fat or soft tissue (muscles and other bulk included) of the body wall or of a
+    masked muscle: the type's
     region fixes where such a lesion is
     centred, its compartment what it may reach, so that the artificial boundaries of the
     regions (a depth, the lungs' hull, the slice where the chest begins) do not limit its size,
-    while organs, vessels, bone, lung and gas remain out of bounds.
+    while organs (masked, or unlabelled bulk), vessels, bone, lung and gas remain out of bounds.
 
     Args:
         codes: (Z, Y, X) uint8 tissue codes with flags.
@@ -487,7 +524,8 @@ def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
     """
     tissue = codes & _CODE_BITS
     from_mask = (codes & FROM_MASK) > 0
-    loose = (tissue == FAT) | ((tissue == SOFT) & ~from_mask)
+    loose = _loose(tissue, from_mask)
     wall = (codes & WALL) > 0
+    body_wall = (tissue == FAT) | (tissue == SOFT) | (tissue == BULK)
     return {1: tissue == BONE, 2: loose, 3: loose, 4: tissue == LIVER, 5: tissue == LUNG, 6: tissue == KIDNEY,
-            7: ((tissue == FAT) | (tissue == SOFT)) & (wall | from_mask), 8: loose}
+            7: body_wall & (wall | from_mask), 8: loose}

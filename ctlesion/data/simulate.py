@@ -28,7 +28,9 @@ they exist, HU and connectivity rules elsewhere). For each series, the chosen ba
    ``simulation.json``); a kind, long diameter, deformed shape and appearance of
    that type. A lesion is **placed** with its centre in its type's region and wholly inside its
    type's compartment (:func:`ctlesion.data.anatomy.lesion_compartments`: the organ for bone,
-   liver, lung and kidney lesions, loose tissue for nodes and masses): every voxel within 1 mm
+   liver, lung and kidney lesions, loose tissue for nodes and masses: fat and unlabelled soft
+   tissue thinner than 8 mm, never the bulk soft tissue of an unlabelled organ, muscle, bowel
+   loop or large vessel, :mod:`ctlesion.data.anatomy`): every voxel within 1 mm
    of its surface lies in the compartment (the compartment eroded by the lesion, checked voxel
    by voxel on its actual shape), so it never straddles an organ's border and keeps clear of
    vessels, gas, other organs and bone (all outside the compartments); lymph nodes and masses
@@ -219,7 +221,7 @@ _MIN_KEY_AREA_PX = 3
 _MIN_KEY_AREA_MM2 = 7.0  # a 3 mm disc: DeepLesion's smallest lesions (5th percentile of lung: 3.2 mm)
 _HIGH_PASS_SIGMA_PX = 1.5
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-_NOISE_TISSUES = (anatomy.SOFT, anatomy.LIVER, anatomy.SPLEEN)
+_NOISE_TISSUES = (anatomy.SOFT, anatomy.BULK, anatomy.LIVER, anatomy.SPLEEN)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _SERIES_TRIES = 10  # fields of view tried per series until a lesion fits
 #: Labels of the nnU-Net layout's label maps.
