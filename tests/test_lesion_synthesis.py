@@ -148,7 +148,7 @@ def test_tissue_map_hu_rules() -> None:
     assert code(5, 5) == anatomy.OUTSIDE
     assert code(120, 80) == anatomy.LUNG and code(120, 176) == anatomy.LUNG
     assert code(80, 128) == anatomy.GAS  # gas inside the body is not lung
-    assert code(128, 233) == anatomy.FAT
+    assert code(128, 233) == anatomy.SUBCUTANEOUS_FAT  # outside the muscle
     assert code(185, 128) == anatomy.BONE  # marrow filled
     assert code(150, 128) == anatomy.VESSEL  # homogeneous 300 HU, no cortex
     assert code(175, 95) == anatomy.BULK  # muscle: soft tissue over 8 mm thick
@@ -164,4 +164,5 @@ def test_tissue_map_hu_rules() -> None:
     assert code(160, 108) == anatomy.BULK and tissue_map.codes[k, 160, 108] & anatomy.MEDIASTINUM
     assert not regions[3][k, 160, 108] and not compartments[3][k, 175, 95]  # mediastinal and wall muscle
     assert compartments[7][k, 175, 95]  # soft-tissue masses may lie in the body wall's muscles
+    assert compartments[7][k, 128, 233] and not compartments[2][k, 128, 233]  # nodes: not subcutaneous
     assert not regions[4].any() and not regions[6].any()  # no liver or kidney without masks

@@ -151,9 +151,10 @@ def test_background_folder_and_mask_convention(shared_data: Path, tmp_path: Path
 
 
 def test_nodes_keep_off_unlabelled_organs(shared_data: Path, tmp_path: Path) -> None:
-    """In a background without organ masks, abdominal nodes and masses lie in fat and thin soft
-    tissue: no mask voxel covers bulk soft tissue (bowel, muscle, unlabelled organs) on any of
-    its thin slices, and they replace fat (anatomy module doc)."""
+    """In a background without organ masks, abdominal nodes and masses lie in the fat inside the
+    muscle wall and thin soft tissue: no mask voxel covers bulk soft tissue (bowel, muscle,
+    unlabelled organs) or subcutaneous fat on any of its thin slices, and they replace fat
+    (anatomy module doc)."""
     source = BackgroundSource(shared_data / "ct_backgrounds" / "acrin_flt_breast_001_abdomen_pelvis.nii.gz",
                               lesion_types=(2,))
     simulate_dataset(tmp_path, backgrounds=[source], num_series=3, image_size_px=SIZE, seed=5)
@@ -162,4 +163,5 @@ def test_nodes_keep_off_unlabelled_organs(shared_data: Path, tmp_path: Path) -> 
     for key, mask, _, _, codes, _ in rows:
         tissue = codes & 0x0F
         assert not (tissue == anatomy.BULK).any(axis=0)[mask].any(), key.file_name
+        assert not (tissue == anatomy.SUBCUTANEOUS_FAT).any(axis=0)[mask].any(), key.file_name
         assert (tissue == anatomy.FAT).any(axis=0)[mask].mean() >= simulate.NODE_FAT_FRACTION, key.file_name

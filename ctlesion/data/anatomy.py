@@ -47,7 +47,16 @@ Sources of the codes, in order of precedence:
      tissue like the thin septa, small vessels and normal lymph nodes in fat; their thickness is
      what tells them apart. Lymph nodes and masses may cover soft tissue but not bulk, so they
      never straddle an unlabelled organ's border (a node against the liver of an unenhanced scan
-     has no visible edge there) nor lie on a large vessel.
+     has no visible edge there) nor lie on a large vessel;
+   * subcutaneous fat (:data:`SUBCUTANEOUS_FAT`): per slice, the fat outside the muscle wall.
+     The wall and what it encloses are traced from the tissues that are neither fat nor thin
+     soft tissue (bulk soft tissue, i.e. muscles and organs, bone, vessels, lung, gas, masked
+     organs and muscles) deeper than 3 mm: closed by a disc :data:`SUBCUTANEOUS_CLOSING_MM` across (the
+     thin parts of the wall, such as the linea alba and the flank muscles, are under 8 mm and
+     not bulk) and filled; fat outside is subcutaneous (body-composition CT separates
+     subcutaneous from visceral fat at the same boundary). Lymph nodes lie in the fat inside
+     the wall: without this distinction, in a patient with much subcutaneous fat, abdominal
+     "nodes" went into it.
 
    Radiology ranges: fat -190..-30 HU and soft tissue 0..100 HU (e.g. Hounsfield unit tables in
    Brant & Helms, *Fundamentals of Diagnostic Radiology*; the fat window of -190..-30 HU is
@@ -85,9 +94,9 @@ from ctlesion.volume import Volume
 logger = logging.getLogger(__name__)
 
 # Tissue codes (the low 4 bits of a tissue map).
-OUTSIDE, FAT, SOFT, BONE, LUNG, VESSEL, LIVER, KIDNEY, SPLEEN, ORGAN, GAS, BULK = range(12)
+OUTSIDE, FAT, SOFT, BONE, LUNG, VESSEL, LIVER, KIDNEY, SPLEEN, ORGAN, GAS, BULK, SUBCUTANEOUS_FAT = range(13)
 TISSUE_NAMES = ("outside", "fat", "soft_tissue", "bone", "lung", "vessel", "liver", "kidney", "spleen", "organ",
-                "gas", "bulk_soft_tissue")
+                "gas", "bulk_soft_tissue", "subcutaneous_fat")
 _CODE_BITS = 0x0F
 #: Flag: within WALL_DEPTH_MM of the body surface.
 WALL = 0x10
@@ -123,12 +132,18 @@ LIVER_VESSEL_DEVIATION_HU = 35.0
 BULK_MIN_THICKNESS_MM = 8.0
 #: Unlabelled soft tissue within this distance (mm) along z of bulk is bulk too (an organ's tip).
 BULK_Z_REACH_MM = 3.0
+#: Gaps up to this wide (mm) in the muscle wall are closed when it is traced (module doc).
+SUBCUTANEOUS_CLOSING_MM = 40.0
+_SUBCUTANEOUS_SKIN_MM = 3.0
 _SMOOTH_MM = 1.0
 _MIN_BONE_MM2 = 20.0
 CORTEX_REACH_MM = 6.0
 _CUT_BODY_EDGE_FRACTION = 0.005
 _MAX_MARROW_MM2 = 2500.0
 _CHEST_LUNG_FRACTION = 0.03
+
+#: Tissues that trace the muscle wall and what it encloses (:func:`_subcutaneous`).
+_WALL_AND_INSIDE = (BULK, BONE, VESSEL, LUNG, LIVER, KIDNEY, SPLEEN, ORGAN, GAS)
 
 #: TotalSegmentator v2 ``total`` task: label -> tissue code (unlisted labels: ORGAN).
 TOTALSEGMENTATOR_V2_TISSUE: dict[int, int] = {
@@ -324,6 +339,18 @@ def _bulk(soft: np.ndarray, pixel_mm: float, interval_mm: float) -> np.ndarray:
     return grown & soft
 
 
+def _subcutaneous(codes: np.ndarray, depth_mm: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """Subcutaneous fat of one slice (module doc): (Y, X) uint8 tissue codes with flags and
+    depth below the body surface (mm) in, (Y, X) bool out."""
+    tissue = codes & _CODE_BITS
+    core = (np.isin(tissue, _WALL_AND_INSIDE) | ((codes & FROM_MASK) > 0)) & (depth_mm > _SUBCUTANEOUS_SKIN_MM)
+    size = int(round(SUBCUTANEOUS_CLOSING_MM / pixel_mm)) | 1
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    pad = size
+    closed = cv2.morphologyEx(np.pad(core.astype(np.uint8), pad), cv2.MORPH_CLOSE, disc)[pad:-pad, pad:-pad]
+    return (tissue == FAT) & ~_fill_holes(closed > 0)
+
+
 def _pelvis_by_bone(bone: np.ndarray, body: np.ndarray, pixel_mm2: float) -> bool:
     """Whether a slice shows large bone sections on both sides of the body's midline."""
     if not body.any():
@@ -435,6 +462,8 @@ def tissue_map(volume: Volume, organ_labels: np.ndarray | None = None) -> Tissue
             codes[k][hull] |= MEDIASTINUM
         elif pelvis_masked[k] or (not known_z[k] and _pelvis_by_bone(bone[k], body[k], pixel_mm2)):
             region_z[k] = PELVIS
+        outer = _subcutaneous(codes[k], depth_mm, pixel_mm) & ((codes[k] & MEDIASTINUM) == 0)
+        codes[k][outer] = (codes[k][outer] & (0xFF ^ _CODE_BITS)) | SUBCUTANEOUS_FAT
     region_z = _pelvis_below_chest(region_z, superior_up=float(np.asarray(volume.direction_lps)[2, 2]) >= 0)
     return TissueMap(codes=codes, region_z=region_z, masked_codes=frozenset(masked))
 
@@ -454,11 +483,12 @@ def lesion_regions(codes: np.ndarray, region_z: np.ndarray) -> dict[int, np.ndar
     makes a lesion that type; :func:`lesion_compartments` gives what it may cover).
 
     * 1 bone: bone (marrow and cortex);
-    * 2 abdomen: abdomen slices, deeper than the skin (15 mm), loose tissue: fat or unlabelled
-      soft tissue that is not bulk (retroperitoneal and mesenteric lymph nodes and masses);
+    * 2 abdomen: abdomen slices, deeper than the skin (15 mm), loose tissue: fat that is not
+      subcutaneous, unlabelled soft tissue that is not bulk (retroperitoneal and mesenteric lymph
+      nodes and masses);
     * 3 mediastinum: chest slices, mediastinum flag, loose tissue;
     * 4 liver, 5 lung, 6 kidney: the organ (liver and kidney only from masks, module doc);
-    * 7 soft tissue: fat of the body wall (within 40 mm of the surface: subcutaneous fat),
+    * 7 soft tissue: subcutaneous fat, other fat of the body wall (within 40 mm of the surface),
       masked muscles and soft tissue (bulk included) within 15 mm of the surface, outside the
       mediastinum (not deeper unlabelled soft tissue, which may be an organ that has no mask);
     * 8 pelvis: pelvis slices, deeper than the skin, loose tissue.
@@ -492,14 +522,14 @@ def lesion_regions(codes: np.ndarray, region_z: np.ndarray) -> dict[int, np.ndar
         4: tissue == LIVER,
         5: tissue == LUNG,
         6: tissue == KIDNEY,
-        7: (((tissue == FAT) & wall) | (soft & (from_mask | skin))) & ~mediastinum,
+        7: (((tissue == FAT) & wall) | (tissue == SUBCUTANEOUS_FAT) | (soft & (from_mask | skin))) & ~mediastinum,
         8: loose & ~skin & (region == PELVIS),
     }
 
 
 def _loose(tissue: np.ndarray, from_mask: np.ndarray) -> np.ndarray:
-    """Loose tissue, where lymph nodes and masses lie: fat and unlabelled soft tissue that is not
-    bulk (module doc)."""
+    """Loose tissue, where lymph nodes and masses lie: fat that is not subcutaneous and unlabelled
+    soft tissue that is not bulk (module doc)."""
     return (tissue == FAT) | ((tissue == SOFT) & ~from_mask)
 
 
@@ -508,11 +538,10 @@ def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
 
     For the organ types (1 bone, 4 liver, 5 lung, 6 kidney) it is the organ itself, as in
     :func:`lesion_regions`. For the lymph nodes and masses of 2 abdomen, 3 mediastinum and 8
-    pelvis it is loose tissue (fat or unlabelled soft tissue that is not bulk) anywhere, and for
-    7 soft tissue fat or soft tissue (muscles and other bulk included) of the body wall or of a
-    masked muscle: the type's
-    region fixes where such a lesion is
-    centred, its compartment what it may reach, so that the artificial boundaries of the
+    pelvis it is loose tissue (fat that is not subcutaneous, unlabelled soft tissue that is not
+    bulk) anywhere, and for 7 soft tissue subcutaneous fat, and fat or soft tissue (muscles and
+    other bulk included) of the body wall or of a masked muscle: the type's region fixes where
+    such a lesion is centred, its compartment what it may reach, so that the artificial boundaries of the
     regions (a depth, the lungs' hull, the slice where the chest begins) do not limit its size,
     while organs (masked, or unlabelled bulk), vessels, bone, lung and gas remain out of bounds.
 
@@ -528,4 +557,4 @@ def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
     wall = (codes & WALL) > 0
     body_wall = (tissue == FAT) | (tissue == SOFT) | (tissue == BULK)
     return {1: tissue == BONE, 2: loose, 3: loose, 4: tissue == LIVER, 5: tissue == LUNG, 6: tissue == KIDNEY,
-            7: body_wall & (wall | from_mask), 8: loose}
+            7: (body_wall & (wall | from_mask)) | (tissue == SUBCUTANEOUS_FAT), 8: loose}

@@ -28,9 +28,10 @@ they exist, HU and connectivity rules elsewhere). For each series, the chosen ba
    ``simulation.json``); a kind, long diameter, deformed shape and appearance of
    that type. A lesion is **placed** with its centre in its type's region and wholly inside its
    type's compartment (:func:`ctlesion.data.anatomy.lesion_compartments`: the organ for bone,
-   liver, lung and kidney lesions, loose tissue for nodes and masses: fat and unlabelled soft
-   tissue thinner than 8 mm, never the bulk soft tissue of an unlabelled organ, muscle, bowel
-   loop or large vessel, :mod:`ctlesion.data.anatomy`): every voxel within 1 mm
+   liver, lung and kidney lesions, loose tissue for nodes and masses: fat inside the muscle wall
+   and unlabelled soft tissue thinner than 8 mm, never subcutaneous fat nor the bulk soft
+   tissue of an unlabelled organ, muscle, bowel loop or large vessel,
+   :mod:`ctlesion.data.anatomy`): every voxel within 1 mm
    of its surface lies in the compartment (the compartment eroded by the lesion, checked voxel
    by voxel on its actual shape), so it never straddles an organ's border and keeps clear of
    vessels, gas, other organs and bone (all outside the compartments); lymph nodes and masses
