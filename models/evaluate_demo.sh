@@ -21,7 +21,8 @@ shared=../shared/data
 
 # Validation and test data: the val and test patients of the default background set (train_demo.sh
 # simulates the train patients with another seed); kept from an earlier run when present
-# (delete a sim_eval written before `simulate` wrote DeepLesion's boxes, 2026-12-05: its boxes are tight).
+# (delete a sim_eval written before `simulate` wrote DeepLesion's boxes, 2026-12-05, or before nodes
+# and masses kept off bulk soft tissue and subcutaneous fat, 2026-12-06: the card's sets are the current ones).
 if [[ ! -f $work/sim_eval/DL_info.csv ]]; then
   ctlesion simulate --out "$work/sim_eval" --split val --split test --num-series 160 --image-size 512 --seed 0 \
     --workers "$cpus" --overwrite
