@@ -56,7 +56,10 @@ Sources of the codes, in order of precedence:
      not bulk) and filled; fat outside is subcutaneous (body-composition CT separates
      subcutaneous from visceral fat at the same boundary). Lymph nodes lie in the fat inside
      the wall: without this distinction, in a patient with much subcutaneous fat, abdominal
-     "nodes" went into it.
+     "nodes" went into it. Limits: fat behind a gap in the wall wider than the closing (no
+     bulk muscle for 40 mm) counts as subcutaneous, so the omental fat right under a thin
+     anterior abdominal wall may be refused to nodes; and per slice, so the wall is traced
+     again on every slice.
 
    Radiology ranges: fat -190..-30 HU and soft tissue 0..100 HU (e.g. Hounsfield unit tables in
    Brant & Helms, *Fundamentals of Diagnostic Radiology*; the fat window of -190..-30 HU is
