@@ -236,6 +236,11 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside
 
 
+def _disc(radius_px: int) -> np.ndarray:
+    """(2r+1, 2r+1) uint8 elliptical structuring element of radius ``radius_px`` pixels."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
     if count <= 1:
@@ -266,9 +271,7 @@ def _bone_slice(smooth: np.ndarray, pixel_mm: float) -> np.ndarray:
     cortex = (smooth > CORTEX_HU).astype(np.uint8)
     if not cortex.any():
         return np.zeros(smooth.shape, dtype=bool)
-    radius = max(1, int(round(CORTEX_REACH_MM / pixel_mm)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    bone = (smooth > BONE_HU) & cv2.dilate(cortex, kernel).astype(bool)
+    bone = (smooth > BONE_HU) & cv2.dilate(cortex, _disc(max(1, int(round(CORTEX_REACH_MM / pixel_mm))))).astype(bool)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(bone.astype(np.uint8), connectivity=8)
     large = np.zeros(count, dtype=bool)
     large[1:] = stats[1:, cv2.CC_STAT_AREA] * pixel_mm2 >= _MIN_BONE_MM2
@@ -290,8 +293,7 @@ def _body_slice(smooth: np.ndarray, raw: np.ndarray, pixel_mm: float) -> np.ndar
     edge = np.concatenate([largest[0], largest[-1], largest[:, 0], largest[:, -1]])
     if rest.any() and edge.mean() >= _CUT_BODY_EDGE_FRACTION:
         heavy = cv2.GaussianBlur(np.clip(raw, -1024, 0).astype(np.float32), (0, 0), 3.0 / pixel_mm)
-        radius = max(1, int(round(5.0 / pixel_mm)))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        kernel = _disc(max(1, int(round(5.0 / pixel_mm))))
         lung_like = cv2.morphologyEx((rest & (heavy > GAS_HU)).astype(np.uint8), cv2.MORPH_OPEN, kernel)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(lung_like, connectivity=4)
         ring_kernel = np.ones((3, 3), np.uint8)
@@ -332,8 +334,7 @@ def _bulk(soft: np.ndarray, pixel_mm: float, interval_mm: float) -> np.ndarray:
     """Bulk soft tissue (module doc): the per-slice opening of ``soft`` by a disc
     :data:`BULK_MIN_THICKNESS_MM` across, widened within ``soft`` by :data:`BULK_Z_REACH_MM`
     along z. (Z, Y, X) bool in and out."""
-    size = max(3, int(round(BULK_MIN_THICKNESS_MM / pixel_mm)) | 1)
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    disc = _disc(max(1, int(round(BULK_MIN_THICKNESS_MM / pixel_mm)) // 2))
     bulk = np.stack([cv2.morphologyEx(s.astype(np.uint8), cv2.MORPH_OPEN, disc) > 0 for s in soft])
     grown = bulk.copy()
     for step in range(1, int(BULK_Z_REACH_MM // max(interval_mm, 1e-3)) + 1):
@@ -347,9 +348,8 @@ def _subcutaneous(codes: np.ndarray, depth_mm: np.ndarray, pixel_mm: float) -> n
     depth below the body surface (mm) in, (Y, X) bool out."""
     tissue = codes & _CODE_BITS
     core = (np.isin(tissue, _WALL_AND_INSIDE) | ((codes & FROM_MASK) > 0)) & (depth_mm > _SUBCUTANEOUS_SKIN_MM)
-    size = int(round(SUBCUTANEOUS_CLOSING_MM / pixel_mm)) | 1
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-    pad = size
+    disc = _disc(int(round(SUBCUTANEOUS_CLOSING_MM / pixel_mm)) // 2)
+    pad = disc.shape[0]
     closed = cv2.morphologyEx(np.pad(core.astype(np.uint8), pad), cv2.MORPH_CLOSE, disc)[pad:-pad, pad:-pad]
     return (tissue == FAT) & ~_fill_holes(closed > 0)
 
@@ -516,7 +516,7 @@ def lesion_regions(codes: np.ndarray, region_z: np.ndarray) -> dict[int, np.ndar
     mediastinum = (codes & MEDIASTINUM) > 0
     from_mask = (codes & FROM_MASK) > 0
     loose = _loose(tissue, from_mask)
-    soft = (tissue == SOFT) | (tissue == BULK)
+    soft = _soft_tissue(tissue)
     region = np.asarray(region_z)[:, None, None]
     return {
         1: tissue == BONE,
@@ -534,6 +534,11 @@ def _loose(tissue: np.ndarray, from_mask: np.ndarray) -> np.ndarray:
     """Loose tissue, where lymph nodes and masses lie: fat that is not subcutaneous and unlabelled
     soft tissue that is not bulk (module doc)."""
     return (tissue == FAT) | ((tissue == SOFT) & ~from_mask)
+
+
+def _soft_tissue(tissue: np.ndarray) -> np.ndarray:
+    """Soft tissue, thin or bulk, labelled or not (muscles included)."""
+    return (tissue == SOFT) | (tissue == BULK)
 
 
 def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
@@ -558,6 +563,6 @@ def lesion_compartments(codes: np.ndarray) -> dict[int, np.ndarray]:
     from_mask = (codes & FROM_MASK) > 0
     loose = _loose(tissue, from_mask)
     wall = (codes & WALL) > 0
-    body_wall = (tissue == FAT) | (tissue == SOFT) | (tissue == BULK)
+    body_wall = (tissue == FAT) | _soft_tissue(tissue)
     return {1: tissue == BONE, 2: loose, 3: loose, 4: tissue == LIVER, 5: tissue == LUNG, 6: tissue == KIDNEY,
             7: (body_wall & (wall | from_mask)) | (tissue == SUBCUTANEOUS_FAT), 8: loose}
